@@ -1,0 +1,45 @@
+# The two set-up commands on a fresh machine are `make demo` and `make test`; each installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint format clean
+
+install: $(STAMP) $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package; installed when we are root and the files are missing.
+$(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz:
+	@if [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install -y dataset-fashion-mnist'" >&2; exit 1; \
+	fi
+
+demo: install
+	$(BIN)/advprune demo
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,163 @@
+"""What a dataset is: uint8 images and labels in memory, plus the facts each dataset is known by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from advprune.core.errors import DataError
+
+
+def check_limit(limit: int | None) -> None:
+    """A limit counts examples, so it must be positive (None means the whole split)."""
+    if limit is not None and limit <= 0:
+        raise DataError(
+            f"limit must be a positive number of examples, got {limit}; "
+            "pass a limit of 1 or more, or none for the whole split"
+        )
+
+
+@dataclass
+class ImageDataset:
+    """A whole split held as uint8 (N, C, H, W) images and int64 (N,) labels.
+
+    Keeping uint8 costs a quarter of float32 memory, so even Tiny-ImageNet fits on a GPU and
+    batches are converted there (see `BatchLoader`).
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"{self.name}: images must be a uint8 (N, C, H, W) tensor, got "
+                f"{self.images.dtype} {tuple(self.images.shape)}; convert them before building "
+                "an ImageDataset"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise DataError(
+                f"{self.name}: labels must be an int64 tensor of shape ({len(self.images)},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}; give one label per image"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, limit: int | None) -> ImageDataset:
+        """The first `limit` examples (all of them when `limit` is None or exceeds the size)."""
+        check_limit(limit)
+        if limit is None or limit >= len(self):
+            return self
+        return ImageDataset(self.name, self.images[:limit], self.labels[:limit], self.num_classes)
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        return ImageDataset(
+            self.name, self.images.to(device), self.labels.to(device), self.num_classes
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model, an attack and the augmentation need to know about a dataset.
+
+    `mean`/`std` are the per-channel statistics of the training split (pixels in [0, 1]); models
+    normalise inside, so attacks work in pixel space. `default_eps` is the usual L-inf budget for
+    the dataset (0.3 MNIST, 0.1 Fashion-MNIST, 8/255 for the colour sets). For Tiny-ImageNet MAD
+    uses 4/255 instead, so a MAD recipe must set eps itself. `crop_padding` 0 means no random crop.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    flip: bool
+    default_eps: float
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="mnist",
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            mean=(0.1307,),
+            std=(0.3081,),
+            crop_padding=0,
+            flip=False,
+            default_eps=0.3,
+        ),
+        DatasetSpec(
+            name="fashion-mnist",
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            mean=(0.2860,),
+            std=(0.3530,),
+            crop_padding=0,
+            flip=False,
+            default_eps=0.1,
+        ),
+        DatasetSpec(
+            name="cifar10",
+            num_classes=10,
+            in_channels=3,
+            image_size=32,
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2616),
+            crop_padding=4,
+            flip=True,
+            default_eps=8 / 255,
+        ),
+        DatasetSpec(
+            name="cifar100",
+            num_classes=100,
+            in_channels=3,
+            image_size=32,
+            mean=(0.5071, 0.4865, 0.4409),
+            std=(0.2673, 0.2564, 0.2762),
+            crop_padding=4,
+            flip=True,
+            default_eps=8 / 255,
+        ),
+        # Digits are not mirror-symmetric, so SVHN is cropped but never flipped.
+        DatasetSpec(
+            name="svhn",
+            num_classes=10,
+            in_channels=3,
+            image_size=32,
+            mean=(0.4377, 0.4438, 0.4728),
+            std=(0.1980, 0.2010, 0.1970),
+            crop_padding=4,
+            flip=False,
+            default_eps=8 / 255,
+        ),
+        # MAD reports Tiny-ImageNet at 4/255: see the class docstring.
+        DatasetSpec(
+            name="tiny-imagenet",
+            num_classes=200,
+            in_channels=3,
+            image_size=64,
+            mean=(0.4802, 0.4481, 0.3975),
+            std=(0.2770, 0.2691, 0.2821),
+            crop_padding=4,
+            flip=True,
+            default_eps=8 / 255,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None

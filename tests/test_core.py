@@ -1,0 +1,72 @@
+import pickle
+
+import pytest
+import torch
+
+from advprune.core.errors import AdvpruneError, CheckpointError, ConfigError
+from advprune.core.io import atomic_write, atomic_write_json, read_json
+from advprune.core.run_dir import RunDir
+from advprune.core.tensor_files import load_tensors, save_tensors
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "results.json"
+    atomic_write_json(target, {"accuracy": 0.9})
+
+    def failing(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert read_json(target) == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_unwritable_destination_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AdvpruneError, match="cannot write"):
+        atomic_write_json(blocker / "sub" / "results.json", {})
+
+
+def test_tensors_and_metadata_round_trip(tmp_path):
+    tensors = {"a": torch.arange(6.0).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+    save_tensors(tmp_path / "t.safetensors", tensors, {"epoch": 3, "history": [{"x": 1.5}]})
+    loaded, metadata = load_tensors(tmp_path / "t.safetensors")
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert metadata == {"epoch": 3, "history": [{"x": 1.5}]}
+
+
+def test_truncated_safetensors_is_reported_as_corrupt(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"a": torch.zeros(1000)}, {})
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_tensors(path)
+
+
+def test_pickle_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_tensors(path)
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_tensors(path)
+
+
+def test_read_json_names_the_corrupt_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{not json")
+    with pytest.raises(AdvpruneError, match=r"results\.json is not valid JSON"):
+        read_json(path, "results")
+
+
+def test_run_dir_that_is_a_file_is_a_config_error(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        RunDir.create(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        RunDir.existing(tmp_path / "missing")
