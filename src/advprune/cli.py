@@ -1,0 +1,148 @@
+"""Command line: `advprune train | eval | demo`.
+
+Errors caused by input are one line on stderr and a non-zero exit; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from advprune.core.errors import AdvpruneError, ConfigError
+from advprune.core.run_dir import RunDir
+
+# Keys that may differ when resuming: where the run executes, not what it computes.
+RESUMABLE_CHANGES = {"device", "data_dir", "download"}
+
+FLAG_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": str},
+    "int": {"type": int},
+    "float": {"type": float},
+    "str | None": {"type": str},
+    "int | None": {"type": int},
+    "float | None": {"type": float},
+    "bool": {"action": argparse.BooleanOptionalAction},
+    "list[float]": {"type": float, "nargs": "+"},
+}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
+    """One `--flag` per dataclass field; unset flags stay absent so recipes keep their values."""
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=helps.get(field.name),
+            **FLAG_TYPES[field.type],
+        )
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from advprune.recipes import load_recipe
+    from advprune.training import TrainConfig, train
+
+    overrides = given(args, TrainConfig)
+    if args.resume:
+        run = RunDir.existing(args.run_dir)
+        saved = TrainConfig.load(run.config)
+        for key, value in overrides.items():
+            if key not in RESUMABLE_CHANGES and getattr(saved, key) != value:
+                raise ConfigError(
+                    f"--resume: the run in {run.path} has {key}={getattr(saved, key)!r} but "
+                    f"{value!r} was given; drop the flag or start a new --run-dir"
+                )
+        config = dataclasses.replace(saved, **overrides).validate()
+    else:
+        base: dict[str, Any] = {}
+        if args.recipe:
+            base = load_recipe(args.recipe).get("train", {})
+        config = TrainConfig.from_dict({**base, **overrides}, source="--recipe and flags")
+    train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
+    print(f"trained model written to {Path(args.run_dir) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from advprune.evaluation import EvalConfig, evaluate_run, format_results
+
+    config = EvalConfig.from_dict(given(args, EvalConfig))
+    results = evaluate_run(args.run_dir, config, progress=not args.quiet)
+    print(format_results([results]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from advprune.demo import run_demo
+
+    run_demo(args.run_dir, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from advprune.evaluation import EvalConfig
+    from advprune.training import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="advprune", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a dense model (standard, PGD-AT, TRADES)")
+    train.add_argument("--run-dir", required=True, help="directory for everything the run writes")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    train.add_argument("--recipe", help="start from a packaged recipe's train settings (e.g. demo)")
+    add_dataclass_flags(
+        train,
+        TrainConfig,
+        {
+            "eps": "L∞ radius in [0, 1] pixels (default: the dataset's standard ε)",
+            "attack_step_size": "PGD step (default 2.5·ε/steps)",
+            "limit_train": "use only the first N training examples",
+            "limit_test": "use only the first N test examples",
+            "milestones": "step-schedule decay points as fractions of training",
+        },
+    )
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run under attacks; writes results.json")
+    evaluate.add_argument("run_dir", help="a run directory holding model.safetensors")
+    add_dataclass_flags(
+        evaluate,
+        EvalConfig,
+        {
+            "attacks": "comma-separated: clean,fgsm,pgd,cw,autoattack",
+            "autoattack_limit": "AutoAttack on the first N test examples (default: all)",
+        },
+    )
+    evaluate.set_defaults(handler=cmd_eval)
+
+    demo = commands.add_parser("demo", help="the embedded default: PGD-AT LeNet on Fashion-MNIST")
+    demo.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except AdvpruneError as err:
+        if args.debug:
+            raise
+        print(f"advprune: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("advprune: interrupted; `advprune train --resume` continues a run", file=sys.stderr)
+        return 130

@@ -1,0 +1,216 @@
+"""Evaluate a model or a run directory: accuracy under each attack, size, and sanity checks.
+
+`results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., ...}, "params", "flops",
+"sparsity", ...} with accuracies as fractions in [0, 1]. It is written before the gradient-masking
+verdict, so a failed check never loses the numbers; the check then fails loudly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advprune.attacks import ATTACKS, CLEAN, parse_attacks
+from advprune.core.device import resolve_device
+from advprune.core.errors import CheckpointError
+from advprune.core.io import atomic_write_json, read_json
+from advprune.core.run_dir import RunDir
+from advprune.data import ImageDataset, get_spec, load_dataset
+from advprune.evaluation.complexity import model_complexity
+from advprune.evaluation.config import EvalConfig
+from advprune.evaluation.robustness import accuracy
+from advprune.evaluation.sanity import (
+    default_eps_values,
+    gradient_masking_problems,
+    raise_on_gradient_masking,
+    security_curve,
+)
+from advprune.models.serialization import load_model
+
+AUTOATTACK_TOLERANCE = 0.005  # AutoAttack may beat PGD; exceeding it by more means a broken attack
+
+
+STEPPED_LOSSES = {"pgd": "cross-entropy", "cw": "the CW margin loss"}
+
+
+def attack_options(name: str, config: EvalConfig) -> dict[str, Any]:
+    """Overrides of the registry's protocol settings: the number of PGD steps."""
+    steps = {"pgd": config.pgd_steps, "cw": config.cw_steps}.get(name)
+    return {} if steps is None else {"steps": steps}
+
+
+def attack_settings(name: str, eps: float, config: EvalConfig) -> dict[str, Any]:
+    """What results.json records about an attack, so a table can state it."""
+    settings: dict[str, Any] = {
+        "eps": eps,
+        "norm": "linf",
+        "description": ATTACKS[name].description,
+    }
+    steps = attack_options(name, config).get("steps")
+    if steps is not None:
+        settings.update(steps=steps, step_size=2.5 * eps / steps, random_start=True)
+        settings["description"] = (
+            f"PGD-{steps} on {STEPPED_LOSSES[name]}, uniform random start, step 2.5·eps/{steps}"
+        )
+    return settings
+
+
+def evaluate_model(
+    model: nn.Module,
+    test: ImageDataset,
+    eps: float,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    autoattack_state: Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Accuracy under each attack of `config` (model in eval mode: deterministic, frozen BN)."""
+    model.eval()
+    results: dict[str, Any] = {"eps": eps, "accuracy": {}, "examples": {}, "attacks": {}}
+    for name in parse_attacks(config.attacks):
+        started = time.perf_counter()
+        subset = test
+        if name == CLEAN:
+            attack = None
+        elif name == "autoattack":
+            subset = test.take(min(config.autoattack_limit or len(test), len(test)))
+            attack = partial(
+                ATTACKS[name].run,
+                eps=eps,
+                seed=config.seed,
+                batch_size=config.batch_size,
+                state_path=autoattack_state,
+            )
+        else:
+            attack = partial(
+                ATTACKS[name].run, eps=eps, seed=config.seed, **attack_options(name, config)
+            )
+        if name != CLEAN:
+            results["attacks"][name] = attack_settings(name, eps, config)
+        # AutoAttack runs on the whole subset in one call so that its state file can resume it.
+        batch_size = len(subset) if name == "autoattack" else config.batch_size
+        results["accuracy"][name] = accuracy(
+            model,
+            subset,
+            attack,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            desc=name,
+        )
+        results["examples"][name] = len(subset)
+        log(
+            f"  {name:<11} {results['accuracy'][name]:.4f}  on {len(subset)} examples "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+    return results
+
+
+def autoattack_problems(
+    model: nn.Module, test: ImageDataset, results: dict, config: EvalConfig, device: torch.device
+) -> list[str]:
+    """AutoAttack ≤ PGD on the same examples, or one of the two attacks is broken."""
+    if "autoattack" not in results["accuracy"]:
+        return []
+    subset = test.take(results["examples"]["autoattack"])
+    pgd_accuracy = accuracy(
+        model,
+        subset,
+        partial(ATTACKS["pgd"].run, eps=results["eps"], seed=config.seed, steps=config.pgd_steps),
+        device=device,
+        batch_size=config.batch_size,
+    )
+    results["accuracy"]["pgd_on_autoattack_examples"] = pgd_accuracy
+    if results["accuracy"]["autoattack"] > pgd_accuracy + AUTOATTACK_TOLERANCE:
+        return [
+            f"AutoAttack accuracy {results['accuracy']['autoattack']:.3f} exceeds PGD's "
+            f"{pgd_accuracy:.3f} on the same examples"
+        ]
+    return []
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate `RUN_DIR/model.safetensors` and merge the results into `RUN_DIR/results.json`."""
+    config.validate()
+    run = RunDir.existing(run_dir)
+    device = resolve_device(config.device)
+    model, metadata = load_model(run.model, device=device)
+    architecture = metadata["architecture"]
+    trained = metadata.get("config", {})
+    dataset = trained.get("dataset")
+    if dataset is None:
+        raise CheckpointError(
+            f"{run.model} does not name its dataset; it was not written by `advprune train`"
+        )
+    spec = get_spec(dataset)
+    eps = config.eps if config.eps is not None else metadata.get("eps", spec.default_eps)
+    test = load_dataset(
+        dataset,
+        "test",
+        data_dir=config.data_dir or trained.get("data_dir"),
+        download=config.download,
+        limit=config.limit_test,
+    )
+    log(f"evaluating {run.path} ({architecture['name']}, {dataset}, eps {eps:g}) on {device}")
+
+    results = evaluate_model(
+        model,
+        test,
+        eps,
+        config,
+        device=device,
+        progress=progress,
+        log=log,
+        autoattack_state=run.path / "autoattack.state",
+    )
+    problems = autoattack_problems(model, test, results, config, device)
+    if config.sanity_examples:
+        curve = security_curve(
+            model,
+            test.take(min(config.sanity_examples, len(test))),
+            default_eps_values(eps),
+            steps=config.pgd_steps,
+            device=device,
+            batch_size=config.batch_size,
+        )
+        problems += gradient_masking_problems(curve)
+        results["gradient_masking_check"] = {
+            "security_curve": curve,
+            "problems": problems,
+            "passed": not problems,
+        }
+    results.update(
+        model_complexity(
+            model,
+            (architecture["in_channels"], architecture["image_size"], architecture["image_size"]),
+        )
+    )
+    results.update(
+        run=str(run.path),
+        model=architecture["name"],
+        dataset=dataset,
+        method=trained.get("objective"),
+    )
+    merged = read_json(run.results, "results") if run.results.exists() else {}
+    merged.update(
+        {k: v for k, v in results.items() if k not in ("accuracy", "examples", "attacks")}
+    )
+    for key in ("accuracy", "examples", "attacks"):
+        merged[key] = {**merged.get(key, {}), **results[key]}
+    atomic_write_json(run.results, merged)
+    raise_on_gradient_masking(problems, str(run.path))
+    return merged

@@ -1,0 +1,90 @@
+"""Training objectives (objectives.md): the loss on the weights and the examples it is taken on.
+
+Adversarial examples are generated with the model in eval mode (BN statistics frozen) and the loss
+is taken in train mode, as in Madry et al. and TRADES' reference code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advprune.attacks import pgd
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The training-time attack: L∞ PGD with `steps` steps of `step_size` inside radius `eps`."""
+
+    eps: float
+    steps: int
+    step_size: float | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor  # the predictions whose accuracy is logged as train accuracy
+
+
+def _adversarial(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, attack: AttackSettings, **options
+) -> torch.Tensor:
+    model.eval()
+    try:
+        return pgd(
+            model, x, target, attack.eps, alpha=attack.step_size, steps=attack.steps, **options
+        )
+    finally:
+        model.train()
+
+
+def standard(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """Plain empirical risk: CE(f(x), y)."""
+    logits = model(x)
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)
+
+
+def pgd_at(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """Madry et al. (2018): CE(f(x̃), y), x̃ = PGD on CE with a uniform random start."""
+    x_adv = _adversarial(model, x, y, attack)
+    logits = model(x_adv)
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)
+
+
+def _kl_to_clean(logits_adv: torch.Tensor, clean_probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p(x) ‖ p(x̃)), TRADES' inner maximisation loss."""
+    log_adv = F.log_softmax(logits_adv.float(), dim=1)
+    return F.kl_div(log_adv, clean_probabilities, reduction="none").sum(dim=1)
+
+
+def trades(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """Zhang et al. (2019): CE(f(x), y) + β·KL(p(x) ‖ p(x̃)).
+
+    x̃ maximises the KL, starting from x + 0.001·N(0, 1).
+    """
+    model.eval()
+    with torch.no_grad():
+        clean_probabilities = F.softmax(model(x).float(), dim=1)
+    x_adv = _adversarial(model, x, clean_probabilities, attack, loss=_kl_to_clean, init="normal")
+    logits = model(x)
+    logits_adv = model(x_adv)
+    robust = _kl_to_clean(logits_adv, F.softmax(logits.float(), dim=1)).mean()
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y) + beta * robust, logits)
+
+
+OBJECTIVE_FUNCTIONS: dict[str, Callable[..., ObjectiveOutput]] = {
+    "standard": standard,
+    "pgd-at": pgd_at,
+    "trades": trades,
+}

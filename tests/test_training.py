@@ -1,0 +1,121 @@
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from advprune.core.errors import ConfigError
+from advprune.models.serialization import load_model
+from advprune.training import TrainConfig, train
+from advprune.training import trainer as trainer_module
+from advprune.training.schedule import learning_rate
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        dataset="fashion-mnist",
+        model="lenet300-100",
+        objective="pgd-at",
+        eps=0.1,
+        attack_steps=2,
+        epochs=2,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        limit_train=256,
+        limit_test=128,
+        monitor_examples=64,
+        seed=3,
+    )
+    return TrainConfig(**{**values, **overrides}).validate()
+
+
+def read_metrics(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    config = tiny_config(milestones=[0.3, 0.6], precision="bf16")
+    config.save(tmp_path / "config.yaml")
+    assert TrainConfig.load(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"objective": "fancy"}, "unknown objective 'fancy'"),
+        ({"eps": -0.1}, "eps must be a finite number"),
+        ({"eps": float("nan")}, "eps must be a finite number"),
+        ({"epochs": 0}, "epochs must be ≥ 1"),
+        ({"limit_train": 0}, "limit_train must be ≥ 1"),
+        ({"milestones": [1.5]}, "milestones are fractions"),
+        ({"precision": "fp8"}, "unknown precision"),
+    ],
+)
+def test_impossible_settings_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**overrides)
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"epochz": 3}))
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) epochz"):
+        TrainConfig.load(tmp_path / "c.yaml")
+
+
+def test_schedules():
+    assert learning_rate(0.1, "step", 0.49, [0.5, 0.75], 0.1) == pytest.approx(0.1)
+    assert learning_rate(0.1, "step", 0.5, [0.5, 0.75], 0.1) == pytest.approx(0.01)
+    assert learning_rate(0.1, "step", 0.8, [0.5, 0.75], 0.1) == pytest.approx(0.001)
+    assert learning_rate(0.1, "cosine", 0.0, [], 0.1) == pytest.approx(0.1)
+    assert learning_rate(0.1, "cosine", 0.5, [], 0.1) == pytest.approx(0.05)
+    assert learning_rate(0.1, "constant", 0.9, [], 0.1) == 0.1
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config()
+    train(config, str(tmp_path / "whole"), progress=False, log=lambda _: None)
+
+    real_save = trainer_module.save_training_state
+    saves = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+        raise KeyboardInterrupt  # the process dies right after the epoch-1 checkpoint
+
+    monkeypatch.setattr(trainer_module, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, str(tmp_path / "resumed"), progress=False, log=lambda _: None)
+    monkeypatch.setattr(trainer_module, "save_training_state", real_save)
+    assert saves == [1] and not (tmp_path / "resumed" / "model.safetensors").exists()
+    assert len(read_metrics(tmp_path / "resumed")) == 1
+
+    train(config, str(tmp_path / "resumed"), resume=True, progress=False, log=lambda _: None)
+    assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
+    whole, _ = load_model(tmp_path / "whole" / "model.safetensors")
+    resumed, _ = load_model(tmp_path / "resumed" / "model.safetensors")
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
+    config = tiny_config(epochs=1, objective="standard")
+    train(config, str(tmp_path), progress=False, log=lambda _: None)
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        train(config, str(tmp_path), progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("objective", ["standard", "pgd-at", "trades"])
+def test_each_objective_trains_and_leaves_a_loadable_model(tmp_path, objective):
+    config = tiny_config(objective=objective, epochs=1, limit_train=1280, optimizer="adam", lr=1e-3)
+    model = train(config, str(tmp_path), progress=False, log=lambda _: None)
+    record = read_metrics(tmp_path)[0]
+    assert math.isfinite(record["train_loss"])
+    assert record["test_clean_accuracy"] > 0.4  # far above chance (0.1) after 20 steps
+    loaded, metadata = load_model(tmp_path / "model.safetensors")
+    assert metadata["config"]["objective"] == objective
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model.cpu()(x))
