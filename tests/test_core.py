@@ -70,3 +70,12 @@ def test_run_dir_that_is_a_file_is_a_config_error(tmp_path):
         RunDir.create(path)
     with pytest.raises(ConfigError, match="does not exist"):
         RunDir.existing(tmp_path / "missing")
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = atomic_write_json(tmp_path / "results.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -37,8 +37,8 @@ def load_tensors(
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}; check the path or train the run first")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(PICKLE_MAGIC):
+        head = handle.read(9)  # safetensors: 8-byte little-endian header size, then "{"
+    if head[8:9] != b"{" and head.startswith(PICKLE_MAGIC):
         raise CheckpointError(
             f"{what} {path} is a pickle/torch.save file, not safetensors; advprune never unpickles "
             "files — re-save it with safetensors.torch.save_file"

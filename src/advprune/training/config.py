@@ -16,7 +16,7 @@ from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
 from advprune.data import get_spec
 
-OBJECTIVES = ("standard", "pgd-at", "trades")
+OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -32,7 +32,7 @@ class TrainConfig:
     eps: float | None = None
     attack_steps: int = 10
     attack_step_size: float | None = None  # None: 2.5·ε/steps (Madry et al.)
-    trades_beta: float = 6.0
+    beta: float = 6.0  # weight of the KL term of TRADES and MART
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"

@@ -83,8 +83,43 @@ def trades(
     return ObjectiveOutput(F.cross_entropy(logits.float(), y) + beta * robust, logits)
 
 
+def mart(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """Wang et al. (2020): BCE(p(x̃), y) + β·KL(p(x) ‖ p(x̃))·(1 − p_y(x)), x̃ = PGD on CE.
+
+    BCE = −log p_y(x̃) − log(1 − max_{k≠y} p_k(x̃)): the boosted CE also pushes down the
+    strongest wrong class. The KL term is weighted towards misclassified clean examples.
+    """
+    x_adv = _adversarial(model, x, y, attack)
+    logits = model(x).float()
+    logits_adv = model(x_adv).float()
+    probabilities_adv = F.softmax(logits_adv, dim=1)
+    wrong = probabilities_adv.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    boosted = F.cross_entropy(logits_adv, y) - torch.log(1.0001 - wrong + 1e-12).mean()
+    probabilities = F.softmax(logits, dim=1)
+    true_probability = probabilities.gather(1, y[:, None]).squeeze(1)
+    kl = _kl_to_clean(logits_adv, probabilities)
+    return ObjectiveOutput(boosted + beta * (kl * (1 - true_probability)).mean(), logits_adv)
+
+
+def fast_at(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """Wong et al. (2020) "fast" FGSM-RS: one step of 1.25·ε from a uniform start; CE(f(x̃), y).
+
+    Watch the per-epoch PGD monitor: this objective can overfit catastrophically.
+    """
+    fgsm_rs = AttackSettings(attack.eps, steps=1, step_size=1.25 * attack.eps)
+    x_adv = _adversarial(model, x, y, fgsm_rs)
+    logits = model(x_adv)
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)
+
+
 OBJECTIVE_FUNCTIONS: dict[str, Callable[..., ObjectiveOutput]] = {
     "standard": standard,
     "pgd-at": pgd_at,
     "trades": trades,
+    "mart": mart,
+    "fast-at": fast_at,
 }

@@ -160,7 +160,7 @@ def train(
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, config.precision):
-                out = objective(step_model, x, y, attack, config.trades_beta)
+                out = objective(step_model, x, y, attack, config.beta)
             if not torch.isfinite(out.loss):
                 raise TrainingError(
                     f"loss is {out.loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr "
