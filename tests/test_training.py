@@ -7,6 +7,8 @@ import torch.nn.functional as F
 import yaml
 
 from advprune.core.errors import ConfigError
+from advprune.masks import WeightMasks
+from advprune.models import create_model
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, objectives, train
 from advprune.training import trainer as trainer_module
@@ -75,9 +77,24 @@ def test_schedules():
     assert learning_rate(0.1, "constant", 0.9, [], 0.1) == 0.1
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def half_masks() -> WeightMasks:
+    """Prune a random half of every weight of lenet300-100, as a pruning method would."""
+    model = create_model("lenet300-100", 10, 1, image_size=28)
+    generator = torch.Generator().manual_seed(0)
+    return WeightMasks(
+        {
+            name: torch.rand(p.shape, generator=generator) < 0.5
+            for name, p in model.named_parameters()
+            if name.endswith("weight")
+        }
+    )
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "masked"])
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch, pruned):
     config = tiny_config()
-    train(config, str(tmp_path / "whole"), progress=False, log=lambda _: None)
+    masks = half_masks() if pruned else None
+    train(config, str(tmp_path / "whole"), progress=False, log=lambda _: None, masks=masks)
 
     real_save = trainer_module.save_training_state
     saves = []
@@ -89,17 +106,25 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_module, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config, str(tmp_path / "resumed"), progress=False, log=lambda _: None)
+        train(config, str(tmp_path / "resumed"), progress=False, log=lambda _: None, masks=masks)
     monkeypatch.setattr(trainer_module, "save_training_state", real_save)
     assert saves == [1] and not (tmp_path / "resumed" / "model.safetensors").exists()
     assert len(read_metrics(tmp_path / "resumed")) == 1
 
+    # Resuming takes the masks from the checkpoint, not from the caller.
     train(config, str(tmp_path / "resumed"), resume=True, progress=False, log=lambda _: None)
     assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
     whole, _ = load_model(tmp_path / "whole" / "model.safetensors")
     resumed, _ = load_model(tmp_path / "resumed" / "model.safetensors")
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    if pruned:
+        parameters = dict(resumed.named_parameters())
+        for name, keep in masks.items():
+            assert torch.count_nonzero(parameters[name][~keep]) == 0, name
+            assert torch.count_nonzero(parameters[name][keep]) == int(keep.sum()), name
+        saved, _ = WeightMasks.load(tmp_path / "resumed" / "masks.safetensors")
+        assert all(torch.equal(saved[name], masks[name]) for name in masks)
 
 
 def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
@@ -142,3 +167,26 @@ def test_mart_matches_its_reference_formula(monkeypatch):
     kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
     reference = loss_adv + 5.0 * (kl * (1.0000001 - true_probs)).mean()
     assert out.loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{"precision": "bf16", "channels_last": True}, {"compile": True}],
+    ids=["bf16-channels-last", "compile"],
+)
+def test_speed_flags_train_the_same_model(tmp_path, flags):
+    """The speed flags change how, not what: the model still learns and saves plain weights."""
+    config = tiny_config(
+        objective="pgd-at",
+        epochs=1,
+        limit_train=1280,
+        optimizer="adam",
+        lr=1e-3,
+        model="lenet5-caffe",
+        **flags,
+    )
+    train(config, str(tmp_path), progress=False, log=lambda _: None)
+    record = read_metrics(tmp_path)[0]
+    assert record["test_clean_accuracy"] > 0.3
+    loaded, _ = load_model(tmp_path / "model.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in loaded.state_dict())

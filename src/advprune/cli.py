@@ -1,4 +1,4 @@
-"""Command line: `advprune train | eval | demo`.
+"""Command line: `advprune train | prune | eval | demo`.
 
 Errors caused by input are one line on stderr and a non-zero exit; `--debug` shows the traceback.
 """
@@ -26,6 +26,7 @@ FLAG_TYPES: dict[str, dict[str, Any]] = {
     "int | None": {"type": int},
     "float | None": {"type": float},
     "bool": {"action": argparse.BooleanOptionalAction},
+    "bool | None": {"action": argparse.BooleanOptionalAction},
     "list[float]": {"type": float, "nargs": "+"},
 }
 
@@ -73,6 +74,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from advprune.pruning import PruneConfig, prune_run
+
+    config = PruneConfig(**given(args, PruneConfig)).validate()
+    prune_run(config, args.run_dir, progress=not args.quiet)
+    print(f"pruned, fine-tuned model written to {Path(args.run_dir) / 'model.safetensors'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from advprune.evaluation import EvalConfig, evaluate_run, format_results
 
@@ -91,6 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from advprune.evaluation import EvalConfig
+    from advprune.pruning import PruneConfig
     from advprune.training import TrainConfig
 
     parser = argparse.ArgumentParser(prog="advprune", description=__doc__.splitlines()[0])
@@ -114,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
         },
     )
     train.set_defaults(handler=cmd_train)
+
+    prune = commands.add_parser("prune", help="prune a trained run (MAD, magnitude, random)")
+    prune.add_argument("--run-dir", required=True, help="directory for the pruned run")
+    add_dataclass_flags(
+        prune,
+        PruneConfig,
+        {
+            "from_run": "the trained dense run directory to prune",
+            "sparsity": "fraction of the scored weights to remove, in [0, 1)",
+            "scheme": "mad (global over conv layers, classifier per row) | global | layerwise",
+            "order": "lowest (the method) | largest | random (ablations)",
+            "saliency_fraction": "MAD: fraction of the training batches for the saliency",
+            "objective": "fine-tuning objective (default: the dense run's)",
+        },
+    )
+    prune.add_argument(
+        "--from", dest="from_run", default=argparse.SUPPRESS, help="alias of --from-run"
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     evaluate = commands.add_parser("eval", help="evaluate a run under attacks; writes results.json")
     evaluate.add_argument("run_dir", help="a run directory holding model.safetensors")

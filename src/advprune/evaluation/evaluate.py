@@ -203,7 +203,7 @@ def evaluate_run(
         run=str(run.path),
         model=architecture["name"],
         dataset=dataset,
-        method=trained.get("objective"),
+        method=metadata.get("method", {}).get("name", trained.get("objective")),
     )
     merged = read_json(run.results, "results") if run.results.exists() else {}
     merged.update(

@@ -15,13 +15,20 @@ from advprune.models.serialization import load_state_strict
 
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer."
+EXTRA_PREFIX = "extra."
 
 
 def save_training_state(
-    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, metadata: dict
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    metadata: dict,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Model and optimizer tensors under prefixes; optimizer scalars and groups in the metadata."""
+    """Model, optimizer and `extra` tensors (e.g. pruning masks) under prefixes; optimizer scalars
+    and groups in the metadata."""
     tensors = {MODEL_PREFIX + name: t for name, t in model.state_dict().items()}
+    tensors.update({EXTRA_PREFIX + name: t for name, t in (extra or {}).items()})
     optimizer_state = optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for index, state in optimizer_state["state"].items():
@@ -36,8 +43,9 @@ def save_training_state(
 
 def load_training_state(
     path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """Restore model and optimizer in place; return the rest of the metadata (epoch, history…)."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model and optimizer in place; return the metadata (epoch, history…) and the extra
+    tensors."""
     tensors, metadata = load_tensors(path, what="training checkpoint")
     if "optimizer" not in metadata:
         raise CheckpointError(f"{path} holds no optimizer state; it is not a training checkpoint")
@@ -62,4 +70,5 @@ def load_training_state(
             f"optimizer state in {path} does not match this run ({err}); it was written with "
             "another --optimizer or model"
         ) from err
-    return metadata
+    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return metadata, extra

@@ -25,8 +25,9 @@ from advprune.core.run_dir import RunDir
 from advprune.core.seeding import seed_everything
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
 from advprune.evaluation.robustness import accuracy
+from advprune.masks import WeightMasks
 from advprune.models import create_model
-from advprune.models.serialization import save_model
+from advprune.models.serialization import load_state_strict, save_model
 from advprune.training.checkpoint import load_training_state, save_training_state
 from advprune.training.config import TrainConfig
 from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings
@@ -82,11 +83,18 @@ def train(
     data: TrainingData | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    initial_weights: dict[str, torch.Tensor] | None = None,
+    masks: WeightMasks | None = None,
+    method: dict | None = None,
 ) -> nn.Module:
     """Train `config` into `run_dir`; returns the trained model (eval mode, on the run's device).
 
     The run directory ends with config.yaml, metrics.jsonl (one JSON line per epoch),
     checkpoint.safetensors (training state) and model.safetensors (final weights + architecture).
+    Fine-tuning starts from `initial_weights`; with `masks` the pruned weights stay exactly zero
+    (gradients masked before each step, weights after it) and the masks are checkpointed with the
+    training state and written to masks.safetensors. `method` (the pruning settings) is stored
+    with the model, so reports can tell a pruned run from a dense one.
     """
     config.validate()
     run = RunDir.create(run_dir)
@@ -102,7 +110,10 @@ def train(
     objective = OBJECTIVE_FUNCTIONS[config.objective]
 
     seed_everything(config.seed)
-    model = create_model(**architecture(config, data.spec)).to(device)
+    model = create_model(**architecture(config, data.spec))
+    if initial_weights is not None:
+        load_state_strict(model, initial_weights, "the initial weights")
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model)
@@ -110,9 +121,14 @@ def train(
     if resume:
         if not run.checkpoint.exists():
             raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
-        state = load_training_state(run.checkpoint, model, optimizer)
+        state, extra = load_training_state(run.checkpoint, model, optimizer)
         start_epoch, history = state["epoch"], state["history"]
+        if extra:
+            masks = WeightMasks.from_state_dict(extra)
         log(f"resuming {run.path} after epoch {start_epoch}/{config.epochs}")
+    if masks is not None:
+        masks.apply(model)
+        masks.save(run.path / "masks.safetensors")
     config.save(run.config)
     step_model = torch.compile(model) if config.compile else model
 
@@ -168,7 +184,11 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if masks is not None:
+                masks.mask_gradients(model)
             optimizer.step()
+            if masks is not None:
+                masks.apply(model)
             loss_sum += out.loss.detach() * len(y)
             correct += (out.logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -199,12 +219,18 @@ def train(
             model,
             optimizer,
             {"epoch": epoch + 1, "history": history, "config": config.to_dict()},
+            extra=None if masks is None else masks.state_dict(),
         )
     model.eval()
     save_model(
         run.model,
         model,
-        {"architecture": architecture(config, data.spec), "config": config.to_dict(), "eps": eps},
+        {
+            "architecture": architecture(config, data.spec),
+            "config": config.to_dict(),
+            "eps": eps,
+            "method": method or {"name": config.objective},
+        },
     )
     return model
 
