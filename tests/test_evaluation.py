@@ -109,6 +109,7 @@ def test_evaluate_run_writes_and_merges_results(tmp_path):
         tmp_path, EvalConfig(attacks="clean,pgd", **settings), progress=False, log=lambda _: None
     )
     assert first["gradient_masking_check"]["passed"]
+    assert (tmp_path / "security_curve.png").read_bytes().startswith(b"\x89PNG")
     second = evaluate_run(
         tmp_path,
         EvalConfig(attacks="fgsm,autoattack", autoattack_limit=40, **settings),

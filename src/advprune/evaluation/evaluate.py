@@ -24,6 +24,7 @@ from advprune.core.run_dir import RunDir
 from advprune.data import ImageDataset, get_spec, load_dataset
 from advprune.evaluation.complexity import model_complexity
 from advprune.evaluation.config import EvalConfig
+from advprune.evaluation.plots import plot_security_curve
 from advprune.evaluation.robustness import accuracy
 from advprune.evaluation.sanity import (
     default_eps_values,
@@ -188,6 +189,9 @@ def evaluate_run(
             batch_size=config.batch_size,
         )
         problems += gradient_masking_problems(curve)
+        plot_security_curve(
+            curve, eps, f"{architecture['name']} on {dataset}", run.path / "security_curve.png"
+        )
         results["gradient_masking_check"] = {
             "security_curve": curve,
             "problems": problems,
