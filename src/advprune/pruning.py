@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from advprune.core.device import resolve_device
-from advprune.core.errors import ConfigError
+from advprune.core.errors import ConfigError, check_choices
 from advprune.core.run_dir import RunDir
 from advprune.data import BatchLoader
 from advprune.masks import ORDERS, SCHEMES, check_sparsity, select
@@ -57,21 +57,19 @@ class PruneConfig:
     seed: int = 0
 
     def validate(self) -> PruneConfig:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        check_choices(
+            self,
+            {
+                "method": METHODS,
+                "scheme": SCHEMES,
+                "order": ORDERS,
+                "objective": OBJECTIVES,
+                "optimizer": OPTIMIZERS,
+            },
+        )
         if not self.from_run:
             raise ConfigError("--from DENSE_RUN_DIR is required: prune a trained dense run")
         check_sparsity(self.sparsity)
-        choices = {
-            "scheme": SCHEMES,
-            "order": ORDERS,
-            "objective": OBJECTIVES,
-            "optimizer": OPTIMIZERS,
-        }
-        for key, allowed in choices.items():
-            value = getattr(self, key)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(allowed)}")
         if not 0 < self.saliency_fraction <= 1 or not math.isfinite(self.saliency_fraction):
             raise ConfigError(f"saliency_fraction must be in (0, 1], got {self.saliency_fraction}")
         if self.finetune_epochs < 1:

@@ -31,3 +31,11 @@ class GradientMaskingError(AdvpruneError):
     """Robust accuracy that does not fall as epsilon grows: the numbers cannot be trusted."""
 
     exit_code = 3
+
+
+def check_choices(config: object, choices: dict[str, tuple[str, ...]]) -> None:
+    """Each named attribute of `config` is one of its allowed values (None means "not set")."""
+    for key, allowed in choices.items():
+        value = getattr(config, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(allowed)}")

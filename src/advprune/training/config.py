@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from advprune.core.device import PRECISIONS
-from advprune.core.errors import ConfigError
+from advprune.core.errors import ConfigError, check_choices
 from advprune.core.io import atomic_write_text
 from advprune.data import get_spec
 
@@ -56,17 +56,15 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Reject values that cannot work, with the option name in the message; fill in ε."""
         spec = get_spec(self.dataset)
-        choices = {
-            "objective": OBJECTIVES,
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "precision": PRECISIONS,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(
-                    f"unknown {key} {getattr(self, key)!r}; choose one of {', '.join(allowed)}"
-                )
+        check_choices(
+            self,
+            {
+                "objective": OBJECTIVES,
+                "optimizer": OPTIMIZERS,
+                "schedule": SCHEDULES,
+                "precision": PRECISIONS,
+            },
+        )
         if self.eps is None:
             self.eps = spec.default_eps
         if not (math.isfinite(self.eps) and self.eps >= 0):
