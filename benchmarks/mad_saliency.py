@@ -39,7 +39,7 @@ from advprune.methods.mad import (
     optimise_masks,
     removed_part,
 )
-from advprune.models import create_model
+from advprune.models import architecture, create_model
 from advprune.training.objectives import AttackSettings, pgd_at
 
 
@@ -138,14 +138,7 @@ def main() -> None:
     args.eps = spec.default_eps if args.eps is None else args.eps
     data = load_dataset(args.dataset, "train", limit=args.batches * args.batch_size)
     loader = BatchLoader(data, spec, args.batch_size, shuffle=False, augment=False, device=device)
-    model = create_model(
-        args.model,
-        spec.num_classes,
-        spec.in_channels,
-        image_size=spec.image_size,
-        mean=spec.mean,
-        std=spec.std,
-    ).to(device)
+    model = create_model(**architecture(args.model, spec)).to(device)
     print(
         f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
         f"{args.model} on {len(loader)} batches of {args.batch_size} {args.dataset} images, "

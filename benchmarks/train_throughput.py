@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from advprune.core.device import resolve_device
 from advprune.data import DATASETS, BatchLoader, ImageDataset
-from advprune.models import create_model
+from advprune.models import architecture, create_model
 from advprune.training.objectives import AttackSettings, pgd_at
 
 
@@ -69,14 +69,7 @@ def training_rate(
 ) -> float:
     """Images per second of PGD-7 adversarial training steps (after one warm-up step)."""
     spec = DATASETS[dataset]
-    model = create_model(
-        model_name,
-        spec.num_classes,
-        spec.in_channels,
-        image_size=spec.image_size,
-        mean=spec.mean,
-        std=spec.std,
-    ).to(device)
+    model = create_model(**architecture(model_name, spec)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     data = synthetic(dataset, batch_size * (steps + 1))
     loader = BatchLoader(data, spec, batch_size, shuffle=True, augment=True, device=device)

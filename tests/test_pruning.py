@@ -96,18 +96,24 @@ def test_impossible_pruning_settings(dense_run, overrides, message):
         PruneConfig(**values).validate()
 
 
+def prune_magnitude(dense_run, sparsity: str) -> list[str]:
+    return [
+        "--quiet",
+        "prune",
+        "--method",
+        "magnitude",
+        "--from",
+        str(dense_run),
+        "--sparsity",
+        sparsity,
+    ]
+
+
 def test_prune_cli_and_eval_report_the_sparsity(dense_run, tmp_path, capsys):
     run_dir = tmp_path / "pruned"
     code = main(
         [
-            "--quiet",
-            "prune",
-            "--method",
-            "magnitude",
-            "--from",
-            str(dense_run),
-            "--sparsity",
-            "0.75",
+            *prune_magnitude(dense_run, "0.75"),
             "--finetune-epochs",
             "1",
             "--run-dir",
@@ -135,14 +141,7 @@ def test_prune_cli_and_eval_report_the_sparsity(dense_run, tmp_path, capsys):
     capsys.readouterr()
     code = main(
         [
-            "--quiet",
-            "prune",
-            "--method",
-            "magnitude",
-            "--from",
-            str(dense_run),
-            "--sparsity",
-            "1.5",
+            *prune_magnitude(dense_run, "1.5"),
             "--run-dir",
             str(tmp_path / "bad"),
         ]

@@ -8,10 +8,12 @@ pixels. Any user `nn.Module` that takes [0, 1] images works with advprune just a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
 from advprune.core.errors import ConfigError
+from advprune.data import DatasetSpec
 from advprune.models.lenet import lenet5_caffe, lenet300_100
 from advprune.models.normalization import Normalize, with_normalization
 from advprune.models.resnet import resnet18
@@ -48,4 +50,17 @@ def create_model(
     return with_normalization(body, mean, std)
 
 
-__all__ = ["MODELS", "Normalize", "create_model", "with_normalization"]
+def architecture(name: str, spec: DatasetSpec) -> dict[str, Any]:
+    """`create_model`'s arguments for a dataset, as stored with every saved model:
+    `create_model(**architecture("resnet18", get_spec("cifar10")))`."""
+    return {
+        "name": name,
+        "num_classes": spec.num_classes,
+        "in_channels": spec.in_channels,
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+
+
+__all__ = ["MODELS", "Normalize", "architecture", "create_model", "with_normalization"]

@@ -26,7 +26,7 @@ from advprune.core.seeding import seed_everything
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
 from advprune.evaluation.robustness import accuracy
 from advprune.masks import WeightMasks
-from advprune.models import create_model
+from advprune.models import architecture, create_model
 from advprune.models.serialization import load_state_strict, save_model
 from advprune.training.checkpoint import load_training_state, save_training_state
 from advprune.training.config import TrainConfig
@@ -49,18 +49,6 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     return TrainingData(
         spec, load("train", limit=config.limit_train), load("test", limit=config.limit_test)
     )
-
-
-def architecture(config: TrainConfig, spec: DatasetSpec) -> dict:
-    """What `create_model` needs to rebuild the network; stored with every saved model."""
-    return {
-        "name": config.model,
-        "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels,
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-    }
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -110,7 +98,7 @@ def train(
     objective = OBJECTIVE_FUNCTIONS[config.objective]
 
     seed_everything(config.seed)
-    model = create_model(**architecture(config, data.spec))
+    model = create_model(**architecture(config.model, data.spec))
     if initial_weights is not None:
         load_state_strict(model, initial_weights, "the initial weights")
     model = model.to(device)
@@ -226,7 +214,7 @@ def train(
         run.model,
         model,
         {
-            "architecture": architecture(config, data.spec),
+            "architecture": architecture(config.model, data.spec),
             "config": config.to_dict(),
             "eps": eps,
             "method": method or {"name": config.objective},
