@@ -12,6 +12,7 @@ from advprune.models import create_model
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, objectives, train
 from advprune.training import trainer as trainer_module
+from advprune.training.method import MaskedTraining
 from advprune.training.schedule import learning_rate
 
 
@@ -94,7 +95,11 @@ def half_masks() -> WeightMasks:
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch, pruned):
     config = tiny_config()
     masks = half_masks() if pruned else None
-    train(config, str(tmp_path / "whole"), progress=False, log=lambda _: None, masks=masks)
+
+    def method(masks: WeightMasks | None) -> MaskedTraining | None:
+        return MaskedTraining(masks, {"name": "half"}) if pruned else None
+
+    train(config, str(tmp_path / "whole"), progress=False, log=lambda _: None, method=method(masks))
 
     real_save = trainer_module.save_training_state
     saves = []
@@ -106,13 +111,26 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_module, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config, str(tmp_path / "resumed"), progress=False, log=lambda _: None, masks=masks)
+        train(
+            config,
+            str(tmp_path / "resumed"),
+            progress=False,
+            log=lambda _: None,
+            method=method(masks),
+        )
     monkeypatch.setattr(trainer_module, "save_training_state", real_save)
     assert saves == [1] and not (tmp_path / "resumed" / "model.safetensors").exists()
     assert len(read_metrics(tmp_path / "resumed")) == 1
 
     # Resuming takes the masks from the checkpoint, not from the caller.
-    train(config, str(tmp_path / "resumed"), resume=True, progress=False, log=lambda _: None)
+    train(
+        config,
+        str(tmp_path / "resumed"),
+        resume=True,
+        progress=False,
+        log=lambda _: None,
+        method=method(None),
+    )
     assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
     whole, _ = load_model(tmp_path / "whole" / "model.safetensors")
     resumed, _ = load_model(tmp_path / "resumed" / "model.safetensors")

@@ -29,6 +29,7 @@ from advprune.methods.magnitude import magnitude_scores
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, train
 from advprune.training.config import OBJECTIVES, OPTIMIZERS
+from advprune.training.method import MaskedTraining
 from advprune.training.trainer import TrainingData, load_training_data
 
 METHODS = ("mad", "magnitude", "random")
@@ -193,6 +194,5 @@ def prune_run(
         progress=progress,
         log=log,
         initial_weights=initial,
-        masks=masks,
-        method={"name": config.method, **dataclasses.asdict(config)},
+        method=MaskedTraining(masks, {"name": config.method, **dataclasses.asdict(config)}),
     )

@@ -19,18 +19,18 @@ from tqdm.auto import tqdm
 
 from advprune.attacks import pgd
 from advprune.core.device import autocast, resolve_device
-from advprune.core.errors import ConfigError, TrainingError
+from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
 from advprune.core.run_dir import RunDir
 from advprune.core.seeding import seed_everything
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
 from advprune.evaluation.robustness import accuracy
-from advprune.masks import WeightMasks
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_state_strict, save_model
 from advprune.training.checkpoint import load_training_state, save_training_state
 from advprune.training.config import TrainConfig
-from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings
+from advprune.training.method import StepContext, TrainingMethod
+from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings, ObjectiveOutput
 from advprune.training.schedule import learning_rate
 
 MONITOR_ATTACK_STEPS = 10
@@ -51,11 +51,11 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     )
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
 
 
@@ -72,17 +72,15 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     initial_weights: dict[str, torch.Tensor] | None = None,
-    masks: WeightMasks | None = None,
-    method: dict | None = None,
+    method: TrainingMethod | None = None,
 ) -> nn.Module:
     """Train `config` into `run_dir`; returns the trained model (eval mode, on the run's device).
 
     The run directory ends with config.yaml, metrics.jsonl (one JSON line per epoch),
     checkpoint.safetensors (training state) and model.safetensors (final weights + architecture).
-    Fine-tuning starts from `initial_weights`; with `masks` the pruned weights stay exactly zero
-    (gradients masked before each step, weights after it) and the masks are checkpointed with the
-    training state and written to masks.safetensors. `method` (the pruning settings) is stored
-    with the model, so reports can tell a pruned run from a dense one.
+    Fine-tuning starts from `initial_weights`. `method` decides what one step does (plain
+    training by default; masked fine-tuning, gates, scores for the pruning methods); its state is
+    checkpointed with the training state and its metadata stored with the model.
     """
     config.validate()
     run = RunDir.create(run_dir)
@@ -97,6 +95,8 @@ def train(
     attack = AttackSettings(eps, config.attack_steps, config.attack_step_size)
     objective = OBJECTIVE_FUNCTIONS[config.objective]
 
+    method = method or TrainingMethod()
+
     seed_everything(config.seed)
     model = create_model(**architecture(config.model, data.spec))
     if initial_weights is not None:
@@ -104,19 +104,16 @@ def train(
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model)
+    model = method.prepare(model)
+    optimizer = build_optimizer(config, method.weight_parameters(model))
     start_epoch, history = 0, []
     if resume:
         if not run.checkpoint.exists():
             raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
         state, extra = load_training_state(run.checkpoint, model, optimizer)
         start_epoch, history = state["epoch"], state["history"]
-        if extra:
-            masks = WeightMasks.from_state_dict(extra)
+        method.load_state_dict(extra, model)
         log(f"resuming {run.path} after epoch {start_epoch}/{config.epochs}")
-    if masks is not None:
-        masks.apply(model)
-        masks.save(run.path / "masks.safetensors")
     config.save(run.config)
     step_model = torch.compile(model) if config.compile else model
 
@@ -136,6 +133,11 @@ def train(
             "lower --batch-size or raise --limit-train"
         )
     steps_per_epoch = len(loader)
+
+    def run_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+        with autocast(device, config.precision):
+            return objective(net, x, y, attack, config.beta)
+
     for epoch in range(start_epoch, config.epochs):
         seed_everything(epoch_seed(config.seed, epoch))
         model.train()
@@ -163,20 +165,8 @@ def train(
                 group["lr"] = lr
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, config.precision):
-                out = objective(step_model, x, y, attack, config.beta)
-            if not torch.isfinite(out.loss):
-                raise TrainingError(
-                    f"loss is {out.loss.item()} at epoch {epoch + 1} step {step + 1}; lower --lr "
-                    f"(now {config.lr}) or use --precision fp32 — the last good checkpoint is kept"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if masks is not None:
-                masks.mask_gradients(model)
-            optimizer.step()
-            if masks is not None:
-                masks.apply(model)
+            context = StepContext(run_objective, epoch, step, steps_per_epoch, lr, len(data.train))
+            out = method.step(step_model, x, y, optimizer, context)
             loss_sum += out.loss.detach() * len(y)
             correct += (out.logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -207,9 +197,10 @@ def train(
             model,
             optimizer,
             {"epoch": epoch + 1, "history": history, "config": config.to_dict()},
-            extra=None if masks is None else masks.state_dict(),
+            extra=method.state_dict(),
         )
     model.eval()
+    method.finish(model, run.path)
     save_model(
         run.model,
         model,
@@ -217,7 +208,7 @@ def train(
             "architecture": architecture(config.model, data.spec),
             "config": config.to_dict(),
             "eps": eps,
-            "method": method or {"name": config.objective},
+            "method": method.metadata() if method.name != "dense" else {"name": config.objective},
         },
     )
     return model

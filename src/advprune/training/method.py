@@ -1,0 +1,131 @@
+"""How a method takes part in training, without owning the loop (DESIGN.md: methods plug in).
+
+The trainer owns data order, learning-rate schedule, checkpoints, logging and resume. A method
+owns what one optimisation step does to the model and to its own parameters (gates, scores), and
+the tensors it must checkpoint. `TrainingMethod` itself is plain training of every weight on the
+run's objective; `MaskedTraining` keeps pruned weights at exactly zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from advprune.core.errors import CheckpointError, TrainingError
+from advprune.masks import WeightMasks
+from advprune.training.objectives import ObjectiveOutput
+
+
+@dataclass
+class StepContext:
+    """What a step may need besides the batch: the run's objective on a model, and where we are."""
+
+    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], ObjectiveOutput]
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    lr: float
+    examples: int  # training-set size N, e.g. for the KL/N term of a variational objective
+
+
+def check_finite(loss: torch.Tensor, context: StepContext, what: str = "loss") -> None:
+    """Stop before a non-finite loss reaches the weights; the last checkpoint on disk stays good."""
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"{what} is {loss.item()} at epoch {context.epoch + 1} step {context.step + 1}; lower "
+            "--lr or use --precision fp32 — the last good checkpoint is kept"
+        )
+
+
+class TrainingMethod:
+    """Plain training: every parameter of the model on the run's objective."""
+
+    name = "dense"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Adapt the freshly built model (on its device) before the optimizer is made."""
+        return model
+
+    def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters the trainer's optimizer and schedule update."""
+        return list(model.parameters())
+
+    def step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        """One optimisation step on the batch; returns the loss and logits that are logged."""
+        out = context.objective(model, x, y)
+        check_finite(out.loss, context)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.before_update(model)
+        optimizer.step()
+        self.after_update(model)
+        return out
+
+    def before_update(self, model: nn.Module) -> None:
+        """Called between backward and the weight update."""
+
+    def after_update(self, model: nn.Module) -> None:
+        """Called after the weight update."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors saved with every checkpoint (and restored on resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """Restore what `state_dict` saved; called on resume after the model's weights loaded."""
+        if state:
+            raise CheckpointError(
+                f"the checkpoint holds method state ({', '.join(sorted(state)[:3])}…) that plain "
+                "training cannot use; resume it with the command that started it (e.g. prune)"
+            )
+
+    def metadata(self) -> dict[str, Any]:
+        """Stored with the final model, so evaluation and reports can tell methods apart."""
+        return {"name": self.name}
+
+    def finish(self, model: nn.Module, run_path: Any) -> None:
+        """Called once after the last epoch, with the final model in eval mode."""
+
+
+class MaskedTraining(TrainingMethod):
+    """Fine-tuning under fixed weight masks: gradients masked before each update, weights after."""
+
+    def __init__(self, masks: WeightMasks | None, settings: dict[str, Any]) -> None:
+        self.masks = masks
+        self.settings = settings
+        self.name = settings.get("name", "masked")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if self.masks is not None:
+            self.masks.apply(model)
+        return model
+
+    def before_update(self, model: nn.Module) -> None:
+        self.masks.mask_gradients(model)
+
+    def after_update(self, model: nn.Module) -> None:
+        self.masks.apply(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.masks.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        self.masks = WeightMasks.from_state_dict(state)
+        self.masks.apply(model)
+
+    def metadata(self) -> dict[str, Any]:
+        return self.settings
+
+    def finish(self, model: nn.Module, run_path: Any) -> None:
+        self.masks.save(run_path / "masks.safetensors")
