@@ -24,7 +24,7 @@ from advprune.core.errors import ConfigError, check_choices
 from advprune.core.run_dir import RunDir
 from advprune.data import BatchLoader
 from advprune.masks import ORDERS, SCHEMES, check_sparsity, select
-from advprune.methods.mad import compute_saliency, load_saliency, save_saliency
+from advprune.methods.mad import SALIENCY_FORMS, compute_saliency, load_saliency, save_saliency
 from advprune.methods.magnitude import magnitude_scores
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, train
@@ -47,6 +47,7 @@ class PruneConfig:
     order: str = "lowest"  # "largest" and "random" are MAD's ablations
     include_bias: bool | None = None  # None: MAD scores biases, magnitude does not
     saliency_fraction: float = 1.0
+    saliency_form: str = "removal"  # or "paper", the official code's ranking (methods/mad.py)
     saliency_batch_size: int = 128
     mask_steps: int = 20
     mask_lr: float = 0.1
@@ -66,6 +67,7 @@ class PruneConfig:
                 "order": ORDERS,
                 "objective": OBJECTIVES,
                 "optimizer": OPTIMIZERS,
+                "saliency_form": SALIENCY_FORMS,
             },
         )
         if not self.from_run:
@@ -113,6 +115,7 @@ def mad_saliency(
         "mask_steps": config.mask_steps,
         "mask_lr": config.mask_lr,
         "saliency_fraction": config.saliency_fraction,
+        "saliency_form": config.saliency_form,
         "include_bias": config.scores_bias,
         "seed": config.seed,
         "batch_size": config.saliency_batch_size,
@@ -141,6 +144,7 @@ def mad_saliency(
         mask_lr=config.mask_lr,
         saliency_fraction=config.saliency_fraction,
         include_bias=config.scores_bias,
+        form=config.saliency_form,
         seed=config.seed,
         progress=progress,
     )

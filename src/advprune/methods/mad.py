@@ -6,10 +6,18 @@ For each batch (mad.md, "Step 1"):
    softplus(m) = 1 and take `mask_steps` Adam steps on CE(f(x̃), y), clamping softplus(m) into
    [1e-4, 1] after each: the network moves to a nearby point where the first-order term of the
    loss change vanishes, so the second-order term measures the damage;
-3. with those masks, K-FAC factors A and G of each layer (`advprune.methods.kfac`);
-4. Δw = W ⊙ (1 − softplus(M)) — the part the mask took away, W = [weight | bias] (out × in) — and
-   the saliency s_ij = ½ G_ii Δw_ij (Δw_i A)_j, the (i, j) term of ½ Δwᵀ (G ⊗ A) Δw keeping the
-   diagonal of G: S = ½ · diag(G)[:, None] · Δw ⊙ (Δw A), one matmul per layer.
+3. with those masks, K-FAC factors A and G of each layer (`advprune.methods.kfac`), W = [weight |
+   bias] as an out × in matrix;
+4. the saliency, in one of two forms (`SALIENCY_FORMS`):
+   - "removal" (default): the damage of removing each weight at the mask-optimised point
+     W̃ = W ⊙ softplus(M), s_ij = ½ G_ii A_jj W̃_ij² — the diagonal of ½ δᵀ (G ⊗ A) δ for
+     δ = −W̃_ij e_ij. It is the second-order Taylor term MAD argues for (the first-order term
+     vanishes at W̃), taken per weight, as Optimal Brain Damage does with its diagonal Hessian;
+   - "paper": the official code's s_ij = ½ G_ii Δw_ij (Δw_i A)_j with Δw = W ⊙ (1 − softplus(M)),
+     the (i, j) term of ½ Δwᵀ (G ⊗ A) Δw. Measured on Fashion-MNIST (docs/reproductions.md) this
+     ranking prunes the wrong weights: entries are signed cross terms, and every weight whose mask
+     stayed at 1 — the ones the mask optimisation wanted to keep — scores exactly 0, so "lowest
+     first" removes them early and the pruned network falls to chance. Kept for the comparison.
 Saliency is averaged over batches; pruning removes the lowest (`mad_masks`).
 
 The masked network is evaluated with `torch.func.functional_call`, so the user's module is never
@@ -43,6 +51,7 @@ MASK_FLOOR = 1e-4  # softplus(m) is clamped into [MASK_FLOOR, 1]
 LOGIT_MIN = math.log(math.expm1(MASK_FLOOR))
 LOGIT_MAX = math.log(math.expm1(1.0))  # softplus(LOGIT_MAX) = 1: the mask's starting point
 FILE_KIND = "mad-saliency"
+SALIENCY_FORMS = ("removal", "paper")
 
 Batches = BatchLoader | Iterable[tuple[Tensor, Tensor]]
 
@@ -109,19 +118,45 @@ def damage_saliency(delta: Tensor, input_covariance: Tensor, gradient_diagonal: 
     return 0.5 * gradient_diagonal[:, None] * delta * product
 
 
+def removal_saliency(
+    remaining: Tensor, input_covariance: Tensor, gradient_diagonal: Tensor
+) -> Tensor:
+    """S = ½ · diag(G)[:, None] · diag(A)[None] · W̃² for a layer's out × in matrix W̃.
+
+    Entry (i, j) is ½ δᵀ (G ⊗ A) δ for δ removing W̃_ij alone: ½ G_ii A_jj W̃_ij² ≥ 0.
+    `input_covariance` is (groups, in, in); output row i uses the A of its group.
+    """
+    groups = input_covariance.shape[0]
+    input_diagonal = input_covariance.diagonal(dim1=1, dim2=2)  # (groups, in)
+    per_row = input_diagonal.repeat_interleave(remaining.shape[0] // groups, dim=0)
+    return 0.5 * gradient_diagonal[:, None] * per_row * remaining.square()
+
+
 def removed_part(layer_name: str, layer: nn.Module, logits: dict[str, Tensor]) -> dict[str, Tensor]:
     """Δw of the layer's weight and bias: w ⊙ (1 − softplus(m)), zero for a tensor without mask."""
+    return _masked_part(layer_name, layer, logits, removed=True)
+
+
+def remaining_part(
+    layer_name: str, layer: nn.Module, logits: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """W̃ of the layer's weight and bias: w ⊙ softplus(m), w itself for a tensor without mask."""
+    return _masked_part(layer_name, layer, logits, removed=False)
+
+
+def _masked_part(
+    layer_name: str, layer: nn.Module, logits: dict[str, Tensor], *, removed: bool
+) -> dict[str, Tensor]:
     prefix = f"{layer_name}." if layer_name else ""
-    removed = {}
+    parts = {}
     for kind in ("weight", "bias"):
         tensor = getattr(layer, kind)
         if tensor is not None:
             tensor = at_least_float32(tensor.detach())
             name = prefix + kind
-            removed[name] = (
-                tensor * removed_fraction(logits[name]) if name in logits else 0 * tensor
-            )
-    return removed
+            fraction = removed_fraction(logits[name]) if name in logits else torch.zeros(())
+            parts[name] = tensor * (fraction if removed else 1 - fraction)
+    return parts
 
 
 def as_matrix(tensors: Iterable[Tensor]) -> Tensor:
@@ -137,26 +172,30 @@ def batch_saliency(
     *,
     mask_steps: int,
     mask_lr: float,
+    form: str = "removal",
 ) -> dict[str, Tensor]:
-    """The saliency of each entry of `parameters` on one adversarial batch (steps 2–5)."""
+    """The saliency of each entry of `parameters` on one adversarial batch (steps 2–4)."""
     logits = optimise_masks(model, x_adv, y, parameters, steps=mask_steps, lr=mask_lr)
     layers = {layer_of(name): model.get_submodule(layer_of(name)) for name in parameters}
     factors = kfac_factors(layers, masked_forward(model, logits), x_adv, y)
     saliency = {}
+    part_of, score = (
+        (remaining_part, removal_saliency) if form == "removal" else (removed_part, damage_saliency)
+    )
     for layer_name, layer in layers.items():
-        removed = removed_part(layer_name, layer, logits)
-        delta = as_matrix(removed.values())
+        parts = part_of(layer_name, layer, logits)
+        matrix = as_matrix(parts.values())
         if layer_name in factors:
             layer_factors = factors[layer_name]
-            scores = damage_saliency(
-                delta,
+            scores = score(
+                matrix,
                 layer_factors.input_covariance,
                 layer_factors.gradient_covariance.diagonal(),
             )
         else:  # never reached by the forward pass: removing it cannot change the loss
-            scores = torch.zeros_like(delta)
-        widths = [tensor[0].numel() for tensor in removed.values()]
-        for (name, tensor), part in zip(removed.items(), scores.split(widths, dim=1), strict=True):
+            scores = torch.zeros_like(matrix)
+        widths = [tensor[0].numel() for tensor in parts.values()]
+        for (name, tensor), part in zip(parts.items(), scores.split(widths, dim=1), strict=True):
             if name in parameters:
                 saliency[name] = part.reshape(tensor.shape)
     return saliency
@@ -191,6 +230,7 @@ def compute_saliency(
     mask_lr: float = 0.1,
     saliency_fraction: float = 1.0,
     include_bias: bool = True,
+    form: str = "removal",
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Tensor]:
@@ -199,13 +239,18 @@ def compute_saliency(
     `batches` is a `BatchLoader` (its epoch 0 is used) or any iterable of (x in [0, 1], y);
     `saliency_fraction` keeps only its first fraction. x̃ is L∞ PGD with `attack_steps` steps
     of `attack_step_size` (default 2.5·eps/steps) from a random start drawn from `seed`, so the
-    result does not depend on the global RNG. Returns `name → tensor` shaped like each parameter,
+    result does not depend on the global RNG. `form` is "removal" or the official "paper" form
+    (module docstring). Returns `name → tensor` shaped like each parameter,
     on the model's device, in the model's layer order (the classifier last).
     """
     if mask_steps < 1 or mask_lr <= 0:
         raise ConfigError(
             f"mask optimisation needs mask_steps ≥ 1 and mask_lr > 0, got {mask_steps} and "
             f"{mask_lr}; MAD uses 20 steps of lr 0.1"
+        )
+    if form not in SALIENCY_FORMS:
+        raise ConfigError(
+            f"unknown saliency form {form!r}; choose one of {', '.join(SALIENCY_FORMS)}"
         )
     check_supported(prunable_layers(model))
     parameters = prunable_parameters(model, include_bias=include_bias)
@@ -223,7 +268,7 @@ def compute_saliency(
                 model, x, y, eps, alpha=attack_step_size, steps=attack_steps, generator=generator
             )
             scores = batch_saliency(
-                model, x_adv, y, parameters, mask_steps=mask_steps, mask_lr=mask_lr
+                model, x_adv, y, parameters, mask_steps=mask_steps, mask_lr=mask_lr, form=form
             )
             for name, score in scores.items():
                 totals[name] += score
@@ -270,8 +315,7 @@ def mad_masks(
     the last layer), which is pruned per output row; "global" and "layerwise" are the
     alternatives. `order` "largest" and "random" are the paper's ablations.
 
-    Before fine-tuning, expect damage: entries are signed, and the most negative go first, then
-    every weight whose mask ended at 1 (saliency exactly 0) — on a small adversarially trained CNN
-    this raised the adversarial loss more than random pruning did (tests/test_mad.py).
+    With the "paper" saliency form, expect damage before fine-tuning: entries are signed, the most
+    negative go first, then every weight whose mask ended at 1 (saliency exactly 0).
     """
     return select(saliency, sparsity, scheme=scheme, order=order, seed=seed, classifier=classifier)
