@@ -12,7 +12,7 @@ from advprune.core.errors import ConfigError
 from advprune.data import get_spec
 from advprune.models import architecture, create_model
 from advprune.models.serialization import save_model
-from advprune.report import format_results, read_run, write_report
+from advprune.report import format_results, read_run, summarize, write_report
 from advprune.report.comparison import compare, comparison_markdown
 from advprune.report.table import pretty_eps
 
@@ -72,8 +72,11 @@ def pruned_run(root):
         "model": "lenet300-100",
         "sparsity": 0.9,
         "unit_sparsity": 0.75,
-        "nonzero_params": 26661,
-        "latency": {"ms": 0.25},
+        "nonzero_params": 266610,  # the gated network's; the exported one's count below
+        "complexity": {"exported": {"params": 30000, "nonzero_params": 26661, "flops": 60000}},
+        "memory_fraction": 0.11,
+        "flops_speedup": 8.9,
+        "latency": {"unit": "ms", "batch_1": {"dense": 1.0, "exported": 0.25, "speedup": 4.0}},
         "vulnerability": {"overall": 0.0171, "per_layer": {"body.1": 0.02, "body.3": 0.01}},
     }
     (run / "results.json").write_text(json.dumps(results))
@@ -97,22 +100,27 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
     assert [row["run"] for row in rows] == ["dense", "anpvs"]
     assert list(rows[0]) == [
         "run", "method", "dataset", "model", "eps", "sparsity", "unit_sparsity", "params",
-        "nonzero_params", "flops", "latency_ms", "clean", "fgsm", "pgd", "cw", "autoattack",
-        "transfer", "clean_examples", "fgsm_examples", "pgd_examples", "cw_examples",
-        "autoattack_examples", "transfer_examples", "vulnerability", "masking_check_passed",
+        "nonzero_params", "flops", "latency_ms", "memory_fraction", "flops_speedup", "clean",
+        "fgsm", "pgd", "cw", "autoattack", "transfer", "clean_examples", "fgsm_examples",
+        "pgd_examples", "cw_examples", "autoattack_examples", "transfer_examples",
+        "vulnerability", "masking_check_passed",
     ]  # fmt: skip
     assert rows[0]["method"] == "pgd-at" and float(rows[0]["pgd"]) == 0.6635
     assert rows[0]["autoattack_examples"] == "64" and rows[0]["masking_check_passed"] == "True"
     assert rows[1]["dataset"] == "fashion-mnist"  # from config.yaml: results.json lacks it
     assert float(rows[1]["unit_sparsity"]) == 0.75 and float(rows[1]["latency_ms"]) == 0.25
     assert float(rows[1]["vulnerability"]) == 0.0171 and float(rows[1]["transfer"]) == 0.7
-    assert rows[1]["pgd"] == rows[1]["cw"] == rows[1]["flops"] == ""  # malformed or missing
+    assert (rows[1]["params"], rows[1]["nonzero_params"], rows[1]["flops"]) == (
+        "30000", "26661", "60000"
+    )  # fmt: skip
+    assert rows[1]["pgd"] == rows[1]["cw"] == rows[1]["autoattack"] == ""  # malformed or missing
 
     table = markdown_rows(report.read_text())
     assert [row["run"] for row in table] == ["dense", "anpvs"]
     assert table[0]["PGD"] == "66.35" and table[0]["AutoAttack"] == "60.00/64"
     assert table[0]["params ≠ 0"] == "148k" and table[0]["masking check"] == "passed"
-    assert table[1]["PGD"] == table[1]["CW"] == table[1]["FLOPs"] == "–"
+    assert table[1]["PGD"] == table[1]["CW"] == table[1]["AutoAttack"] == "–"
+    assert table[1]["FLOPs"] == "60k" and table[1]["latency"] == "0.25 ms"
     assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
     assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
 
@@ -153,6 +161,20 @@ def test_summary_reads_results_before_model_metadata_before_config(tmp_path):
     summary = read_run(run)
     assert (summary.method, summary.model, summary.eps) == ("pgd-at", "lenet300-100", 0.1)
     assert summary.security_curve == CURVE
+    (run / "results.json").unlink()
+    summary = read_run(run)  # the model file's metadata, then config.yaml
+    assert (summary.method, summary.model, summary.dataset) == (
+        "pgd-at", "lenet300-100", "fashion-mnist"
+    )  # fmt: skip
+    assert summary.accuracy == {} and summary.sparsity is None
+
+
+@pytest.mark.parametrize(
+    ("latency", "ms"),
+    [(0.5, 0.5), ({"ms": 0.5}, 0.5), ({"batch_1": {"dense": 2.0}}, 2.0), ("fast", None)],
+)
+def test_latency_in_the_shapes_results_hold_it(latency, ms):
+    assert summarize({"latency": latency}).latency_ms == ms
 
 
 def test_cli_report_and_its_errors(tmp_path, capsys):
@@ -203,7 +225,10 @@ def test_paper_comparison_gives_the_difference_per_cell(tmp_path):
     }
     comparisons = {(c.step, c.metric): c for c in compare(rows, runs, reference="at")}
     assert comparisons["at", "clean"].difference == pytest.approx(0.56)
-    assert comparisons["anpvs", "memory"].ours == pytest.approx(100 * 26661 / 148010)
+    assert comparisons["at", "memory"].ours == 100  # the reference itself
+    assert comparisons["anpvs", "memory"].ours == pytest.approx(11)  # its own memory_fraction
+    runs["anpvs"].memory_fraction = None  # then: its parameters ≠ 0 against the reference's
+    assert compare(rows, runs, "at")[-2].ours == pytest.approx(100 * 26661 / 148010)
     assert comparisons["anpvs", "unit_sparsity"].difference == pytest.approx(5.0)
     assert comparisons["anpvs", "pgd"].ours is None  # malformed in the run's results
     table = comparison_markdown(list(comparisons.values()))

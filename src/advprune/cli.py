@@ -254,5 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"advprune: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("advprune: interrupted; `advprune train --resume` continues a run", file=sys.stderr)
+        again = (
+            "running the same command again continues it"
+            if args.command == "reproduce"
+            else "`advprune train --resume` continues a run"
+        )
+        print(f"advprune: interrupted; {again}", file=sys.stderr)
         return 130

@@ -2,7 +2,9 @@
 
 A recipe's `paper:` section holds the figures of one table, keyed by the step that reproduces each
 row: `rows: {STEP: {metric: value}}` with the metrics below (accuracies and sparsities in %).
-`memory` and `flops_speedup` are relative to `reference: STEP`, the paper's 100 % / 1× model.
+`memory` and `flops_speedup` compare a run with its dense network: the run's own figures where it
+has them (an exported ANP-VS run measures its dense and exported networks), else its parameters
+≠ 0 and FLOPs against those of `reference: STEP`, the paper's 100 % / 1× model.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def _accuracy(attack: str) -> PaperMetric:
 
 
 def _memory(run: RunSummary, reference: RunSummary | None) -> float | None:
+    if run.memory_fraction is not None:
+        return 100 * run.memory_fraction
     if reference is None or not reference.nonzero_params or run.nonzero_params is None:
         return None
     return 100 * run.nonzero_params / reference.nonzero_params
 
 
 def _flops_speedup(run: RunSummary, reference: RunSummary | None) -> float | None:
+    if run.flops_speedup is not None:
+        return run.flops_speedup
     if reference is None or reference.flops is None or not run.flops:
         return None
     return reference.flops / run.flops

@@ -1,16 +1,37 @@
-"""The report's figures: robust accuracy against sparsity, and per-layer values of several runs."""
+"""The report's figures, each comparing runs: robust accuracy against sparsity, security curves,
+and per-layer values (sparsity, vulnerability). A run's own security curve is drawn by `eval`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from advprune.evaluation.plots import pyplot, save_figure
+from advprune.core.io import atomic_write
 from advprune.report.runs import RunSummary
 from advprune.report.table import ATTACK_HEADERS
 from advprune.training.config import OBJECTIVES
 
 ROBUST_ATTACKS = ("pgd", "autoattack", "transfer")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Write `figure` as PNG atomically, then free it."""
+    try:
+        figure.tight_layout()
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        pyplot().close(figure)
 
 
 def is_dense(summary: RunSummary) -> bool:
@@ -81,6 +102,28 @@ def plot_layer_values(
     axes.set(ylabel=ylabel, title=title)
     if percent:
         axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_security_curves(
+    curves: Mapping[str, Sequence[dict[str, float]]],
+    train_eps: float | None,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """The runs' PGD accuracy against ε on one axes, a line per run; `train_eps` marked if set."""
+    figure, axes = pyplot().subplots(figsize=(5.5, 3.8), dpi=120)
+    for label, curve in curves.items():
+        axes.plot(
+            [p["eps"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o", label=label
+        )
+    if train_eps is not None:
+        axes.axvline(
+            train_eps, color="grey", linestyle="--", linewidth=1, label=f"ε = {train_eps:g}"
+        )
+    axes.set(xlabel="ε (L∞, [0, 1] pixels)", ylabel="PGD accuracy (%)", ylim=(0, 100), title=title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return save_figure(figure, path)

@@ -7,9 +7,11 @@ header). A report reads only these; a field none of them holds is None and shows
 results.json fields read (all optional): "accuracy" {clean, fgsm, pgd, cw, autoattack, transfer}
 as fractions, "examples" {attack: count}, "attacks" {attack: {"description"}}, "eps", "method",
 "dataset", "model", "sparsity", "unit_sparsity", "params", "nonzero_params", "flops",
-"latency" (milliseconds per image, a number or {"ms": number}), "vulnerability" (a number or
-{"overall": number, "per_layer": {layer: number} or [numbers]}) and
-"gradient_masking_check" {"passed", "security_curve"}.
+"vulnerability" (a number or {"overall": number, "per_layer": {layer: number} or [numbers]}),
+"gradient_masking_check" {"passed", "security_curve"}, and from an exported (ANP-VS) run
+"complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts for the
+run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and "latency"
+(milliseconds of one forward pass: a number, {"ms": number} or {"batch_1": {"exported": ms}}).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class RunSummary:
     params: int | None = None
     nonzero_params: int | None = None
     flops: int | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # one forward pass of one image
+    memory_fraction: float | None = None  # exported network's memory / the dense network's
+    flops_speedup: float | None = None  # dense network's FLOPs / the exported network's
     accuracy: dict[str, float] = field(default_factory=dict)  # fractions in [0, 1]
     examples: dict[str, int] = field(default_factory=dict)
     vulnerability: float | None = None
@@ -82,7 +86,12 @@ def mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _latency_ms(value: Any) -> float | None:
-    return number(value) if not isinstance(value, Mapping) else number(value.get("ms"))
+    if not isinstance(value, Mapping):
+        return number(value)
+    batch_1 = mapping(value.get("batch_1"))
+    return first(
+        number(value.get("ms")), number(batch_1.get("exported")), number(batch_1.get("dense"))
+    )
 
 
 def _vulnerability(value: Any) -> tuple[float | None, dict[str, float]]:
@@ -121,6 +130,7 @@ def summarize(
     architecture = mapping(metadata.get("architecture"))
     accuracy = mapping(results.get("accuracy"))
     masking = mapping(results.get("gradient_masking_check"))
+    exported = mapping(mapping(results.get("complexity")).get("exported"))
     vulnerability, layer_vulnerability = _vulnerability(results.get("vulnerability"))
     passed = masking.get("passed")
     return RunSummary(
@@ -139,10 +149,14 @@ def summarize(
         ),
         sparsity=number(results.get("sparsity")),
         unit_sparsity=number(results.get("unit_sparsity")),
-        params=count(results.get("params")),
-        nonzero_params=count(results.get("nonzero_params")),
-        flops=count(results.get("flops")),
+        params=first(count(exported.get("params")), count(results.get("params"))),
+        nonzero_params=first(
+            count(exported.get("nonzero_params")), count(results.get("nonzero_params"))
+        ),
+        flops=first(count(exported.get("flops")), count(results.get("flops"))),
         latency_ms=_latency_ms(results.get("latency")),
+        memory_fraction=number(results.get("memory_fraction")),
+        flops_speedup=number(results.get("flops_speedup")),
         accuracy={k: float(v) for k, v in accuracy.items() if number(v) is not None},
         examples={
             k: int(v) for k, v in mapping(results.get("examples")).items() if count(v) is not None

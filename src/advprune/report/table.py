@@ -98,6 +98,8 @@ CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
     ("nonzero_params", lambda s: s.nonzero_params),
     ("flops", lambda s: s.flops),
     ("latency_ms", lambda s: s.latency_ms),
+    ("memory_fraction", lambda s: s.memory_fraction),
+    ("flops_speedup", lambda s: s.flops_speedup),
     *((attack, lambda s, a=attack: s.accuracy.get(a)) for attack in ACCURACY_KEYS),
     *((f"{attack}_examples", lambda s, a=attack: s.examples.get(a)) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: s.vulnerability),

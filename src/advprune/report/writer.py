@@ -13,8 +13,11 @@ from pathlib import Path
 
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
-from advprune.evaluation.plots import plot_security_curves
-from advprune.report.plots import plot_layer_values, plot_robust_vs_sparsity
+from advprune.report.plots import (
+    plot_layer_values,
+    plot_robust_vs_sparsity,
+    plot_security_curves,
+)
 from advprune.report.runs import RunSummary, find_runs, layer_sparsity, read_run
 from advprune.report.table import MISSING, csv_table, markdown_table, pretty_eps
 

@@ -94,7 +94,7 @@ class Step:
         if self.evaluate is None:
             return None
         return {
-            key: value
+            key: f"step {self.needs[key]}" if key in self.needs else value
             for key, value in dataclasses.asdict(self.evaluate).items()
             if key not in LOCATION_KEYS
         }
@@ -102,7 +102,8 @@ class Step:
     def describe(self) -> str:
         if self.kind == "train":
             s = self.settings
-            return f"train {s.model} on {s.dataset} ({s.objective}, {s.epochs} epochs)"
+            epochs = f"{s.epochs} epoch" + ("s" if s.epochs != 1 else "")
+            return f"train {s.model} on {s.dataset} ({s.objective}, {epochs})"
         fields = _fields(type(self.settings))
         source = ", ".join(f"{key} {name}" for key, name in self.needs.items() if key in fields)
         sparsity = getattr(self.settings, "sparsity", None)
