@@ -117,9 +117,9 @@ def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_
         overrides={"batch_size": 32, "mask_steps": 3, "pgd_steps": 7},
     )
     dense, mad = plan.steps
-    assert dense.settings.batch_size == 32 and dense.evaluate.batch_size == 32
-    assert mad.settings.mask_steps == 3 and mad.evaluate.pgd_steps == 7
-    assert mad.settings.from_run == str(tmp_path / "dense")
+    assert dense.setting("batch_size") == 32 and dense.evaluate.batch_size == 32
+    assert mad.setting("mask_steps") == 3 and mad.evaluate.pgd_steps == 7
+    assert mad.setting("from_run") == str(tmp_path / "dense")
     with pytest.raises(ConfigError, match="no step has a setting bogus"):
         make_plan("fashion-mnist", tmp_path, overrides={"bogus": 1}, only=["dense"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
@@ -163,7 +163,7 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
         assert results["examples"] == {
             "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": 2
         }  # fmt: skip
-        target = getattr(step.settings, "sparsity", None)
+        target = step.setting("sparsity")
         if method in ("mad", "magnitude", "random", "hydra") and target is not None:
             assert abs(results["sparsity"] - target) < 0.01
     assert (suite_root / "report" / "report.md").is_file()
@@ -255,17 +255,17 @@ def representative_steps(thorough: bool) -> dict[str, list[str]]:
         plan = make_plan(
             recipe, "unused", only=runnable_steps(recipe), overrides=paper_overrides(recipe)
         )
-        models = {step.name: getattr(step.settings, "model", None) for step in plan.steps}
+        models = {step.name: step.setting("model") for step in plan.steps}
         names = []
         for step in plan.steps:
             if thorough:
                 source = models.get(step.needs.get("from_run"))
-                what = step.method or step.settings.objective
+                what = step.method or step.setting("objective")
                 keys = [(recipe, what, step.dataset, models[step.name] or source)]
             elif step.kind == "train":
-                keys = [("dataset", step.dataset), ("model", step.settings.model)]
+                keys = [("dataset", step.dataset), ("model", step.setting("model"))]
             else:
-                keys = [(step.method, step.settings.objective)]
+                keys = [(step.method, step.setting("objective"))]
             if not set(keys) <= seen:
                 seen.update(keys)
                 names.append(step.name)

@@ -36,26 +36,57 @@ from pathlib import Path
 from typing import Any
 
 from advprune.core.errors import ConfigError
+from advprune.core.run_dir import RunDir
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
 from advprune.pruning import METHODS, PruneConfig, prune_run
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
-from advprune.training import TrainConfig
+from advprune.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
-class PruneMethod:
-    """How a reproduction runs one `advprune prune --method NAME`."""
+class Method:
+    """How a reproduction builds and runs one kind of step.
 
-    settings: type  # dataclass of the method's settings, with a validate() method
-    run: Callable[..., Any]  # run(settings, run_dir, *, progress, log): prunes into run_dir
+    A step's settings are one flat mapping (recipe defaults, the step's section, --set on top);
+    `build` turns it into the configs `run(*configs, run_dir, progress=, log=)` takes — by default
+    each dataclass of `settings` gets the keys it has and is validated. `inherits` names settings
+    a step takes from the step its `init`/`from` names when it does not set them itself.
+    """
+
+    settings: tuple[type, ...]
+    run: Callable[..., Any]
+    build: Callable[[dict[str, Any], str], tuple[Any, ...]] | None = None
+    inherits: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> set[str]:
+        return set().union(*(_fields(cls) for cls in self.settings))
+
+    def make(self, values: dict[str, Any], where: str) -> tuple[Any, ...]:
+        unknown = sorted(set(values) - self.fields)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.fields))}"
+            )
+        try:
+            if self.build is not None:
+                return tuple(self.build(values, where))
+            return tuple(_build(cls, _known(values, cls), where) for cls in self.settings)
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from err
 
 
+def _train(config: TrainConfig, run_dir: Path, *, progress: bool, log: Callable) -> None:
+    resume = RunDir(run_dir).checkpoint.exists()
+    train(config, str(run_dir), resume=resume, progress=progress, log=log)
+
+
+TRAINING = Method((TrainConfig,), _train)
 # The pruning methods of this build: a method is one line here.
-PRUNE_METHODS: dict[str, PruneMethod] = {
-    name: PruneMethod(PruneConfig, prune_run) for name in METHODS
-}
+PRUNE_METHODS: dict[str, Method] = {name: Method((PruneConfig,), prune_run) for name in METHODS}
 
 KINDS = ("train", "prune")
 RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
@@ -75,38 +106,42 @@ class Step:
     name: str
     kind: str  # "train" or "prune"
     method: str | None  # the pruning method of a prune step
-    settings: Any  # TrainConfig, or the pruning method's settings
+    configs: tuple[Any, ...]  # (TrainConfig,) or the pruning method's settings
     evaluate: EvalConfig | None
     run_dir: Path
     dataset: str
     needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
 
-    def record(self) -> dict[str, Any]:
-        """What the step computes (not where), as stored in its run directory for resume."""
-        settings = {
+    def setting(self, name: str) -> Any:
+        """The value of setting `name` in the first of the step's configs that has it."""
+        return next((getattr(c, name) for c in self.configs if hasattr(c, name)), None)
+
+    def _described(self, config: Any) -> dict[str, Any]:
+        return {
             key: f"step {self.needs[key]}" if key in self.needs else value
-            for key, value in dataclasses.asdict(self.settings).items()
+            for key, value in dataclasses.asdict(config).items()
             if key not in LOCATION_KEYS
         }
+
+    def record(self) -> dict[str, Any]:
+        """What the step computes (not where), as stored in its run directory for resume."""
+        settings = {type(c).__name__: self._described(c) for c in self.configs}
         return {"kind": self.kind, "method": self.method, "settings": settings}
 
     def evaluation_record(self) -> dict[str, Any] | None:
-        if self.evaluate is None:
-            return None
-        return {
-            key: f"step {self.needs[key]}" if key in self.needs else value
-            for key, value in dataclasses.asdict(self.evaluate).items()
-            if key not in LOCATION_KEYS
-        }
+        return None if self.evaluate is None else self._described(self.evaluate)
 
     def describe(self) -> str:
         if self.kind == "train":
-            s = self.settings
-            epochs = f"{s.epochs} epoch" + ("s" if s.epochs != 1 else "")
-            return f"train {s.model} on {s.dataset} ({s.objective}, {epochs})"
-        fields = _fields(type(self.settings))
-        source = ", ".join(f"{key} {name}" for key, name in self.needs.items() if key in fields)
-        sparsity = getattr(self.settings, "sparsity", None)
+            epochs = self.setting("epochs")
+            return (
+                f"train {self.setting('model')} on {self.dataset} ({self.setting('objective')}, "
+                f"{epochs} epoch{'s' if epochs != 1 else ''})"
+            )
+        source = ", ".join(
+            f"{key} {name}" for key, name in self.needs.items() if key != "transfer_from"
+        )
+        sparsity = self.setting("sparsity")
         target = f" to {sparsity:.0%}" if isinstance(sparsity, float) else ""
         return f"prune with {self.method}{target} ({source})"
 
@@ -201,17 +236,17 @@ class _Recipe:
         self.paper = raw.get("paper")
         self.steps = self._steps(raw["steps"])
         self.overrides = dict(overrides)
-        self._check_keys(self.defaults["train"], {TrainConfig}, "train defaults")
-        self._check_keys(self.defaults["prune"], self._prune_classes(), "prune defaults")
-        self._check_keys(self.overrides, {TrainConfig, EvalConfig, *self._prune_classes()}, "--set")
+        self._check_keys(self.defaults["train"], TRAINING.fields, "train defaults")
+        self._check_keys(self.defaults["prune"], self._prune_fields(), "prune defaults")
+        every = TRAINING.fields | _fields(EvalConfig) | self._prune_fields()
+        self._check_keys(self.overrides, every, "--set")
 
     @staticmethod
-    def _prune_classes() -> set[type]:
-        return {method.settings for method in PRUNE_METHODS.values()}
+    def _prune_fields() -> set[str]:
+        return set().union(*(method.fields for method in PRUNE_METHODS.values()))
 
-    def _check_keys(self, values: Mapping[str, Any], classes: set[type], where: str) -> None:
-        known = set().union(*(_fields(cls) for cls in classes)) | set(REFERENCES) | {"method"}
-        unknown = sorted(set(values) - known)
+    def _check_keys(self, values: Mapping[str, Any], known: set[str], where: str) -> None:
+        unknown = sorted(set(values) - known - set(REFERENCES) - {"method"})
         if unknown:
             raise ConfigError(
                 f"recipe {self.name}: {where}: no step has a setting {', '.join(unknown)}"
@@ -284,10 +319,9 @@ class _Recipe:
                 return "no method (prune needs `method:`)"
             if method not in PRUNE_METHODS:
                 return f"method {method}"
+        every = TRAINING.fields | _fields(EvalConfig) | self._prune_fields()
         for key in self._references(step):
-            field_name = REFERENCES[key]
-            holders = {TrainConfig, EvalConfig, *self._prune_classes()}
-            if not any(field_name in _fields(cls) for cls in holders):
+            if REFERENCES[key] not in every:
                 return f"setting {key}"
         return None
 
@@ -340,20 +374,21 @@ def make_plan(
     return Plan(recipe, parsed.title, root, scale, list(steps.values()), paper)
 
 
-def _known(values: Mapping[str, Any], cls: type) -> dict[str, Any]:
-    """The entries of `values` that are settings of `cls` (where a default or --set applies)."""
-    names = _fields(cls)
+def _known(values: Mapping[str, Any], names: type | set[str]) -> dict[str, Any]:
+    """The entries of `values` that are settings in `names` (a dataclass or a set of names):
+    defaults and --set apply where they fit."""
+    names = _fields(names) if isinstance(names, type) else names
     return {key: value for key, value in values.items() if key in names}
 
 
 def _resolve_references(
-    values: dict[str, Any], cls: type, steps: Mapping[str, Step], where: str
+    values: dict[str, Any], names: set[str], steps: Mapping[str, Step], where: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
     needs = {}
     for key in [k for k in values if k in REFERENCES]:
         target = values.pop(key)
         field_name = REFERENCES[key]
-        if field_name not in _fields(cls):
+        if field_name not in names:
             raise ConfigError(f"{where}: {key} does not apply here")
         values[field_name] = str(steps[target].run_dir)
         needs[field_name] = target
@@ -372,25 +407,28 @@ def _plan_step(
     where = f"recipe {recipe.name}, step {name}"
     kind = next(kind for kind in KINDS if kind in raw)
     section = _mapping(raw[kind], f"{where}: {kind}")
-    method = section.pop("method", None) if kind == "prune" else None
-    cls = TrainConfig if kind == "train" else PRUNE_METHODS[method].settings
+    method_name = section.pop("method", None) if kind == "prune" else None
+    method = TRAINING if kind == "train" else PRUNE_METHODS[method_name]
+    names = method.fields
     values = {
-        **_known(recipe.defaults[kind], cls),
+        **_known(recipe.defaults[kind], names),
         **section,
-        **_known(recipe.overrides, cls),
-        **_known(location, cls),
+        **_known(recipe.overrides, names),
+        **_known(location, names),
     }
-    if "method" in _fields(cls):
-        values["method"] = method
-    values, needs = _resolve_references(values, cls, steps, where)
-    settings = _build(cls, values, where)
-    if kind == "train":
-        dataset = settings.dataset
-    else:
-        dataset = getattr(settings, "dataset", None) or steps[next(iter(needs.values()))].dataset
-    settings = scale_settings(settings, scale, dataset)
+    if "method" in names:
+        values["method"] = method_name
+    values, needs = _resolve_references(values, names, steps, where)
+    source = steps[next(iter(needs.values()))] if needs else None
+    for key in method.inherits:
+        if source is not None and key not in values:
+            values[key] = source.setting(key)
+    configs = method.make(values, where)
+    dataset = next((c.dataset for c in configs if hasattr(c, "dataset")), None)
+    dataset = dataset or source.dataset
+    configs = tuple(scale_settings(config, scale, dataset) for config in configs)
     evaluate = _plan_evaluation(recipe, raw, where, scale, dataset, location, steps, needs)
-    return Step(name, kind, method, settings, evaluate, root / name, dataset, needs)
+    return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs)
 
 
 def _plan_evaluation(
@@ -411,9 +449,10 @@ def _plan_evaluation(
         **_mapping(own, f"{where}: evaluate"),
     }
     values.update({**_known(recipe.overrides, EvalConfig), **_known(location, EvalConfig)})
-    values, eval_needs = _resolve_references(values, EvalConfig, steps, f"{where}: evaluate")
+    where = f"{where}: evaluate"
+    values, eval_needs = _resolve_references(values, _fields(EvalConfig), steps, where)
     needs.update(eval_needs)
-    return scale_settings(_build(EvalConfig, values, f"{where}: evaluate"), scale, dataset)
+    return scale_settings(_build(EvalConfig, values, where), scale, dataset)
 
 
 def _check_paper(recipe: _Recipe) -> dict[str, Any] | None:

@@ -23,8 +23,7 @@ from advprune.core.run_dir import RunDir
 from advprune.evaluation import evaluate_run
 from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
-from advprune.reproduction.plan import PRUNE_METHODS, Plan, Step, make_plan
-from advprune.training import train
+from advprune.reproduction.plan import PRUNE_METHODS, TRAINING, Plan, Step, make_plan
 
 STEP_RECORD = "step.yaml"
 AUTOATTACK_STATE = "autoattack.state"
@@ -46,8 +45,7 @@ def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> None:
     if path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if any(saved.get(key) != wanted[key] for key in ("kind", "method", "settings")):
-            before, now = saved.get("settings") or {}, wanted["settings"]
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            changed = _changed(saved.get("settings") or {}, wanted["settings"])
             raise ConfigError(
                 f"{run.path} holds step {step.name} with other settings "
                 f"({', '.join(changed) or 'its kind or method'}); delete it or pass another "
@@ -64,6 +62,20 @@ def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> None:
     atomic_write_text(path, yaml.safe_dump(wanted, sort_keys=False))
 
 
+def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings that differ between two records, across their configs."""
+    flat = [
+        {
+            key: value
+            for config in record.values()
+            if isinstance(config, dict)
+            for key, value in config.items()
+        }
+        for record in (before, now)
+    ]
+    return sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
+
+
 def _forget_evaluation(run: RunDir) -> None:
     results = read_json(run.results, "results file")
     kept = {key: value for key, value in results.items() if key not in EVALUATION_KEYS}
@@ -75,11 +87,8 @@ def _train_or_prune(step: Step, run: RunDir, progress: bool, log: Callable[[str]
     if run.model.exists():
         log(f"  finished before: {run.model} exists")
         return
-    resume = run.checkpoint.exists()
-    if step.kind == "train":
-        train(step.settings, str(run.path), resume=resume, progress=progress, log=log)
-    else:
-        PRUNE_METHODS[step.method].run(step.settings, run.path, progress=progress, log=log)
+    method = TRAINING if step.kind == "train" else PRUNE_METHODS[step.method]
+    method.run(*step.configs, run.path, progress=progress, log=log)
 
 
 def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> str | None:
