@@ -91,6 +91,7 @@ DENSE = {"name": "dense", "train": {"model": "lenet300-100", "epochs": 1}}
          "method pixie is not available|needs method pixie"),
         ({"steps": [{"name": "x", "prune": {"method": "mad", "from": "later"}}, DENSE]},
          "'later' is not an earlier step"),
+        ({"steps": [DENSE, {"name": "x", "prune": {"from": "dense"}}]}, "prune needs a method"),
         ({"steps": [DENSE, {"name": "dense", "train": {}}]}, "unique"),
         ({"steps": [{"name": "d", "train": {"epoch": 3}}]}, "unknown setting.*epoch"),
         ({"steps": [{"name": "d", "train": {}, "prune": {}}]}, "exactly one of train or prune"),

@@ -216,6 +216,15 @@ def check_scale(scale: float) -> None:
         raise ConfigError(f"--scale must be in (0, 1] (a fraction of the recipe), got {scale}")
 
 
+def _prune_fields() -> set[str]:
+    return set().union(*(method.fields for method in PRUNE_METHODS.values()))
+
+
+def _all_fields() -> set[str]:
+    """Every setting some step of this build can have."""
+    return TRAINING.fields | _prune_fields() | _fields(EvalConfig)
+
+
 class _Recipe:
     """The recipe's YAML, checked for shape, with its defaults and the settings each key fits."""
 
@@ -237,16 +246,11 @@ class _Recipe:
         self.steps = self._steps(raw["steps"])
         self.overrides = dict(overrides)
         self._check_keys(self.defaults["train"], TRAINING.fields, "train defaults")
-        self._check_keys(self.defaults["prune"], self._prune_fields(), "prune defaults")
-        every = TRAINING.fields | _fields(EvalConfig) | self._prune_fields()
-        self._check_keys(self.overrides, every, "--set")
-
-    @staticmethod
-    def _prune_fields() -> set[str]:
-        return set().union(*(method.fields for method in PRUNE_METHODS.values()))
+        self._check_keys(self.defaults["prune"], _prune_fields(), "prune defaults")
+        self._check_keys(self.overrides, _all_fields(), "--set")
 
     def _check_keys(self, values: Mapping[str, Any], known: set[str], where: str) -> None:
-        unknown = sorted(set(values) - known - set(REFERENCES) - {"method"})
+        unknown = sorted(set(values) - known - set(REFERENCES))
         if unknown:
             raise ConfigError(
                 f"recipe {self.name}: {where}: no step has a setting {', '.join(unknown)}"
@@ -273,7 +277,9 @@ class _Recipe:
                     f"{where}: a step has a name, exactly one of {' or '.join(KINDS)}, and "
                     f"optionally evaluate (found {', '.join(sorted(step))})"
                 )
-            for key, target in self._references(step).items():
+            if "prune" in step and not _mapping(step["prune"], f"{where}: prune").get("method"):
+                raise ConfigError(f"{where}: prune needs a method, e.g. `method: magnitude`")
+            for key, target in self.references(step).items():
                 if target not in names:
                     raise ConfigError(
                         f"{where}: {key}: {target!r} is not an earlier step; steps before it: "
@@ -282,7 +288,7 @@ class _Recipe:
             names.append(name)
         return [dict(step) for step in steps]
 
-    def _references(self, step: Mapping[str, Any]) -> dict[str, str]:
+    def references(self, step: Mapping[str, Any]) -> dict[str, str]:
         """Keys of the step's sections that name another step → that step's name."""
         sections = [step.get(kind) for kind in KINDS]
         if step.get("evaluate") is not False:
@@ -308,20 +314,16 @@ class _Recipe:
             name = pending.pop()
             if name not in wanted:
                 wanted.add(name)
-                pending += self._references(by_name[name]).values()
+                pending += self.references(by_name[name]).values()
         return [step["name"] for step in self.steps if step["name"] in wanted]
 
     def missing_feature(self, step: Mapping[str, Any]) -> str | None:
         """What this build lacks for the step (its method, a setting), or None."""
-        if "prune" in step:
-            method = _mapping(step["prune"], "prune").get("method")
-            if method is None:
-                return "no method (prune needs `method:`)"
-            if method not in PRUNE_METHODS:
-                return f"method {method}"
-        every = TRAINING.fields | _fields(EvalConfig) | self._prune_fields()
-        for key in self._references(step):
-            if REFERENCES[key] not in every:
+        method = step["prune"]["method"] if "prune" in step else None
+        if method is not None and method not in PRUNE_METHODS:
+            return f"method {method}"
+        for key in self.references(step):
+            if REFERENCES[key] not in _all_fields():
                 return f"setting {key}"
         return None
 
@@ -333,7 +335,7 @@ def runnable_steps(recipe: str) -> list[str]:
     broken: set[str] = set()
     runnable = []
     for step in parsed.steps:
-        needs = set(parsed._references(step).values())
+        needs = set(parsed.references(step).values())
         if parsed.missing_feature(step) or needs & broken:
             broken.add(step["name"])
         else:

@@ -98,8 +98,10 @@ def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None
     results = read_json(run.results, "results file") if run.results.exists() else {}
     done = set(results.get("accuracy", {}))
     missing = [attack for attack in parse_attacks(config.attacks) if attack not in done]
+    # The black-box accuracy is measured whenever a transfer source is set, not named in attacks.
+    transfer_missing = bool(getattr(config, "transfer_from", None)) and "transfer" not in done
     check_missing = config.sanity_examples > 0 and "gradient_masking_check" not in results
-    if not missing and not check_missing:
+    if not missing and not transfer_missing and not check_missing:
         log("  evaluated before: results.json has every attack")
         return None
     config = dataclasses.replace(
