@@ -1,6 +1,5 @@
 """advprune.data: readers on small files written in the real formats, downloads, the loader."""
 
-import gzip
 import io
 import os
 import pickle
@@ -30,6 +29,14 @@ from advprune.data import (
 )
 from advprune.data.downloads import RemoteFile, Source, md5sum
 from advprune.data.loader import crop_and_flip
+from dataset_files import (
+    cifar_rows,
+    make_tiny_imagenet,
+    write_cifar_batch,
+    write_idx,
+    write_idx_split,
+    write_svhn_split,
+)
 
 # ---------------------------------------------------------------------------------------- specs
 
@@ -76,22 +83,6 @@ def test_image_dataset_rejects_float_images():
 
 
 # ------------------------------------------------------------------------------------------ IDX
-
-
-def write_idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) -> Path:
-    data = struct.pack(f">I{len(dims)}I", magic, *dims) + payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gz":
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-    return path
-
-
-def write_idx_split(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gz: bool):
-    ext = ".gz" if gz else ""
-    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", 0x803, images.shape, images.tobytes())
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", 0x801, labels.shape, labels.tobytes())
 
 
 @pytest.fixture
@@ -167,16 +158,6 @@ def test_labels_outside_the_classes_are_refused(tmp_path, digits):
 
 
 # ---------------------------------------------------------------------------------------- CIFAR
-
-
-def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], label_key: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    batch = {b"batch_label": b"test batch", b"data": data, label_key: labels}
-    path.write_bytes(pickle.dumps(batch, protocol=2))
-
-
-def cifar_rows(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
 
 
 def test_cifar10_round_trip_and_pixel_layout(tmp_path):
@@ -296,12 +277,9 @@ def test_cifar_batch_with_wrong_shape_is_refused(tmp_path):
 
 
 def test_svhn_round_trip_maps_label_10_to_0(tmp_path):
-    from scipy.io import savemat
-
     x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
     y = np.array([[10], [1], [9], [10]], dtype=np.uint8)
-    (tmp_path / "svhn").mkdir()
-    savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": x, "y": y})
+    write_svhn_split(tmp_path / "svhn", "test", x, y)
     data = load_dataset("svhn", "test", data_dir=tmp_path)
     assert data.images.shape == (4, 3, 32, 32) and data.images.is_contiguous()
     assert data.labels.tolist() == [0, 1, 9, 0]
@@ -316,26 +294,6 @@ def test_svhn_corrupt_file_is_a_data_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- Tiny-ImageNet
-
-
-def make_tiny_imagenet(root: Path) -> Path:
-    """Two classes, listed unsorted in wnids.txt; solid colours survive JPEG almost exactly."""
-    folder = root / "tiny-imagenet-200"
-    colours = {"n02": (200, 30, 30), "n01": (20, 40, 220)}
-    folder.mkdir(parents=True)
-    (folder / "wnids.txt").write_text("n02\nn01\n")
-    for wnid, colour in colours.items():
-        images = folder / "train" / wnid / "images"
-        images.mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (64, 64), colour).save(images / f"{wnid}_{i}.JPEG")
-    (folder / "val" / "images").mkdir(parents=True)
-    Image.new("RGB", (64, 64), colours["n02"]).save(folder / "val/images/val_0.JPEG")
-    Image.new("L", (64, 64), 128).save(folder / "val/images/val_1.JPEG")
-    (folder / "val" / "val_annotations.txt").write_text(
-        "val_0.JPEG\tn02\t0\t0\t63\t63\nval_1.JPEG\tn01\t1\t2\t30\t40\n"
-    )
-    return folder
 
 
 def test_tiny_imagenet_round_trip(tmp_path):

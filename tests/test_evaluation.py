@@ -6,7 +6,7 @@ from torch import nn
 
 from advprune.core.errors import GradientMaskingError
 from advprune.data import ImageDataset
-from advprune.evaluation import EvalConfig, evaluate_run, format_results
+from advprune.evaluation import EvalConfig, evaluate_run
 from advprune.evaluation.complexity import model_complexity, weight_sparsity
 from advprune.evaluation.sanity import (
     default_eps_values,
@@ -15,6 +15,7 @@ from advprune.evaluation.sanity import (
     security_curve,
 )
 from advprune.models import create_model
+from advprune.report import format_results
 from advprune.training import TrainConfig, train
 
 

@@ -1,4 +1,4 @@
-"""Command line: `advprune train | prune | eval | demo`.
+"""Command line: `advprune train | prune | eval | report | reproduce | demo`.
 
 Errors caused by input are one line on stderr and a non-zero exit; `--debug` shows the traceback.
 """
@@ -84,11 +84,54 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advprune.evaluation import EvalConfig, evaluate_run, format_results
+    from advprune.evaluation import EvalConfig, evaluate_run
+    from advprune.report import format_results
 
     config = EvalConfig.from_dict(given(args, EvalConfig))
     results = evaluate_run(args.run_dir, config, progress=not args.quiet)
     print(format_results([results]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from advprune.report import write_report
+
+    report = write_report(args.run_dirs, args.out)
+    print(f"report written to {report} (with report.csv and the figures beside it)")
+    return 0
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """["device=cuda", "batch_size=256"] → {"device": "cuda", "batch_size": 256} (YAML values)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair}: the value is not valid YAML") from err
+    return overrides
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from advprune.reproduction import reproduce
+
+    reproduce(
+        args.recipe,
+        args.runs_dir,
+        scale=args.scale,
+        data_dir=args.data_dir,
+        download=args.download,
+        overrides=parse_overrides(args.overrides),
+        only=[name.strip() for name in args.steps.split(",") if name.strip()]
+        if args.steps
+        else None,
+        progress=not args.quiet,
+    )
     return 0
 
 
@@ -157,6 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=cmd_eval)
 
+    report = commands.add_parser(
+        "report", help="report.md, report.csv and plots from run directories (nothing re-run)"
+    )
+    report.add_argument(
+        "run_dirs", nargs="+", metavar="DIR", help="run directories, or folders holding them"
+    )
+    report.add_argument("--out", required=True, help="folder for report.md, report.csv, *.png")
+    report.set_defaults(handler=cmd_report)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run a paper table's recipe end to end and compare with the paper"
+    )
+    reproduce.add_argument("recipe", help="a recipe with steps, e.g. fashion-mnist, mad-cifar10")
+    reproduce.add_argument("--data-dir", help="where the datasets are (standard formats)")
+    reproduce.add_argument("--download", action="store_true", help="fetch missing datasets")
+    reproduce.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="in (0, 1]: epochs ×F (≥ 1) and data ×F (≥ one batch) for a smoke run",
+    )
+    reproduce.add_argument(
+        "--runs-dir", help="where the step runs go (default runs/reproduce/RECIPE[-scaleF])"
+    )
+    reproduce.add_argument(
+        "--steps", help="comma-separated step names: run only these and the steps they need"
+    )
+    reproduce.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set KEY in every step that has it, e.g. --set device=cuda --set batch_size=256",
+    )
+    reproduce.set_defaults(handler=cmd_reproduce)
+
     demo = commands.add_parser("demo", help="the embedded default: PGD-AT LeNet on Fashion-MNIST")
     demo.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go")
     demo.set_defaults(handler=cmd_demo)
@@ -174,5 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"advprune: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("advprune: interrupted; `advprune train --resume` continues a run", file=sys.stderr)
+        again = (
+            "running the same command again continues it"
+            if args.command == "reproduce"
+            else "`advprune train --resume` continues a run"
+        )
+        print(f"advprune: interrupted; {again}", file=sys.stderr)
         return 130

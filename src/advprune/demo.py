@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from advprune.evaluation import EvalConfig, evaluate_run, format_results
+from advprune.evaluation import EvalConfig, evaluate_run
 from advprune.recipes import load_recipe
+from advprune.report import format_results
 from advprune.training import TrainConfig
 from advprune.training.trainer import train_or_reuse
 

@@ -45,14 +45,35 @@ def load_tensors(
         )
     try:
         tensors = load_file(str(path))
-        with open(path, "rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(header_size))
-        metadata = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
+        metadata = _read_header_metadata(path)
     except (SafetensorError, OSError, ValueError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(
-            f"{what} {path} is corrupt or truncated ({message}); delete it and re-run, or use a "
-            "complete copy"
-        ) from err
+        raise _corrupt(path, what, err) from err
     return tensors, metadata
+
+
+def read_metadata(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Only the JSON metadata of a `save_tensors` file: reads the header, never the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}; check the path or train the run first")
+    try:
+        return _read_header_metadata(path)
+    except (OSError, ValueError) as err:
+        raise _corrupt(path, what, err) from err
+
+
+def _read_header_metadata(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if header_size > path.stat().st_size - 8:
+            raise ValueError(f"header of {header_size} bytes is longer than the file")
+        header = json.loads(handle.read(header_size))
+    return json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
+
+
+def _corrupt(path: Path, what: str, err: Exception) -> CheckpointError:
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CheckpointError(
+        f"{what} {path} is corrupt or truncated ({message}); delete it and re-run, or use a "
+        "complete copy"
+    )

@@ -68,6 +68,8 @@ class DatasetSpec:
     normalise inside, so attacks work in pixel space. `default_eps` is the usual L-inf budget for
     the dataset (0.3 MNIST, 0.1 Fashion-MNIST, 8/255 for the colour sets). For Tiny-ImageNet MAD
     uses 4/255 instead, so a MAD recipe must set eps itself. `crop_padding` 0 means no random crop.
+    `train_size`/`test_size` count the examples of the standard files (what `--scale` shrinks);
+    None for a dataset described by hand.
     """
 
     name: str
@@ -79,6 +81,8 @@ class DatasetSpec:
     crop_padding: int
     flip: bool
     default_eps: float
+    train_size: int | None = None
+    test_size: int | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -94,6 +98,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=0,
             flip=False,
             default_eps=0.3,
+            train_size=60000,
+            test_size=10000,
         ),
         DatasetSpec(
             name="fashion-mnist",
@@ -105,6 +111,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=0,
             flip=False,
             default_eps=0.1,
+            train_size=60000,
+            test_size=10000,
         ),
         DatasetSpec(
             name="cifar10",
@@ -116,6 +124,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=4,
             flip=True,
             default_eps=8 / 255,
+            train_size=50000,
+            test_size=10000,
         ),
         DatasetSpec(
             name="cifar100",
@@ -127,6 +137,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=4,
             flip=True,
             default_eps=8 / 255,
+            train_size=50000,
+            test_size=10000,
         ),
         # Digits are not mirror-symmetric, so SVHN is cropped but never flipped.
         DatasetSpec(
@@ -139,6 +151,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=4,
             flip=False,
             default_eps=8 / 255,
+            train_size=73257,
+            test_size=26032,
         ),
         # MAD reports Tiny-ImageNet at 4/255: see the class docstring.
         DatasetSpec(
@@ -151,6 +165,8 @@ DATASETS: dict[str, DatasetSpec] = {
             crop_padding=4,
             flip=True,
             default_eps=8 / 255,
+            train_size=100000,
+            test_size=10000,
         ),
     )
 }

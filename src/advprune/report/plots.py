@@ -1,0 +1,129 @@
+"""The report's figures, each comparing runs: robust accuracy against sparsity, security curves,
+and per-layer values (sparsity, vulnerability). A run's own security curve is drawn by `eval`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from advprune.core.io import atomic_write
+from advprune.report.runs import RunSummary
+from advprune.report.table import ATTACK_HEADERS
+from advprune.training.config import OBJECTIVES
+
+ROBUST_ATTACKS = ("pgd", "autoattack", "transfer")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Write `figure` as PNG atomically, then free it."""
+    try:
+        figure.tight_layout()
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        pyplot().close(figure)
+
+
+def is_dense(summary: RunSummary) -> bool:
+    """A run whose method is a training objective (pgd-at, trades…) rather than a pruning method."""
+    return summary.method in OBJECTIVES
+
+
+def plot_robust_vs_sparsity(
+    summaries: Sequence[RunSummary], title: str, path: str | Path
+) -> Path | None:
+    """One panel per robust attack present: a line per pruning method through its runs' (sparsity,
+    accuracy), dense runs as dashed horizontal lines. None when no run has both numbers."""
+    attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in summaries)]
+    pruned = [s for s in summaries if not is_dense(s) and s.method and s.sparsity is not None]
+    if not attacks or not any(a in s.accuracy for s in pruned for a in attacks):
+        return None
+    plt = pyplot()
+    figure, panels = plt.subplots(
+        1, len(attacks), figsize=(4.5 * len(attacks), 3.8), dpi=120, squeeze=False
+    )
+    for axes, attack in zip(panels[0], attacks, strict=True):
+        for method in sorted({s.method for s in pruned}):
+            points = sorted(
+                (100 * s.sparsity, 100 * s.accuracy[attack])
+                for s in pruned
+                if s.method == method and attack in s.accuracy
+            )
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", label=method)
+        for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
+            axes.axhline(
+                100 * dense.accuracy[attack],
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"dense ({dense.method})",
+            )
+        axes.set(
+            xlabel="weight sparsity (%)",
+            ylabel=f"{ATTACK_HEADERS[attack]} accuracy (%)",
+            title=f"{title}: {ATTACK_HEADERS[attack]}",
+        )
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_layer_values(
+    series: Mapping[str, Mapping[str, float]],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+    *,
+    percent: bool,
+) -> Path:
+    """A line per run over its layers (in network order), e.g. per-layer sparsity or
+    vulnerability; runs of one architecture share their layer names."""
+    layers = list(dict.fromkeys(layer for values in series.values() for layer in values))
+    factor = 100 if percent else 1
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.45 * len(layers) + 2), 3.8), dpi=120)
+    for label, values in series.items():
+        positions = [i for i, layer in enumerate(layers) if layer in values]
+        axes.plot(
+            positions, [factor * values[layers[i]] for i in positions], marker="o", label=label
+        )
+    axes.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize="small")
+    axes.set(ylabel=ylabel, title=title)
+    if percent:
+        axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_security_curves(
+    curves: Mapping[str, Sequence[dict[str, float]]],
+    train_eps: float | None,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """The runs' PGD accuracy against ε on one axes, a line per run; `train_eps` marked if set."""
+    figure, axes = pyplot().subplots(figsize=(5.5, 3.8), dpi=120)
+    for label, curve in curves.items():
+        axes.plot(
+            [p["eps"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o", label=label
+        )
+    if train_eps is not None:
+        axes.axvline(
+            train_eps, color="grey", linestyle="--", linewidth=1, label=f"ε = {train_eps:g}"
+        )
+    axes.set(xlabel="ε (L∞, [0, 1] pixels)", ylabel="PGD accuracy (%)", ylim=(0, 100), title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)

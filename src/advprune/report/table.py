@@ -1,0 +1,160 @@
+"""Runs as tables: markdown and CSV for `advprune report`, plain text for `eval` and `demo`.
+
+Markdown shows "–" where a run's files lack a field; CSV leaves the cell empty, so that numeric
+columns stay numeric for a spreadsheet or pandas. CSV holds the raw values (fractions, counts).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from advprune.report.runs import ACCURACY_KEYS, RunSummary, summarize
+
+MISSING = "–"
+ATTACK_HEADERS = {
+    "clean": "clean",
+    "fgsm": "FGSM",
+    "pgd": "PGD",
+    "cw": "CW",
+    "autoattack": "AutoAttack",
+    "transfer": "transfer",
+}
+CONSOLE_ATTACKS = ("clean", "fgsm", "pgd", "cw", "autoattack")
+
+
+def pretty_eps(eps: float) -> str:
+    """8/255 rather than 0.03137: the colour datasets' budgets are stated in 255ths."""
+    in_255ths = eps * 255
+    if 0 < eps < 0.1 and abs(in_255ths - round(in_255ths)) < 1e-6:
+        return f"{round(in_255ths)}/255"
+    return f"{eps:g}"
+
+
+def human(value: float) -> str:
+    """431080 → 431.1k, 2.29e9 → 2.29G: counts of parameters and FLOPs at a glance."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:g}"
+
+
+def percent(fraction: float | None) -> str:
+    return MISSING if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def subset_suffix(summary: RunSummary, attack: str) -> str:
+    """'/N' when the attack ran on the first N test examples only, not on the whole test set."""
+    full, subset = summary.examples.get("clean"), summary.examples.get(attack)
+    return f"/{subset}" if subset and full and subset != full else ""
+
+
+def masking_check(summary: RunSummary) -> str:
+    if summary.masking_check_passed is None:
+        return MISSING
+    return "passed" if summary.masking_check_passed else "FAILED"
+
+
+def _or_missing(value: Any, form: Callable[[Any], str]) -> str:
+    return MISSING if value is None else form(value)
+
+
+MarkdownColumn = tuple[str, Callable[[RunSummary], str]]
+
+
+def _accuracy_column(attack: str) -> MarkdownColumn:
+    def cell(summary: RunSummary) -> str:
+        value = summary.accuracy.get(attack)
+        return _or_missing(value, lambda v: f"{100 * v:.2f}{subset_suffix(summary, attack)}")
+
+    return ATTACK_HEADERS[attack], cell
+
+
+MARKDOWN_COLUMNS: list[MarkdownColumn] = [
+    ("method", lambda s: s.method or MISSING),
+    ("dataset", lambda s: s.dataset or MISSING),
+    ("model", lambda s: s.model or MISSING),
+    ("ε", lambda s: _or_missing(s.eps, pretty_eps)),
+    ("sparsity", lambda s: percent(s.sparsity)),
+    ("unit sparsity", lambda s: percent(s.unit_sparsity)),
+    ("params ≠ 0", lambda s: _or_missing(s.nonzero_params, human)),
+    ("FLOPs", lambda s: _or_missing(s.flops, human)),
+    ("latency", lambda s: _or_missing(s.latency_ms, lambda v: f"{v:.3g} ms")),
+    *(_accuracy_column(attack) for attack in ACCURACY_KEYS),
+    ("vulnerability", lambda s: _or_missing(s.vulnerability, lambda v: f"{v:.3f}")),
+    ("masking check", masking_check),
+]
+
+CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
+    ("method", lambda s: s.method),
+    ("dataset", lambda s: s.dataset),
+    ("model", lambda s: s.model),
+    ("eps", lambda s: s.eps),
+    ("sparsity", lambda s: s.sparsity),
+    ("unit_sparsity", lambda s: s.unit_sparsity),
+    ("params", lambda s: s.params),
+    ("nonzero_params", lambda s: s.nonzero_params),
+    ("flops", lambda s: s.flops),
+    ("latency_ms", lambda s: s.latency_ms),
+    ("memory_fraction", lambda s: s.memory_fraction),
+    ("flops_speedup", lambda s: s.flops_speedup),
+    *((attack, lambda s, a=attack: s.accuracy.get(a)) for attack in ACCURACY_KEYS),
+    *((f"{attack}_examples", lambda s, a=attack: s.examples.get(a)) for attack in ACCURACY_KEYS),
+    ("vulnerability", lambda s: s.vulnerability),
+    ("masking_check_passed", lambda s: s.masking_check_passed),
+]
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def markdown_table(summaries: Sequence[RunSummary], labels: Sequence[str]) -> str:
+    """One row per run: accuracies in %, '/N' for an attack run on the first N test examples."""
+    headers = ["run", *(header for header, _ in MARKDOWN_COLUMNS)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for label, summary in zip(labels, summaries, strict=True):
+        cells = [label, *(cell(summary) for _, cell in MARKDOWN_COLUMNS)]
+        lines.append("| " + " | ".join(map(_escape, cells)) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(summaries: Sequence[RunSummary], labels: Sequence[str]) -> str:
+    """One row per run with raw values (accuracies and sparsities as fractions); empty: absent."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run", *(name for name, _ in CSV_COLUMNS)])
+    for label, summary in zip(labels, summaries, strict=True):
+        values = [value(summary) for _, value in CSV_COLUMNS]
+        writer.writerow([label, *("" if v is None else v for v in values)])
+    return buffer.getvalue()
+
+
+def format_results(results: Sequence[Mapping[str, Any]]) -> str:
+    """Results dicts (results.json) as the plain-text table `advprune eval` and `demo` print."""
+    summaries = [summarize(result, str(result.get("run", "?"))) for result in results]
+    header = f"{'run':<28} {'params':>10} {'sparsity':>8} " + " ".join(
+        f"{attack:>11}" for attack in CONSOLE_ATTACKS
+    )
+    lines = [header, "-" * len(header)]
+    for summary in summaries:
+        cells = []
+        for attack in CONSOLE_ATTACKS:
+            value = summary.accuracy.get(attack)
+            if value is None:
+                cells.append(f"{MISSING:>11}")
+            else:
+                cells.append(f"{100 * value:>6.2f}{subset_suffix(summary, attack):>5}")
+        params = _or_missing(summary.params, str)
+        lines.append(
+            f"{str(summary.path)[-28:]:<28} {params:>10} {percent(summary.sparsity):>8} "
+            + " ".join(cells)
+        )
+    eps = summaries[0].eps if summaries else None
+    lines.append(
+        f"accuracy in % at eps {_or_missing(eps, lambda v: f'{v:g}')}; '/N': on the first N test "
+        "examples only"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""`advprune report DIR... --out OUT`: report.md, report.csv and PNG figures from run directories.
+
+Everything comes from the runs' files (see `report.runs`); nothing is trained or evaluated again.
+Figures are drawn per (dataset, model), since curves of different networks do not share axes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from advprune.core.errors import ConfigError
+from advprune.core.io import atomic_write_text
+from advprune.report.plots import (
+    plot_layer_values,
+    plot_robust_vs_sparsity,
+    plot_security_curves,
+)
+from advprune.report.runs import RunSummary, find_runs, layer_sparsity, read_run
+from advprune.report.table import MISSING, csv_table, markdown_table, pretty_eps
+
+Group = list[tuple[str, RunSummary]]
+
+
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """Each run's directory name, or its path where two runs share a name."""
+    names = [run.name for run in runs]
+    return [str(run) if names.count(run.name) > 1 else run.name for run in runs]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "runs"
+
+
+def _groups(labels: Sequence[str], summaries: Sequence[RunSummary]) -> dict[str, Group]:
+    groups: dict[str, Group] = {}
+    for label, summary in zip(labels, summaries, strict=True):
+        key = f"{summary.dataset or MISSING} {summary.model or MISSING}"
+        groups.setdefault(key, []).append((label, summary))
+    return groups
+
+
+def _common_eps(group: Group) -> float | None:
+    values = {summary.eps for _, summary in group}
+    return values.pop() if len(values) == 1 else None
+
+
+def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path | None, str]]:
+    """(caption, file or None, why it is missing) for each figure of one (dataset, model)."""
+    slug = _slug(group_name)
+    summaries = [summary for _, summary in group]
+    curves = {label: s.security_curve for label, s in group if s.security_curve}
+    sparsities = {label: layer_sparsity(s.path) for label, s in group}
+    sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
+    vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
+    drawers: list[tuple[str, str, Callable[[Path], Path | None], str]] = [
+        (
+            "robust accuracy against sparsity",
+            "robust_vs_sparsity",
+            lambda path: plot_robust_vs_sparsity(summaries, group_name, path),
+            "no pruned run with a robust accuracy",
+        ),
+        (
+            "security curves",
+            "security_curves",
+            lambda path: (
+                plot_security_curves(curves, _common_eps(group), group_name, path)
+                if curves
+                else None
+            ),
+            "no run has a security curve (gradient_masking_check in results.json)",
+        ),
+        (
+            "per-layer sparsity",
+            "layer_sparsity",
+            lambda path: (
+                plot_layer_values(sparsities, "zero weights (%)", group_name, path, percent=True)
+                if sparsities
+                else None
+            ),
+            "no run has zero weights in model.safetensors",
+        ),
+        (
+            "per-layer vulnerability",
+            "layer_vulnerability",
+            lambda path: (
+                plot_layer_values(
+                    vulnerabilities, "vulnerability E|z(x) − z(x̃)|", group_name, path, percent=False
+                )
+                if vulnerabilities
+                else None
+            ),
+            "no run has a per-layer vulnerability (vulnerability.per_layer in results.json)",
+        ),
+    ]
+    return [
+        (caption, draw(out / f"{stem}-{slug}.png"), missing)
+        for caption, stem, draw, missing in drawers
+    ]
+
+
+def _markdown(
+    title: str,
+    labels: Sequence[str],
+    summaries: Sequence[RunSummary],
+    figures: dict[str, list[tuple[str, Path | None, str]]],
+) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(summaries)} run(s), read from their run directories: config.yaml, results.json and "
+        "model.safetensors. Accuracies in % at the run's ε; '/N': on the first N test examples "
+        "only; sparsity: zero conv/linear weights; unit sparsity: units/channels removed; "
+        "params ≠ 0: parameters that are not zero; '–': not in the run's files.",
+        "",
+        markdown_table(summaries, labels),
+        "",
+    ]
+    descriptions = {}
+    for summary in summaries:
+        for attack, description in summary.attack_descriptions.items():
+            descriptions.setdefault((attack, description, summary.eps), None)
+    if descriptions:
+        lines += ["Attacks:", ""]
+        lines += [
+            f"- {attack}: {description}" + (f" (ε = {pretty_eps(eps)})" if eps is not None else "")
+            for attack, description, eps in descriptions
+        ]
+        lines.append("")
+    for group_name, group_figures in figures.items():
+        lines += [f"## {group_name}", ""]
+        for caption, path, missing in group_figures:
+            if path is None:
+                lines.append(f"- {caption}: not drawn, {missing}")
+            else:
+                lines.append(f"![{caption}]({path.name})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(
+    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str = "advprune report"
+) -> Path:
+    """Write OUT/report.md, OUT/report.csv and the figures for the runs in (or below) `run_dirs`;
+    returns the path of report.md."""
+    runs = find_runs(list(run_dirs))
+    summaries = [read_run(run) for run in runs]
+    labels = run_labels(runs)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; pass a directory for the report")
+    atomic_write_text(out_dir / "report.csv", csv_table(summaries, labels))
+    figures = {
+        name: _figures(name, group, out_dir) for name, group in _groups(labels, summaries).items()
+    }
+    return atomic_write_text(out_dir / "report.md", _markdown(title, labels, summaries, figures))

@@ -1,0 +1,483 @@
+"""A reproduction recipe as a plan: its steps in order, every setting resolved and validated.
+
+A recipe (src/advprune/recipes/NAME.yaml) is a list of steps, each a run directory:
+
+    title: what the recipe reproduces
+    train: {...}      # defaults of every train step (TrainConfig keys)
+    prune: {...}      # defaults of every prune step (keys its method's settings have)
+    evaluate: {...}   # how every step is evaluated (EvalConfig keys); a step's `evaluate:` adds
+                      # to it, and `evaluate: false` skips the step's evaluation
+    steps:
+      - {name: dense, train: {dataset: cifar10, model: vgg16, epochs: 100}}
+      - {name: mad-90, prune: {method: mad, from: dense, sparsity: 0.9}}
+    paper: {source: ..., reference: STEP, rows: {STEP: {metric: value}}}   # see report.comparison
+    anchors: {...}    # YAML anchors that steps merge in (`<<: *name`); not read otherwise
+
+`from: STEP` (and `init:`, `transfer_from:`) name an earlier step; the step gets that step's run
+directory. Everything is checked before the first step starts, so a long run never fails on a
+typo after hours; a method this build lacks is named with the steps that can run without it.
+
+`--scale F` (0 < F ≤ 1) shrinks a recipe for a smoke run, exactly as follows: every epoch count
+(epochs, finetune_epochs, score_epochs) becomes max(1, round(F·epochs)); the training examples
+max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train);
+the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
+gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
+examples than these limits is used whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advprune.core.errors import ConfigError
+from advprune.core.run_dir import RunDir
+from advprune.data import get_spec
+from advprune.evaluation import EvalConfig
+from advprune.pruning import METHODS, PruneConfig, prune_run
+from advprune.recipes import load_recipe
+from advprune.report.comparison import PAPER_METRICS
+from advprune.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a reproduction builds and runs one kind of step.
+
+    A step's settings are one flat mapping (recipe defaults, the step's section, --set on top);
+    `build` turns it into the configs `run(*configs, run_dir, progress=, log=)` takes — by default
+    each dataclass of `settings` gets the keys it has and is validated. `inherits` names settings
+    a step takes from the step its `init`/`from` names when it does not set them itself.
+    """
+
+    settings: tuple[type, ...]
+    run: Callable[..., Any]
+    build: Callable[[dict[str, Any], str], tuple[Any, ...]] | None = None
+    inherits: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> set[str]:
+        return set().union(*(_fields(cls) for cls in self.settings))
+
+    def make(self, values: dict[str, Any], where: str) -> tuple[Any, ...]:
+        unknown = sorted(set(values) - self.fields)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.fields))}"
+            )
+        try:
+            if self.build is not None:
+                return tuple(self.build(values, where))
+            return tuple(_build(cls, _known(values, cls), where) for cls in self.settings)
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from err
+
+
+def _train(config: TrainConfig, run_dir: Path, *, progress: bool, log: Callable) -> None:
+    resume = RunDir(run_dir).checkpoint.exists()
+    train(config, str(run_dir), resume=resume, progress=progress, log=log)
+
+
+TRAINING = Method((TrainConfig,), _train)
+# The pruning methods of this build: a method is one line here.
+PRUNE_METHODS: dict[str, Method] = {name: Method((PruneConfig,), prune_run) for name in METHODS}
+
+KINDS = ("train", "prune")
+RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
+STEP_KEYS = ("name", *KINDS, "evaluate")
+# Recipe keys that name an earlier step → the settings field that receives its run directory.
+REFERENCES = {"from": "from_run", "init": "init", "transfer_from": "transfer_from"}
+EPOCH_KEYS = ("epochs", "finetune_epochs", "score_epochs")
+# Where a run executes, not what it computes: these may differ when a stopped run is resumed.
+LOCATION_KEYS = ("device", "data_dir", "download")
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class Step:
+    """One run directory of a recipe: what trains or prunes it, and how it is evaluated."""
+
+    name: str
+    kind: str  # "train" or "prune"
+    method: str | None  # the pruning method of a prune step
+    configs: tuple[Any, ...]  # (TrainConfig,) or the pruning method's settings
+    evaluate: EvalConfig | None
+    run_dir: Path
+    dataset: str
+    needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
+
+    def setting(self, name: str) -> Any:
+        """The value of setting `name` in the first of the step's configs that has it."""
+        return next((getattr(c, name) for c in self.configs if hasattr(c, name)), None)
+
+    def _described(self, config: Any) -> dict[str, Any]:
+        return {
+            key: f"step {self.needs[key]}" if key in self.needs else value
+            for key, value in dataclasses.asdict(config).items()
+            if key not in LOCATION_KEYS
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What the step computes (not where), as stored in its run directory for resume."""
+        settings = {type(c).__name__: self._described(c) for c in self.configs}
+        return {"kind": self.kind, "method": self.method, "settings": settings}
+
+    def evaluation_record(self) -> dict[str, Any] | None:
+        return None if self.evaluate is None else self._described(self.evaluate)
+
+    def describe(self) -> str:
+        if self.kind == "train":
+            epochs = self.setting("epochs")
+            return (
+                f"train {self.setting('model')} on {self.dataset} ({self.setting('objective')}, "
+                f"{epochs} epoch{'s' if epochs != 1 else ''})"
+            )
+        source = ", ".join(
+            f"{key} {name}" for key, name in self.needs.items() if key != "transfer_from"
+        )
+        sparsity = self.setting("sparsity")
+        target = f" to {sparsity:.0%}" if isinstance(sparsity, float) else ""
+        return f"prune with {self.method}{target} ({source})"
+
+
+@dataclass
+class Plan:
+    recipe: str
+    title: str
+    root: Path
+    scale: float
+    steps: list[Step]
+    paper: dict[str, Any] | None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping of settings, got {value!r}")
+    return dict(value)
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """`cls(**values)`, validated; an unknown key names the step and the known keys."""
+    unknown = sorted(set(values) - _fields(cls))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_fields(cls)))}"
+        )
+    values = dict(values)
+    if isinstance(values.get("attacks"), list):
+        values["attacks"] = ",".join(values["attacks"])
+    try:
+        return cls(**values).validate()
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _scaled_count(factor: float, full: int, minimum: int) -> int:
+    return min(full, max(minimum, math.ceil(factor * full)))
+
+
+def scale_settings(settings: Any, factor: float, dataset: str) -> Any:
+    """The settings shrunk by `factor` as the module docstring states; unchanged at 1."""
+    if factor == 1:
+        return settings
+    spec = get_spec(dataset)
+    changes: dict[str, Any] = {}
+    names = _fields(type(settings))
+    for key in EPOCH_KEYS:
+        if key in names:
+            changes[key] = max(1, round(factor * getattr(settings, key)))
+    if "limit_train" in names and spec.train_size is not None:
+        full = settings.limit_train or spec.train_size
+        changes["limit_train"] = _scaled_count(factor, full, getattr(settings, "batch_size", 1))
+    for key in ("limit_test", "autoattack_limit"):
+        if key in names and spec.test_size is not None:
+            changes[key] = _scaled_count(factor, getattr(settings, key) or spec.test_size, 1)
+    for key in ("monitor_examples", "sanity_examples"):
+        if key in names and getattr(settings, key) > 0:
+            changes[key] = _scaled_count(factor, getattr(settings, key), 1)
+    return dataclasses.replace(settings, **changes).validate()
+
+
+def check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and 0 < scale <= 1):
+        raise ConfigError(f"--scale must be in (0, 1] (a fraction of the recipe), got {scale}")
+
+
+def _prune_fields() -> set[str]:
+    return set().union(*(method.fields for method in PRUNE_METHODS.values()))
+
+
+def _all_fields() -> set[str]:
+    """Every setting some step of this build can have."""
+    return TRAINING.fields | _prune_fields() | _fields(EvalConfig)
+
+
+class _Recipe:
+    """The recipe's YAML, checked for shape, with its defaults and the settings each key fits."""
+
+    def __init__(self, name: str, overrides: Mapping[str, Any]) -> None:
+        self.name = name
+        raw = load_recipe(name)
+        if not isinstance(raw, Mapping) or "steps" not in raw:
+            raise ConfigError(
+                f"recipe {name} has no steps, so it is not a reproduction; run it with "
+                f"`advprune {name}` or `advprune train --recipe {name}`"
+            )
+        unknown = sorted(set(raw) - set(RECIPE_KEYS))
+        if unknown:
+            raise ConfigError(f"recipe {name}: unknown key(s) {', '.join(unknown)}")
+        self.title = str(raw.get("title", name))
+        self.defaults = {kind: _mapping(raw.get(kind), f"recipe {name}: {kind}") for kind in KINDS}
+        self.evaluate = raw.get("evaluate")
+        self.paper = raw.get("paper")
+        self.steps = self._steps(raw["steps"])
+        self.overrides = dict(overrides)
+        self._check_keys(self.defaults["train"], TRAINING.fields, "train defaults")
+        self._check_keys(self.defaults["prune"], _prune_fields(), "prune defaults")
+        self._check_keys(self.overrides, _all_fields(), "--set")
+
+    def _check_keys(self, values: Mapping[str, Any], known: set[str], where: str) -> None:
+        unknown = sorted(set(values) - known - set(REFERENCES))
+        if unknown:
+            raise ConfigError(
+                f"recipe {self.name}: {where}: no step has a setting {', '.join(unknown)}"
+            )
+
+    def _steps(self, steps: Any) -> list[dict[str, Any]]:
+        if not isinstance(steps, list) or not steps:
+            raise ConfigError(f"recipe {self.name}: steps must be a non-empty list")
+        names: list[str] = []
+        for step in steps:
+            if not isinstance(step, Mapping) or not isinstance(step.get("name"), str):
+                raise ConfigError(f"recipe {self.name}: every step needs a name, got {step!r}")
+            name = step["name"]
+            where = f"recipe {self.name}, step {name}"
+            if not STEP_NAME.fullmatch(name) or name in names or name == "report":
+                raise ConfigError(
+                    f"{where}: a step name must be unique, not 'report', and made of letters, "
+                    "digits, '.', '_' or '-' (it names the run directory)"
+                )
+            unknown = sorted(set(step) - set(STEP_KEYS))
+            kinds = [kind for kind in KINDS if kind in step]
+            if unknown or len(kinds) != 1:
+                raise ConfigError(
+                    f"{where}: a step has a name, exactly one of {' or '.join(KINDS)}, and "
+                    f"optionally evaluate (found {', '.join(sorted(step))})"
+                )
+            if "prune" in step and not _mapping(step["prune"], f"{where}: prune").get("method"):
+                raise ConfigError(f"{where}: prune needs a method, e.g. `method: magnitude`")
+            for key, target in self.references(step).items():
+                if target not in names:
+                    raise ConfigError(
+                        f"{where}: {key}: {target!r} is not an earlier step; steps before it: "
+                        f"{', '.join(names) or 'none'}"
+                    )
+            names.append(name)
+        return [dict(step) for step in steps]
+
+    def references(self, step: Mapping[str, Any]) -> dict[str, str]:
+        """Keys of the step's sections that name another step → that step's name."""
+        sections = [step.get(kind) for kind in KINDS]
+        if step.get("evaluate") is not False:
+            sections += [self.evaluate, step.get("evaluate")]
+        found = {}
+        for section in sections:
+            if isinstance(section, Mapping):
+                found.update({k: str(v) for k, v in section.items() if k in REFERENCES})
+        return found
+
+    def needed(self, names: Sequence[str]) -> list[str]:
+        """`names` and every step they depend on, in recipe order."""
+        by_name = {step["name"]: step for step in self.steps}
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            raise ConfigError(
+                f"recipe {self.name} has no step {', '.join(unknown)}; its steps: "
+                f"{', '.join(by_name)}"
+            )
+        wanted: set[str] = set()
+        pending = list(names)
+        while pending:
+            name = pending.pop()
+            if name not in wanted:
+                wanted.add(name)
+                pending += self.references(by_name[name]).values()
+        return [step["name"] for step in self.steps if step["name"] in wanted]
+
+    def missing_feature(self, step: Mapping[str, Any]) -> str | None:
+        """What this build lacks for the step (its method, a setting), or None."""
+        method = step["prune"]["method"] if "prune" in step else None
+        if method is not None and method not in PRUNE_METHODS:
+            return f"method {method}"
+        for key in self.references(step):
+            if REFERENCES[key] not in _all_fields():
+                return f"setting {key}"
+        return None
+
+
+def runnable_steps(recipe: str) -> list[str]:
+    """The recipe's steps this build can run: those whose method and settings (and whose
+    dependencies' methods and settings) exist."""
+    parsed = _Recipe(recipe, {})
+    broken: set[str] = set()
+    runnable = []
+    for step in parsed.steps:
+        needs = set(parsed.references(step).values())
+        if parsed.missing_feature(step) or needs & broken:
+            broken.add(step["name"])
+        else:
+            runnable.append(step["name"])
+    return runnable
+
+
+def make_plan(
+    recipe: str,
+    root: str | Path,
+    *,
+    scale: float = 1.0,
+    data_dir: str | None = None,
+    download: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+) -> Plan:
+    """Resolve and validate every selected step (all by default) of `recipe`, under `root`."""
+    check_scale(scale)
+    parsed = _Recipe(recipe, overrides or {})
+    names = parsed.needed(only) if only else [step["name"] for step in parsed.steps]
+    by_name = {step["name"]: step for step in parsed.steps}
+    lacking = {name: parsed.missing_feature(by_name[name]) for name in names}
+    lacking = {name: what for name, what in lacking.items() if what}
+    if lacking:
+        listed = "; ".join(f"step {name} needs {what}" for name, what in lacking.items())
+        runnable = [name for name in runnable_steps(recipe) if name in names]
+        raise ConfigError(
+            f"recipe {recipe}: not available in this build: {listed}; run the others with "
+            f"--steps {','.join(runnable) or '(none)'}"
+        )
+    location = {"data_dir": data_dir, "download": download}
+    root = Path(root)
+    steps: dict[str, Step] = {}
+    for name in names:
+        steps[name] = _plan_step(parsed, by_name[name], root, scale, location, steps)
+    paper = _check_paper(parsed)
+    return Plan(recipe, parsed.title, root, scale, list(steps.values()), paper)
+
+
+def _known(values: Mapping[str, Any], names: type | set[str]) -> dict[str, Any]:
+    """The entries of `values` that are settings in `names` (a dataclass or a set of names):
+    defaults and --set apply where they fit."""
+    names = _fields(names) if isinstance(names, type) else names
+    return {key: value for key, value in values.items() if key in names}
+
+
+def _resolve_references(
+    values: dict[str, Any], names: set[str], steps: Mapping[str, Step], where: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    needs = {}
+    for key in [k for k in values if k in REFERENCES]:
+        target = values.pop(key)
+        field_name = REFERENCES[key]
+        if field_name not in names:
+            raise ConfigError(f"{where}: {key} does not apply here")
+        values[field_name] = str(steps[target].run_dir)
+        needs[field_name] = target
+    return values, needs
+
+
+def _plan_step(
+    recipe: _Recipe,
+    raw: Mapping[str, Any],
+    root: Path,
+    scale: float,
+    location: Mapping[str, Any],
+    steps: Mapping[str, Step],
+) -> Step:
+    name = raw["name"]
+    where = f"recipe {recipe.name}, step {name}"
+    kind = next(kind for kind in KINDS if kind in raw)
+    section = _mapping(raw[kind], f"{where}: {kind}")
+    method_name = section.pop("method", None) if kind == "prune" else None
+    method = TRAINING if kind == "train" else PRUNE_METHODS[method_name]
+    names = method.fields
+    values = {
+        **_known(recipe.defaults[kind], names),
+        **section,
+        **_known(recipe.overrides, names),
+        **_known(location, names),
+    }
+    if "method" in names:
+        values["method"] = method_name
+    values, needs = _resolve_references(values, names, steps, where)
+    source = steps[next(iter(needs.values()))] if needs else None
+    for key in method.inherits:
+        if source is not None and key not in values:
+            values[key] = source.setting(key)
+    configs = method.make(values, where)
+    dataset = next((c.dataset for c in configs if hasattr(c, "dataset")), None)
+    dataset = dataset or source.dataset
+    configs = tuple(scale_settings(config, scale, dataset) for config in configs)
+    evaluate = _plan_evaluation(recipe, raw, where, scale, dataset, location, steps, needs)
+    return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs)
+
+
+def _plan_evaluation(
+    recipe: _Recipe,
+    raw: Mapping[str, Any],
+    where: str,
+    scale: float,
+    dataset: str,
+    location: Mapping[str, Any],
+    steps: Mapping[str, Step],
+    needs: dict[str, str],
+) -> EvalConfig | None:
+    own = raw.get("evaluate", {})
+    if own is False:
+        return None
+    values = {
+        **_mapping(recipe.evaluate, f"recipe {recipe.name}: evaluate"),
+        **_mapping(own, f"{where}: evaluate"),
+    }
+    values.update({**_known(recipe.overrides, EvalConfig), **_known(location, EvalConfig)})
+    where = f"{where}: evaluate"
+    values, eval_needs = _resolve_references(values, _fields(EvalConfig), steps, where)
+    needs.update(eval_needs)
+    return scale_settings(_build(EvalConfig, values, where), scale, dataset)
+
+
+def _check_paper(recipe: _Recipe) -> dict[str, Any] | None:
+    """The paper's figures: rows keyed by step, metrics from `PAPER_METRICS`, numbers only."""
+    if recipe.paper is None:
+        return None
+    paper = _mapping(recipe.paper, f"recipe {recipe.name}: paper")
+    where = f"recipe {recipe.name}: paper"
+    names = {step["name"] for step in recipe.steps}
+    reference = paper.get("reference")
+    if reference is not None and reference not in names:
+        raise ConfigError(f"{where}: reference {reference!r} is not a step")
+    rows = _mapping(paper.get("rows"), f"{where}: rows")
+    for step, metrics in rows.items():
+        if step not in names:
+            raise ConfigError(f"{where}: row {step!r} is not a step of the recipe")
+        for metric, value in _mapping(metrics, f"{where}: {step}").items():
+            if metric not in PAPER_METRICS:
+                raise ConfigError(
+                    f"{where}: {step}: unknown metric {metric!r}; use {', '.join(PAPER_METRICS)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}: {step}: {metric} must be a number, got {value!r}")
+            if PAPER_METRICS[metric].relative and reference is None:
+                raise ConfigError(f"{where}: {metric} needs `reference: STEP` (the 100 % model)")
+    return {"source": str(paper.get("source", "")), "reference": reference, "rows": rows}

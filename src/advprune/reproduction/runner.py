@@ -1,0 +1,211 @@
+"""`advprune reproduce RECIPE`: run a recipe's steps, evaluate them, report, compare with the paper.
+
+Each step is one run directory under the root. A stopped reproduction is resumed by running the
+same command again: a step whose model is written is skipped, one with a checkpoint resumes from
+it, and an evaluation runs only the attacks its results.json lacks. Each step records what it
+computes in RUN_DIR/step.yaml; a rerun with other settings is refused instead of mixing runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from advprune.attacks import parse_attacks
+from advprune.core.errors import ConfigError, GradientMaskingError
+from advprune.core.io import atomic_write_json, atomic_write_text, read_json
+from advprune.core.run_dir import RunDir
+from advprune.evaluation import evaluate_run
+from advprune.report import read_run, write_report
+from advprune.report.comparison import compare, comparison_csv, comparison_markdown
+from advprune.reproduction.plan import PRUNE_METHODS, TRAINING, Plan, Step, make_plan
+
+STEP_RECORD = "step.yaml"
+AUTOATTACK_STATE = "autoattack.state"
+# What `evaluate_run` measures under the attacks; other results (sizes, a method's own) stay.
+EVALUATION_KEYS = ("accuracy", "examples", "attacks", "eps", "gradient_masking_check")
+
+
+def default_root(recipe: str, scale: float) -> Path:
+    """runs/reproduce/RECIPE, or RECIPE-scaleF for a shrunk run, so the two never mix."""
+    suffix = "" if scale == 1 else f"-scale{scale:g}"
+    return Path("runs") / "reproduce" / f"{recipe}{suffix}"
+
+
+def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> None:
+    """Write the step's record, or check it against the one there. Other training settings are
+    refused; other evaluation settings drop the old evaluation, so that no table mixes the two."""
+    path = run.path / STEP_RECORD
+    wanted = {**step.record(), "evaluate": step.evaluation_record()}
+    if path.is_file():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if any(saved.get(key) != wanted[key] for key in ("kind", "method", "settings")):
+            changed = _changed(saved.get("settings") or {}, wanted["settings"])
+            raise ConfigError(
+                f"{run.path} holds step {step.name} with other settings "
+                f"({', '.join(changed) or 'its kind or method'}); delete it or pass another "
+                "--runs-dir"
+            )
+        if saved.get("evaluate") != wanted["evaluate"] and run.results.exists():
+            log("  the evaluation settings changed: evaluating again")
+            _forget_evaluation(run)
+    elif any(p.exists() for p in (run.config, run.checkpoint, run.model, run.results)):
+        raise ConfigError(
+            f"{run.path} holds a run that this recipe did not start; delete it or pass another "
+            "--runs-dir"
+        )
+    atomic_write_text(path, yaml.safe_dump(wanted, sort_keys=False))
+
+
+def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings that differ between two records, across their configs."""
+    flat = [
+        {
+            key: value
+            for config in record.values()
+            if isinstance(config, dict)
+            for key, value in config.items()
+        }
+        for record in (before, now)
+    ]
+    return sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
+
+
+def _forget_evaluation(run: RunDir) -> None:
+    results = read_json(run.results, "results file")
+    kept = {key: value for key, value in results.items() if key not in EVALUATION_KEYS}
+    atomic_write_json(run.results, kept)
+    (run.path / AUTOATTACK_STATE).unlink(missing_ok=True)
+
+
+def _train_or_prune(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> None:
+    if run.model.exists():
+        log(f"  finished before: {run.model} exists")
+        return
+    method = TRAINING if step.kind == "train" else PRUNE_METHODS[step.method]
+    method.run(*step.configs, run.path, progress=progress, log=log)
+
+
+def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> str | None:
+    """Evaluate what results.json lacks; returns a gradient-masking warning rather than stopping
+    the reproduction on it (the report shows the failed check)."""
+    config = step.evaluate
+    results = read_json(run.results, "results file") if run.results.exists() else {}
+    done = set(results.get("accuracy", {}))
+    missing = [attack for attack in parse_attacks(config.attacks) if attack not in done]
+    # The black-box accuracy is measured whenever a transfer source is set, not named in attacks.
+    transfer_missing = bool(getattr(config, "transfer_from", None)) and "transfer" not in done
+    check_missing = config.sanity_examples > 0 and "gradient_masking_check" not in results
+    if not missing and not transfer_missing and not check_missing:
+        log("  evaluated before: results.json has every attack")
+        return None
+    config = dataclasses.replace(
+        config,
+        attacks=",".join(missing or ["clean"]),
+        sanity_examples=config.sanity_examples if check_missing else 0,
+    )
+    try:
+        evaluate_run(run.path, config, progress=progress, log=log)
+    except GradientMaskingError as err:
+        log(f"  warning: {err}")
+        return f"{step.name}: {err}"
+    return None
+
+
+def run_plan(plan: Plan, *, progress: bool = True, log: Callable[[str], None] = print) -> list[str]:
+    """Run every step of `plan` in order; returns the gradient-masking warnings."""
+    warnings = []
+    for index, step in enumerate(plan.steps, 1):
+        started = time.perf_counter()
+        log(f"[reproduce] step {index}/{len(plan.steps)} {step.name}: {step.describe()}")
+        run = RunDir.create(step.run_dir)
+        _check_record(step, run, log)
+        _train_or_prune(step, run, progress, log)
+        if step.evaluate is not None:
+            warning = _evaluate(step, run, progress, log)
+            if warning:
+                warnings.append(warning)
+        log(f"[reproduce] step {step.name} done in {time.perf_counter() - started:.0f}s")
+    return warnings
+
+
+def write_outputs(plan: Plan, warnings: Sequence[str]) -> tuple[Path | None, str | None]:
+    """The report of the evaluated steps, and the paper comparison; returns (report.md, table)."""
+    evaluated = [step for step in plan.steps if step.evaluate is not None]
+    if not evaluated:
+        return None, None
+    out = plan.root / "report"
+    scale_note = "" if plan.scale == 1 else f" at --scale {plan.scale:g} (a smoke run)"
+    report = write_report(
+        [step.run_dir for step in evaluated],
+        out,
+        title=f"{plan.title}{scale_note}",
+    )
+    if not plan.paper:
+        return report, None
+    runs = {step.name: read_run(step.run_dir) for step in evaluated}
+    comparisons = compare(plan.paper["rows"], runs, plan.paper["reference"])
+    table = comparison_markdown(comparisons)
+    notes = [
+        f"# Paper vs ours: {plan.title}",
+        "",
+        f"Paper: {plan.paper['source']}. Ours: the runs of `advprune reproduce {plan.recipe}`"
+        f"{scale_note}, read from their results.json. Each cell: ours / paper (ours − paper); "
+        "accuracies and sparsities in %; '–': not measured in our run.",
+    ]
+    if plan.scale != 1:
+        notes.append("")
+        notes.append(
+            f"At --scale {plan.scale:g} the runs train on a fraction of the data for a fraction "
+            "of the epochs: the differences say nothing about the method."
+        )
+    if warnings:
+        notes += ["", "Gradient-masking check failed (robust accuracies not trustworthy):", ""]
+        notes += [f"- {warning}" for warning in warnings]
+    atomic_write_text(out / "paper_vs_ours.md", "\n".join([*notes, "", table, ""]))
+    atomic_write_text(out / "paper_vs_ours.csv", comparison_csv(comparisons))
+    return report, table
+
+
+def reproduce(
+    recipe: str,
+    root: str | Path | None = None,
+    *,
+    scale: float = 1.0,
+    data_dir: str | None = None,
+    download: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Plan:
+    """Plan `recipe` (all checks first), run its steps, write ROOT/report; returns the plan."""
+    root = Path(root) if root is not None else default_root(recipe, scale)
+    plan = make_plan(
+        recipe,
+        root,
+        scale=scale,
+        data_dir=data_dir,
+        download=download,
+        overrides=overrides,
+        only=only,
+    )
+    log(
+        f"[reproduce] {plan.title}: {len(plan.steps)} step(s) in {plan.root}"
+        + ("" if scale == 1 else f", scaled by {scale:g}")
+    )
+    warnings = run_plan(plan, progress=progress, log=log)
+    report, table = write_outputs(plan, warnings)
+    if report is not None:
+        log(f"[reproduce] report: {report}")
+    if table is not None:
+        log(f"[reproduce] paper vs ours (ours / paper (difference)):\n{table}")
+        log(f"[reproduce] written to {plan.root / 'report' / 'paper_vs_ours.md'}")
+    for warning in warnings:
+        log(f"[reproduce] warning: gradient-masking check failed in {warning}")
+    return plan

@@ -1,0 +1,239 @@
+"""`advprune report`: tables and figures from hand-made run directories, missing fields as '–'."""
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from advprune.cli import main
+from advprune.core.errors import ConfigError
+from advprune.data import get_spec
+from advprune.models import architecture, create_model
+from advprune.models.serialization import save_model
+from advprune.report import format_results, read_run, summarize, write_report
+from advprune.report.comparison import compare, comparison_markdown
+from advprune.report.table import pretty_eps
+
+CURVE = [
+    {"eps": 0.0, "accuracy": 0.8},
+    {"eps": 0.1, "accuracy": 0.6},
+    {"eps": 0.5, "accuracy": 0.0},
+]
+
+
+def dense_run(root):
+    """A finished, evaluated dense run: config, model with zeros in one layer, full results."""
+    run = root / "dense"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "fashion-mnist", "eps": 0.1}))
+    model = create_model(**architecture("lenet300-100", get_spec("fashion-mnist")))
+    with torch.no_grad():
+        model.body[1].weight[:, :392] = 0  # half of the first layer
+    save_model(
+        run / "model.safetensors",
+        model,
+        {
+            "architecture": architecture("lenet300-100", get_spec("fashion-mnist")),
+            "config": {"dataset": "fashion-mnist"},
+            "eps": 0.1,
+            "method": {"name": "pgd-at"},
+        },
+    )
+    results = {
+        "eps": 0.1,
+        "accuracy": {"clean": 0.8056, "fgsm": 0.6968, "pgd": 0.6635, "cw": 0.62, "autoattack": 0.6},
+        "examples": {"clean": 10000, "fgsm": 10000, "pgd": 10000, "cw": 10000, "autoattack": 64},
+        "attacks": {"pgd": {"description": "PGD-20 on cross-entropy"}},
+        "params": 266610,
+        "nonzero_params": 148010,
+        "flops": 532000,
+        "sparsity": 0.4403,
+        "method": "pgd-at",
+        "model": "lenet300-100",
+        "dataset": "fashion-mnist",
+        "gradient_masking_check": {"security_curve": CURVE, "passed": True},
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def pruned_run(root):
+    """A pruned run with no model file, ANP-VS-style extra fields, and fields missing or broken."""
+    run = root / "anpvs"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "fashion-mnist", "model": "x"}))
+    results = {
+        "accuracy": {"clean": 0.81, "pgd": "n/a", "transfer": 0.7},  # pgd is malformed
+        "examples": {"clean": 10000, "transfer": 10000},
+        "eps": 0.1,
+        "method": "anpvs",
+        "model": "lenet300-100",
+        "sparsity": 0.9,
+        "unit_sparsity": 0.75,
+        "nonzero_params": 266610,  # the gated network's; the exported one's count below
+        "complexity": {"exported": {"params": 30000, "nonzero_params": 26661, "flops": 60000}},
+        "memory_fraction": 0.11,
+        "flops_speedup": 8.9,
+        "latency": {"unit": "ms", "batch_1": {"dense": 1.0, "exported": 0.25, "speedup": 4.0}},
+        "vulnerability": {"overall": 0.0171, "per_layer": {"body.1": 0.02, "body.3": 0.01}},
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def markdown_rows(text):
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
+    dense, pruned = dense_run(tmp_path), pruned_run(tmp_path)
+    out = tmp_path / "out"
+    report = write_report([dense, pruned], out)
+
+    with open(out / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["run"] for row in rows] == ["dense", "anpvs"]
+    assert list(rows[0]) == [
+        "run", "method", "dataset", "model", "eps", "sparsity", "unit_sparsity", "params",
+        "nonzero_params", "flops", "latency_ms", "memory_fraction", "flops_speedup", "clean",
+        "fgsm", "pgd", "cw", "autoattack", "transfer", "clean_examples", "fgsm_examples",
+        "pgd_examples", "cw_examples", "autoattack_examples", "transfer_examples",
+        "vulnerability", "masking_check_passed",
+    ]  # fmt: skip
+    assert rows[0]["method"] == "pgd-at" and float(rows[0]["pgd"]) == 0.6635
+    assert rows[0]["autoattack_examples"] == "64" and rows[0]["masking_check_passed"] == "True"
+    assert rows[1]["dataset"] == "fashion-mnist"  # from config.yaml: results.json lacks it
+    assert float(rows[1]["unit_sparsity"]) == 0.75 and float(rows[1]["latency_ms"]) == 0.25
+    assert float(rows[1]["vulnerability"]) == 0.0171 and float(rows[1]["transfer"]) == 0.7
+    assert (rows[1]["params"], rows[1]["nonzero_params"], rows[1]["flops"]) == (
+        "30000", "26661", "60000"
+    )  # fmt: skip
+    assert rows[1]["pgd"] == rows[1]["cw"] == rows[1]["autoattack"] == ""  # malformed or missing
+
+    table = markdown_rows(report.read_text())
+    assert [row["run"] for row in table] == ["dense", "anpvs"]
+    assert table[0]["PGD"] == "66.35" and table[0]["AutoAttack"] == "60.00/64"
+    assert table[0]["params ≠ 0"] == "148k" and table[0]["masking check"] == "passed"
+    assert table[1]["PGD"] == table[1]["CW"] == table[1]["AutoAttack"] == "–"
+    assert table[1]["FLOPs"] == "60k" and table[1]["latency"] == "0.25 ms"
+    assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
+    assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
+
+    text = report.read_text()
+    for figure in (
+        "robust_vs_sparsity",
+        "security_curves",
+        "layer_sparsity",
+        "layer_vulnerability",
+    ):
+        path = out / f"{figure}-fashion-mnist_lenet300-100.png"
+        assert path.read_bytes().startswith(b"\x89PNG"), figure
+        assert f"]({path.name})" in text
+
+
+def test_per_layer_sparsity_is_read_from_the_model_file(tmp_path):
+    from advprune.report.runs import layer_sparsity
+
+    sparsity = layer_sparsity(dense_run(tmp_path))
+    assert sparsity["body.1"] == pytest.approx(0.5)
+    assert sparsity["body.3"] == 0 and sparsity["body.5"] == 0
+    assert layer_sparsity(pruned_run(tmp_path)) == {}
+
+
+def test_run_with_only_a_config_is_a_row_of_dashes(tmp_path):
+    run = tmp_path / "training"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "cifar10", "model": "vgg16"}))
+    report = write_report([tmp_path], tmp_path / "out")  # a folder holding runs
+    (row,) = markdown_rows(report.read_text())
+    assert row["dataset"] == "cifar10" and row["model"] == "vgg16"
+    assert all(row[c] == "–" for c in ("method", "sparsity", "clean", "PGD", "AutoAttack"))
+    assert "not drawn" in report.read_text()
+
+
+def test_summary_reads_results_before_model_metadata_before_config(tmp_path):
+    run = dense_run(tmp_path)
+    summary = read_run(run)
+    assert (summary.method, summary.model, summary.eps) == ("pgd-at", "lenet300-100", 0.1)
+    assert summary.security_curve == CURVE
+    (run / "results.json").unlink()
+    summary = read_run(run)  # the model file's metadata, then config.yaml
+    assert (summary.method, summary.model, summary.dataset) == (
+        "pgd-at", "lenet300-100", "fashion-mnist"
+    )  # fmt: skip
+    assert summary.accuracy == {} and summary.sparsity is None
+
+
+@pytest.mark.parametrize(
+    ("latency", "ms"),
+    [(0.5, 0.5), ({"ms": 0.5}, 0.5), ({"batch_1": {"dense": 2.0}}, 2.0), ("fast", None)],
+)
+def test_latency_in_the_shapes_results_hold_it(latency, ms):
+    assert summarize({"latency": latency}).latency_ms == ms
+
+
+def test_cli_report_and_its_errors(tmp_path, capsys):
+    dense = dense_run(tmp_path)
+    assert main(["report", str(dense), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "report.md").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    out = ["--out", str(tmp_path / "p")]
+    for args in (
+        [str(tmp_path / "nope"), *out],  # no such directory
+        [str(empty), *out],  # no run in it
+        [str(dense), "--out", str(dense / "config.yaml")],  # --out is a file
+    ):
+        assert main(["report", *args]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("advprune: error: ") and error.count("\n") == 1, error
+
+
+def test_find_runs_rejects_a_folder_without_runs(tmp_path):
+    with pytest.raises(ConfigError, match="no run directory"):
+        write_report([tmp_path], tmp_path / "out")
+
+
+def test_console_table_marks_subsets_and_missing_attacks():
+    table = format_results(
+        [
+            {
+                "run": "runs/x",
+                "eps": 0.1,
+                "params": 10,
+                "sparsity": 0.5,
+                "accuracy": {"clean": 0.5, "autoattack": 0.25},
+                "examples": {"clean": 100, "autoattack": 40},
+            }
+        ]
+    )
+    row = table.splitlines()[2]
+    assert "runs/x" in row and "50.0%" in row and "25.00  /40" in row and row.count("–") == 3
+
+
+def test_paper_comparison_gives_the_difference_per_cell(tmp_path):
+    runs = {"at": read_run(dense_run(tmp_path)), "anpvs": read_run(pruned_run(tmp_path))}
+    rows = {
+        "at": {"clean": 80.0, "memory": 100},
+        "anpvs": {"clean": 82.0, "pgd": 50.0, "memory": 10.0, "unit_sparsity": 70.0},
+    }
+    comparisons = {(c.step, c.metric): c for c in compare(rows, runs, reference="at")}
+    assert comparisons["at", "clean"].difference == pytest.approx(0.56)
+    assert comparisons["at", "memory"].ours == 100  # the reference itself
+    assert comparisons["anpvs", "memory"].ours == pytest.approx(11)  # its own memory_fraction
+    runs["anpvs"].memory_fraction = None  # then: its parameters ≠ 0 against the reference's
+    assert compare(rows, runs, "at")[-2].ours == pytest.approx(100 * 26661 / 148010)
+    assert comparisons["anpvs", "unit_sparsity"].difference == pytest.approx(5.0)
+    assert comparisons["anpvs", "pgd"].ours is None  # malformed in the run's results
+    table = comparison_markdown(list(comparisons.values()))
+    assert "80.56 / 80.00 (+0.56)" in table and "– / 50.00" in table
+
+
+def test_pretty_eps():
+    assert pretty_eps(8 / 255) == "8/255" and pretty_eps(0.1) == "0.1" and pretty_eps(0.3) == "0.3"

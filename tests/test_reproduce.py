@@ -1,0 +1,301 @@
+"""`advprune reproduce`: recipes checked up front, run end to end at --scale, and resumed."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from advprune.cli import main
+from advprune.core.errors import ConfigError
+from advprune.evaluation import EvalConfig
+from advprune.recipes import available_recipes, load_recipe
+from advprune.reproduction import PRUNE_METHODS, make_plan, reproduce, runnable_steps
+from advprune.reproduction.plan import scale_settings
+from advprune.training import TrainConfig
+from dataset_files import (
+    cifar_rows,
+    make_tiny_imagenet,
+    write_cifar_batch,
+    write_idx_split,
+    write_svhn_split,
+)
+
+STEP_RECIPES = [name for name in available_recipes() if "steps" in load_recipe(name)]
+PAPER_RECIPES = [name for name in STEP_RECIPES if name != "fashion-mnist"]
+# What the other branches of issue 6 bring; a recipe may need nothing else this build lacks.
+COMING = {"method hydra", "method anpvs", "setting transfer_from"}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def recipe_methods(recipe: str) -> list[str]:
+    steps = load_recipe(recipe)["steps"]
+    return sorted({step["prune"]["method"] for step in steps if "prune" in step})
+
+
+# ------------------------------------------------------------------------------------- scaling
+
+
+def test_scale_shrinks_epochs_and_examples_as_documented():
+    train = TrainConfig(dataset="cifar10", model="vgg16", epochs=200, monitor_examples=1000)
+    scaled = scale_settings(train.validate(), 0.01, "cifar10")
+    assert (scaled.epochs, scaled.limit_train, scaled.limit_test) == (2, 500, 100)
+    assert scaled.monitor_examples == 10
+    tiny = scale_settings(train, 0.001, "cifar10")
+    assert (tiny.epochs, tiny.limit_train, tiny.limit_test) == (1, 128, 10)  # one batch at least
+    evaluation = scale_settings(EvalConfig(sanity_examples=500), 0.01, "svhn")
+    assert evaluation.limit_test == math.ceil(0.01 * 26032) == evaluation.autoattack_limit
+    assert evaluation.sanity_examples == 5
+    assert scale_settings(train, 1.0, "cifar10") is train
+
+
+@pytest.mark.parametrize("scale", [0, -0.5, 1.5, float("nan")])
+def test_scale_outside_0_1_is_refused(scale, tmp_path):
+    with pytest.raises(ConfigError, match="--scale"):
+        make_plan("fashion-mnist", tmp_path, scale=scale, only=["dense"])
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+@pytest.mark.parametrize("recipe", STEP_RECIPES)
+def test_every_recipe_plans_and_lacks_only_what_other_branches_bring(recipe, tmp_path):
+    """Every key of every runnable step builds its settings, the paper rows name real steps, and
+    a step that cannot run here waits only for HYDRA, ANP-VS or the transfer attack."""
+    runnable = runnable_steps(recipe)
+    plan = make_plan(recipe, tmp_path, only=runnable, scale=0.01)
+    assert [step.name for step in plan.steps] == runnable
+    steps = {step["name"]: step for step in load_recipe(recipe)["steps"]}
+    if set(runnable) != set(steps):
+        with pytest.raises(ConfigError, match="not available in this build") as error:
+            make_plan(recipe, tmp_path)
+        for part in str(error.value).split(": ", 2)[2].split("; run the others")[0].split("; "):
+            assert part.split(" needs ")[1] in COMING, part
+    assert plan.paper is None or set(plan.paper["rows"]) <= set(steps)
+
+
+def fake_recipe(monkeypatch, recipe):
+    monkeypatch.setattr("advprune.reproduction.plan.load_recipe", lambda name: recipe)
+
+
+DENSE = {"name": "dense", "train": {"model": "lenet300-100", "epochs": 1}}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"steps": [DENSE, {"name": "x", "prune": {"method": "pixie", "from": "dense"}}]},
+         "method pixie is not available|needs method pixie"),
+        ({"steps": [{"name": "x", "prune": {"method": "mad", "from": "later"}}, DENSE]},
+         "'later' is not an earlier step"),
+        ({"steps": [DENSE, {"name": "x", "prune": {"from": "dense"}}]}, "prune needs a method"),
+        ({"steps": [DENSE, {"name": "dense", "train": {}}]}, "unique"),
+        ({"steps": [{"name": "d", "train": {"epoch": 3}}]}, "unknown setting.*epoch"),
+        ({"steps": [{"name": "d", "train": {}, "prune": {}}]}, "exactly one of train or prune"),
+        ({"steps": [DENSE], "evaluate": {"attacks": "clean,bogus"}}, "bogus"),
+        ({"steps": [DENSE], "paper": {"rows": {"nope": {"clean": 1}}}}, "not a step"),
+        ({"steps": [DENSE], "paper": {"rows": {"dense": {"speed": 1}}}}, "unknown metric"),
+        ({"steps": [DENSE], "paper": {"rows": {"dense": {"memory": 5}}}}, "needs `reference"),
+        ({"steps": [DENSE], "prune": {"sparsity_typo": 1}}, "no step has a setting"),
+        ({"train": {}}, "has no steps"),
+    ],
+)  # fmt: skip
+def test_bad_recipes_fail_before_any_step_runs(monkeypatch, tmp_path, recipe, message):
+    fake_recipe(monkeypatch, recipe)
+    with pytest.raises(ConfigError, match=message):
+        reproduce("fake", tmp_path, log=quiet)
+    assert not any(tmp_path.iterdir())
+
+
+def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_path):
+    plan = make_plan(
+        "fashion-mnist",
+        tmp_path,
+        only=["mad-90"],
+        overrides={"batch_size": 32, "mask_steps": 3, "pgd_steps": 7},
+    )
+    dense, mad = plan.steps
+    assert dense.setting("batch_size") == 32 and dense.evaluate.batch_size == 32
+    assert mad.setting("mask_steps") == 3 and mad.evaluate.pgd_steps == 7
+    assert mad.setting("from_run") == str(tmp_path / "dense")
+    with pytest.raises(ConfigError, match="no step has a setting bogus"):
+        make_plan("fashion-mnist", tmp_path, overrides={"bogus": 1}, only=["dense"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        main(["--debug", "reproduce", "fashion-mnist", "--set", "nonsense"])
+
+
+# --------------------------------------------------------- the Fashion-MNIST suite, end to end
+
+# Each step a handful of batches: --scale 0.01 (600 training and 100 test images, 1 epoch), with
+# single-step attacks in training and 2-step ones in evaluation so the test stays fast.
+FAST = {"attack_steps": 1, "pgd_steps": 2, "cw_steps": 2, "mask_steps": 2}
+SUITE_METHODS = [m for m in recipe_methods("fashion-mnist") if m in PRUNE_METHODS]
+
+
+@pytest.fixture(scope="module")
+def suite_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("suite")
+
+
+def suite_steps(method: str) -> list[str]:
+    steps = load_recipe("fashion-mnist")["steps"]
+    return [s["name"] for s in steps if "prune" in s and s["prune"]["method"] == method]
+
+
+@pytest.mark.parametrize("method", SUITE_METHODS)
+def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
+    plan = reproduce(
+        "fashion-mnist",
+        suite_root,
+        scale=0.01,
+        overrides=FAST,
+        only=suite_steps(method),
+        progress=False,
+        log=quiet,
+    )
+    for step in plan.steps:
+        if step.evaluate is None:
+            continue
+        results = json.loads((step.run_dir / "results.json").read_text())
+        assert set(results["accuracy"]) >= {"clean", "fgsm", "pgd", "cw", "autoattack"}
+        assert results["examples"] == {
+            "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": 2
+        }  # fmt: skip
+        target = step.setting("sparsity")
+        if method in ("mad", "magnitude", "random", "hydra") and target is not None:
+            assert abs(results["sparsity"] - target) < 0.01
+    assert (suite_root / "report" / "report.md").is_file()
+
+
+def test_fashion_mnist_suite_resumes_and_skips_finished_steps(suite_root):
+    runnable = runnable_steps("fashion-mnist")
+    run = lambda: reproduce(  # noqa: E731
+        "fashion-mnist", suite_root, scale=0.01, overrides=FAST, only=runnable, progress=False,
+        log=messages.append,
+    )  # fmt: skip
+    messages: list[str] = []
+    plan = run()
+    evaluated = [step for step in plan.steps if step.evaluate is not None]
+    report = (suite_root / "report" / "report.md").read_text()
+    assert all(f"| {step.name} |" in report for step in evaluated)
+    assert "| base |" not in report  # a start point, not evaluated
+    # A run stopped after its last checkpoint: the model is gone, the checkpoint is there.
+    stopped = evaluated[-1]
+    results = (stopped.run_dir / "results.json").read_text()
+    (stopped.run_dir / "model.safetensors").unlink()
+    (stopped.run_dir / "results.json").unlink()
+    messages.clear()
+    run()
+    assert sum("finished before" in m for m in messages) == len(plan.steps) - 1
+    assert any(f"resuming {stopped.run_dir}" in m for m in messages)
+    assert json.loads((stopped.run_dir / "results.json").read_text()) == json.loads(results)
+    # Other training settings for a finished step are refused, not mixed in.
+    with pytest.raises(ConfigError, match=r"other settings \(attack_steps\)"):
+        reproduce(
+            "fashion-mnist", suite_root, scale=0.01, overrides={**FAST, "attack_steps": 2},
+            only=["dense"], progress=False, log=quiet,
+        )  # fmt: skip
+
+
+# ------------------------------------------------ the paper recipes on synthetic data, at scale
+
+
+def write_datasets(root):
+    """4 training and 2 test images of every dataset, in the real file formats."""
+    rng = np.random.default_rng(0)
+    for folder, name in (("mnist", "train"), ("mnist", "t10k")):
+        images = rng.integers(0, 256, (4 if name == "train" else 2, 28, 28), dtype=np.uint8)
+        labels = np.arange(len(images), dtype=np.uint8) % 10
+        write_idx_split(root / folder, name, images, labels, gz=True)
+    cifar10 = root / "cifar-10-batches-py"
+    for i in range(5):
+        write_cifar_batch(cifar10 / f"data_batch_{i + 1}", cifar_rows(1, i), [i], b"labels")
+    write_cifar_batch(cifar10 / "test_batch", cifar_rows(2, 9), [3, 4], b"labels")
+    cifar100 = root / "cifar-100-python"
+    write_cifar_batch(cifar100 / "train", cifar_rows(4, 0), [99, 0, 42, 7], b"fine_labels")
+    write_cifar_batch(cifar100 / "test", cifar_rows(2, 1), [7, 8], b"fine_labels")
+    for split, n in (("train", 4), ("test", 2)):
+        images = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        write_svhn_split(root / "svhn", split, images, np.array([[10], [1], [2], [3]][:n]))
+    make_tiny_imagenet(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_datasets(root)
+    return root
+
+
+# Two images a batch, one-step attacks, no epoch monitor, gradient-masking check or AutoAttack
+# (the Fashion-MNIST suite above runs those; AutoAttack's 100+ iterations per image alone cost
+# about 10 s per VGG-16 image on a CPU). WRN-28-10 on 64×64 costs about 9 s per forward-backward
+# pass of 2 images here, so the Tiny-ImageNet recipe runs with LeNet-5-Caffe in its place: its
+# files, 200 classes, fast AT and MAD with fast AT are exercised, WRN-28-10 only by planning.
+PAPER_FAST = {
+    "batch_size": 2, "attack_steps": 1, "pgd_steps": 1, "cw_steps": 1, "mask_steps": 1,
+    "monitor_examples": 0, "sanity_examples": 0, "attacks": "clean,fgsm,pgd,cw",
+}  # fmt: skip
+
+
+def paper_overrides(recipe: str) -> dict:
+    return {**PAPER_FAST, "model": "lenet5-caffe"} if recipe == "mad-tiny-imagenet" else PAPER_FAST
+
+
+def representative_steps() -> dict[str, list[str]]:
+    """Runnable steps that together cover every dataset format, model and method of the paper
+    recipes (the other steps differ only in numbers that planning checks): a train step when its
+    dataset or model is new, a prune step when its method with its fine-tuning objective is new."""
+    seen: set = set()
+    chosen = {}
+    for recipe in PAPER_RECIPES:
+        plan = make_plan(
+            recipe, "unused", only=runnable_steps(recipe), overrides=paper_overrides(recipe)
+        )
+        names = []
+        for step in plan.steps:
+            if step.kind == "train":
+                keys = {("dataset", step.dataset), ("model", step.setting("model"))}
+            else:
+                keys = {(step.method, step.setting("objective"))}
+            if not keys <= seen:
+                seen.update(keys)
+                names.append(step.name)
+        chosen[recipe] = names
+    return chosen
+
+
+def run_paper_recipe(recipe: str, steps: list[str], data_dir, root) -> None:
+    plan = reproduce(
+        recipe,
+        root,
+        scale=0.01,
+        data_dir=str(data_dir),
+        overrides=paper_overrides(recipe),
+        only=steps,
+        progress=False,
+        log=quiet,
+    )
+    assert set(steps) <= {step.name for step in plan.steps}
+    for step in plan.steps:
+        assert (step.run_dir / "model.safetensors").is_file(), step.name
+        if step.evaluate is not None:
+            results = json.loads((step.run_dir / "results.json").read_text())
+            transfer = {"transfer"} if getattr(step.evaluate, "transfer_from", None) else set()
+            assert set(results["accuracy"]) == {"clean", "fgsm", "pgd", "cw", *transfer}
+            assert results["dataset"] == step.dataset and results["examples"]["clean"] == 2
+    if any(step.evaluate for step in plan.steps):
+        assert (root / "report" / "report.md").is_file()
+        if plan.paper:
+            table = (root / "report" / "paper_vs_ours.md").read_text()
+            assert all(f"| {row} |" in table for row in plan.paper["rows"])
+
+
+def test_paper_recipes_run_at_scale_on_synthetic_data(data_dir, tmp_path):
+    chosen = representative_steps()
+    assert all(chosen.values())  # every recipe runs something
+    for recipe, steps in chosen.items():
+        run_paper_recipe(recipe, steps, data_dir, tmp_path / recipe)
