@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=cmd_train)
 
-    prune = commands.add_parser("prune", help="prune a trained run (MAD, magnitude, random)")
+    prune = commands.add_parser("prune", help="prune a trained run (MAD, HYDRA, magnitude, random)")
     prune.add_argument("--run-dir", required=True, help="directory for the pruned run")
     add_dataclass_flags(
         prune,
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
             "scheme": "mad (global over conv layers, classifier per row) | global | layerwise",
             "order": "lowest (the method) | largest | random (ablations)",
             "saliency_fraction": "MAD: fraction of the training batches for the saliency",
+            "score_epochs": "HYDRA: epochs learning the scores, weights frozen (RUN_DIR/scores)",
+            "score_lr": "HYDRA: SGD learning rate of the scores (cosine schedule)",
             "objective": "fine-tuning objective (default: the dense run's)",
         },
     )
