@@ -167,10 +167,16 @@ def stop_at_epoch(count: int):
     return log
 
 
-@pytest.mark.parametrize(("stop", "phase"), [(2, "scores"), (4, "fine-tuning")])
-def test_prune_resumes_exactly_in_either_phase(dense_run, tmp_path, stop, phase):
+@pytest.fixture(scope="module")
+def uninterrupted(dense_run, tmp_path_factory):
+    """HYDRA with two epochs in each phase, run without a stop: what a resumed run must equal."""
     config = hydra(dense_run, score_epochs=2, finetune_epochs=2)
-    whole = prune_run(config, tmp_path / "whole", progress=False, log=quiet)
+    return config, prune_run(config, tmp_path_factory.mktemp("whole"), progress=False, log=quiet)
+
+
+@pytest.mark.parametrize(("stop", "phase"), [(2, "scores"), (4, "fine-tuning")])
+def test_prune_resumes_exactly_in_either_phase(uninterrupted, tmp_path, stop, phase):
+    config, whole = uninterrupted
     with pytest.raises(KeyboardInterrupt):
         prune_run(config, tmp_path / "cut", progress=False, log=stop_at_epoch(stop))
     scores_done = (tmp_path / "cut" / "scores" / "model.safetensors").exists()
