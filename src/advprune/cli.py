@@ -28,6 +28,7 @@ FLAG_TYPES: dict[str, dict[str, Any]] = {
     "bool": {"action": argparse.BooleanOptionalAction},
     "bool | None": {"action": argparse.BooleanOptionalAction},
     "list[float]": {"type": float, "nargs": "+"},
+    "list[float] | None": {"type": str},  # comma-separated; the config parses and checks it
 }
 
 
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=cmd_train)
 
-    prune = commands.add_parser("prune", help="prune a trained run (MAD, magnitude, random)")
+    prune = commands.add_parser("prune", help="prune a trained run (MAD, HYDRA, magnitude, random)")
     prune.add_argument("--run-dir", required=True, help="directory for the pruned run")
     add_dataclass_flags(
         prune,
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
             "scheme": "mad (global over conv layers, classifier per row) | global | layerwise",
             "order": "lowest (the method) | largest | random (ablations)",
             "saliency_fraction": "MAD: fraction of the training batches for the saliency",
+            "score_epochs": "HYDRA: epochs learning the scores, weights frozen (RUN_DIR/scores)",
+            "score_lr": "HYDRA: SGD learning rate of the scores (cosine schedule)",
             "objective": "fine-tuning objective (default: the dense run's)",
         },
     )
@@ -196,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         {
             "attacks": "comma-separated: clean,fgsm,pgd,cw,autoattack",
             "autoattack_limit": "AutoAttack on the first N test examples (default: all)",
+            "sanity_examples": "test examples of the security curve / gradient-masking check",
+            "eps_curve": "security curve at these radii, e.g. 0,0.02,0.05,0.1 (0.5 is always "
+            "added: accuracy must reach ≈ 0 there)",
+            "curve_autoattack_examples": "with --eps-curve: AutoAttack at each radius on the "
+            "first N curve examples (0: PGD only)",
+            "transfer_from": "black-box accuracy: PGD-40 crafted on this separately trained run",
         },
     )
     evaluate.set_defaults(handler=cmd_eval)

@@ -1,8 +1,9 @@
 """Evaluate a model or a run directory: accuracy under each attack, size, and sanity checks.
 
-`results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., ...}, "params", "flops",
-"sparsity", ...} with accuracies as fractions in [0, 1]. It is written before the gradient-masking
-verdict, so a failed check never loses the numbers; the check then fails loudly.
+`results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., "transfer": .., ...},
+"params", "flops", "sparsity", "gradient_masking_check": {"security_curve": [...], ...}, ...} with
+accuracies as fractions in [0, 1]. It is written before the gradient-masking verdict, so a failed
+check never loses the numbers; the check then fails loudly.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ from advprune.evaluation.config import EvalConfig
 from advprune.evaluation.plots import plot_security_curve
 from advprune.evaluation.robustness import accuracy
 from advprune.evaluation.sanity import (
-    default_eps_values,
+    curve_eps_values,
     gradient_masking_problems,
     raise_on_gradient_masking,
     security_curve,
+)
+from advprune.evaluation.transfer import (
+    load_source,
+    transfer_accuracy,
+    transfer_problems,
+    transfer_settings,
 )
 from advprune.models.serialization import load_model
 
@@ -138,6 +145,56 @@ def autoattack_problems(
     return []
 
 
+def curve_check(
+    model: nn.Module,
+    test: ImageDataset,
+    eps: float,
+    config: EvalConfig,
+    *,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The security curve on the first `sanity_examples` test examples and what is wrong with it.
+
+    With a requested `eps_curve`, AutoAttack joins PGD at each ε on the first
+    `curve_autoattack_examples`; the default curve is PGD only, a quick check on every evaluation.
+    """
+    examples = test.take(min(config.sanity_examples, len(test)))
+    autoattack_examples = (
+        min(config.curve_autoattack_examples, len(examples)) if config.eps_curve else 0
+    )
+    started = time.perf_counter()
+    curve = security_curve(
+        model,
+        examples,
+        curve_eps_values(config.eps_curve, eps),
+        steps=config.pgd_steps,
+        device=device,
+        batch_size=config.batch_size,
+        autoattack_examples=autoattack_examples,
+        seed=config.seed,
+    )
+    attacks = f"PGD-{config.pgd_steps}" + (
+        f" / AutoAttack on the first {autoattack_examples}" if autoattack_examples else ""
+    )
+    points = ", ".join(
+        f"{p['eps']:g}: {p['accuracy']:.3f}"
+        + (f" / {p['autoattack']:.3f}" if "autoattack" in p else "")
+        for p in curve
+    )
+    log(
+        f"  security curve, {attacks} of {len(examples)} examples "
+        f"({time.perf_counter() - started:.0f}s): {points}"
+    )
+    return {
+        "security_curve": curve,
+        "examples": len(examples),
+        "autoattack_examples": autoattack_examples,
+        "pgd_steps": config.pgd_steps,
+        "problems": gradient_masking_problems(curve),
+    }
+
+
 def evaluate_run(
     run_dir: str | Path,
     config: EvalConfig,
@@ -166,6 +223,9 @@ def evaluate_run(
         download=config.download,
         limit=config.limit_test,
     )
+    source, source_metadata = None, {}
+    if config.transfer_from:  # checked before any attack runs
+        source, source_metadata = load_source(config.transfer_from, run, metadata, device)
     log(f"evaluating {run.path} ({architecture['name']}, {dataset}, eps {eps:g}) on {device}")
 
     results = evaluate_model(
@@ -178,25 +238,39 @@ def evaluate_run(
         log=log,
         autoattack_state=run.path / "autoattack.state",
     )
-    problems = autoattack_problems(model, test, results, config, device)
-    if config.sanity_examples:
-        curve = security_curve(
+    if source is not None:
+        started = time.perf_counter()
+        results["accuracy"]["transfer"] = transfer_accuracy(
             model,
-            test.take(min(config.sanity_examples, len(test))),
-            default_eps_values(eps),
-            steps=config.pgd_steps,
+            source,
+            test,
+            eps,
+            seed=config.seed,
             device=device,
             batch_size=config.batch_size,
+            progress=progress,
         )
-        problems += gradient_masking_problems(curve)
+        results["examples"]["transfer"] = len(test)
+        results["attacks"]["transfer"] = transfer_settings(
+            config.transfer_from, source_metadata, eps
+        )
+        log(
+            f"  {'transfer':<11} {results['accuracy']['transfer']:.4f}  on {len(test)} examples "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+    problems = autoattack_problems(model, test, results, config, device)
+    problems += transfer_problems(results["accuracy"])
+    if config.sanity_examples:
+        check = curve_check(model, test, eps, config, device=device, log=log)
+        problems += check["problems"]
+        check.update(problems=problems, passed=not problems)
         plot_security_curve(
-            curve, eps, f"{architecture['name']} on {dataset}", run.path / "security_curve.png"
+            check["security_curve"],
+            eps,
+            f"{architecture['name']} on {dataset}",
+            run.path / "security_curve.png",
         )
-        results["gradient_masking_check"] = {
-            "security_curve": curve,
-            "problems": problems,
-            "passed": not problems,
-        }
+        results["gradient_masking_check"] = check
     results.update(
         model_complexity(
             model,

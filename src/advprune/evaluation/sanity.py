@@ -2,7 +2,9 @@
 
 A robust-accuracy number is only trustworthy if the attack behind it works: PGD accuracy must not
 rise as ε grows, and at ε = 0.5 (where every image can be moved to uniform grey) it must be near
-zero. A model that fails these is masking gradients, and its robust accuracy is inflated.
+zero. A model that fails these is masking gradients, and its robust accuracy is inflated. The
+security curve (accuracy against ε) that the check reads is also a result of its own (the
+Adversarial Pruning Benchmark's); on request AutoAttack joins PGD at every ε, on a subset.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from advprune.attacks import pgd
+from advprune.attacks import autoattack, pgd
 from advprune.core.errors import GradientMaskingError
 from advprune.data import ImageDataset
 from advprune.evaluation.robustness import accuracy
@@ -31,6 +33,13 @@ def default_eps_values(eps: float) -> list[float]:
     )
 
 
+def curve_eps_values(requested: Sequence[float], eps: float) -> list[float]:
+    """The requested radii with LARGE_EPS added (the check needs it), or the default set."""
+    if not requested:
+        return default_eps_values(eps)
+    return sorted({*requested, LARGE_EPS})
+
+
 def security_curve(
     model: nn.Module,
     dataset: ImageDataset,
@@ -39,10 +48,18 @@ def security_curve(
     steps: int = 20,
     device: torch.device | str = "cpu",
     batch_size: int = 500,
+    autoattack_examples: int = 0,
+    seed: int = 0,
 ) -> list[dict[str, float]]:
-    """PGD-`steps` accuracy for each ε, as [{"eps": ε, "accuracy": a}, ...] in ascending ε."""
-    return [
-        {
+    """PGD-`steps` accuracy for each ε, as [{"eps": ε, "accuracy": a}, ...] in ascending ε.
+
+    With `autoattack_examples`, each point also holds "autoattack": AutoAttack's accuracy on the
+    first that many examples (AutoAttack costs far more than PGD, so a subset).
+    """
+    subset = dataset.take(autoattack_examples) if autoattack_examples else None
+    curve = []
+    for eps in sorted(eps_values):
+        point = {
             "eps": eps,
             "accuracy": accuracy(
                 model,
@@ -52,23 +69,35 @@ def security_curve(
                 batch_size=batch_size,
             ),
         }
-        for eps in sorted(eps_values)
-    ]
+        if subset is not None:
+            attack = partial(autoattack, eps=eps, seed=seed, batch_size=batch_size)
+            point["autoattack"] = accuracy(
+                model, subset, attack, device=device, batch_size=len(subset)
+            )
+        curve.append(point)
+    return curve
 
 
 def gradient_masking_problems(curve: Sequence[dict[str, float]]) -> list[str]:
-    """What is wrong with a security curve; an empty list means it passed."""
+    """What is wrong with a security curve (PGD's, and AutoAttack's where measured); an empty list
+    means it passed."""
+    problems = _curve_problems(curve, "accuracy", "PGD")
+    measured = [point for point in curve if "autoattack" in point]
+    return problems + _curve_problems(measured, "autoattack", "AutoAttack")
+
+
+def _curve_problems(curve: Sequence[dict[str, float]], key: str, attack: str) -> list[str]:
     problems = []
     for before, after in itertools.pairwise(curve):
-        if after["accuracy"] > before["accuracy"] + MONOTONICITY_TOLERANCE:
+        if after[key] > before[key] + MONOTONICITY_TOLERANCE:
             problems.append(
-                f"PGD accuracy rises from {before['accuracy']:.3f} at eps {before['eps']:g} to "
-                f"{after['accuracy']:.3f} at eps {after['eps']:g}"
+                f"{attack} accuracy rises from {before[key]:.3f} at eps {before['eps']:g} to "
+                f"{after[key]:.3f} at eps {after['eps']:g}"
             )
     large = [point for point in curve if point["eps"] >= LARGE_EPS]
-    if large and large[-1]["accuracy"] > MAX_ACCURACY_AT_LARGE_EPS:
+    if large and large[-1][key] > MAX_ACCURACY_AT_LARGE_EPS:
         problems.append(
-            f"PGD accuracy is still {large[-1]['accuracy']:.3f} at eps {large[-1]['eps']:g} "
+            f"{attack} accuracy is still {large[-1][key]:.3f} at eps {large[-1]['eps']:g} "
             f"(must be ≤ {MAX_ACCURACY_AT_LARGE_EPS})"
         )
     return problems

@@ -1,0 +1,203 @@
+"""HYDRA: scaled score init, straight-through top-k, frozen weights, exact k, resumable phases."""
+
+import pytest
+import torch
+from torch import nn
+
+from advprune.core.errors import ConfigError
+from advprune.core.tensor_files import load_tensors
+from advprune.masks import WeightMasks, prunable_parameters, select
+from advprune.methods.hydra import (
+    ScoredNetwork,
+    ScoreTraining,
+    hydra_masks,
+    pruned_count,
+    scaled_scores,
+)
+from advprune.models import create_model
+from advprune.models.serialization import load_model
+from advprune.pruning import PruneConfig, prune_run
+from advprune.training import TrainConfig, train
+
+SPARSITY = 0.9
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def dense_config(**overrides) -> TrainConfig:
+    values = dict(
+        dataset="fashion-mnist",
+        model="lenet300-100",
+        objective="pgd-at",
+        eps=0.1,
+        attack_steps=2,
+        epochs=1,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-3,
+        limit_train=512,
+        limit_test=64,
+        monitor_examples=0,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dense")
+    train(dense_config(), str(run_dir), progress=False, log=quiet)
+    return run_dir
+
+
+def hydra(dense_run, **overrides) -> PruneConfig:
+    values = dict(
+        method="hydra",
+        from_run=str(dense_run),
+        sparsity=SPARSITY,
+        score_epochs=1,
+        finetune_epochs=1,
+    )
+    return PruneConfig(**{**values, **overrides})
+
+
+def lenet() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("lenet300-100", 10, 1, image_size=28)
+
+
+def test_scaled_init_starts_from_layerwise_magnitude_pruning():
+    model = lenet()
+    scores = scaled_scores(model)
+    weights = prunable_parameters(model, include_bias=False)
+    assert list(scores) == list(weights)
+    for name, score in scores.items():
+        bound = (6 / weights[name][0].numel()) ** 0.5
+        assert score.abs().max() == pytest.approx(bound)
+        assert torch.equal(torch.sign(score), torch.sign(weights[name]))
+    magnitude = select(
+        {n: w.detach().abs() for n, w in weights.items()}, SPARSITY, scheme="layerwise"
+    )
+    learnt = hydra_masks(scores, SPARSITY)
+    assert all(torch.equal(learnt[name], magnitude[name]) for name in weights)
+
+
+def test_top_k_keeps_exactly_k_per_layer_and_passes_gradients_straight_through():
+    model = lenet()
+    scores = {n: nn.Parameter(s) for n, s in scaled_scores(model).items()}
+    network = ScoredNetwork(model.requires_grad_(False), scores, SPARSITY)
+    for mask in network.masks.values():
+        size = mask.numel()
+        assert int(mask.sum()) == size - pruned_count(size, SPARSITY) == size - round(0.9 * size)
+    x = torch.rand(8, 1, 28, 28)
+    reference = lenet()
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if name in network.masks:
+                parameter.mul_(network.masks[name])
+    assert torch.allclose(network(x), reference(x), atol=1e-6)
+    network(x).square().sum().backward()
+    assert all(p.grad is None for p in model.parameters())
+    # d loss / d s = (d loss / d w_eff) ⊙ w ⊙ sign(s): pruned entries get gradient too.
+    for name, score in scores.items():
+        pruned = network.masks[name] == 0
+        assert score.grad is not None and score.grad[pruned].abs().sum() > 0, name
+    assert set(network.state_dict()) == set(model.state_dict())
+
+
+def test_score_training_moves_the_scores_only(dense_run, tmp_path):
+    dense_model, _ = load_model(dense_run / "model.safetensors")
+    method = ScoreTraining(SPARSITY)
+    train(
+        dense_config(optimizer="sgd", lr=0.1, schedule="cosine"),
+        str(tmp_path),
+        progress=False,
+        log=quiet,
+        initial_weights=dense_model.state_dict(),
+        method=method,
+    )
+    tensors, metadata = load_tensors(tmp_path / "checkpoint.safetensors")
+    assert metadata["epoch"] == 1
+    # The checkpoint holds the frozen weights under the model's own keys, unchanged…
+    for name, tensor in dense_model.state_dict().items():
+        assert torch.equal(tensors[f"model.{name}"], tensor), name
+    # …and the scores, which moved.
+    initial = scaled_scores(dense_model)
+    assert any(not torch.equal(tensors[f"extra.{n}"], initial[n]) for n in initial)
+    # The final masks are the top-k the forward pass used; the model file holds w ⊙ mask.
+    masks, saved = WeightMasks.load(tmp_path / "masks.safetensors")
+    assert saved["sparsity"] == SPARSITY
+    for name, mask in masks.items():
+        assert torch.equal(mask, method.network.masks[name].bool().cpu()), name
+        assert int(mask.sum()) == mask.numel() - round(SPARSITY * mask.numel()), name
+    pruned, _ = load_model(tmp_path / "model.safetensors")
+    for name, weight in pruned.named_parameters():
+        expected = dense_model.state_dict()[name]
+        if name in masks:
+            expected = expected * masks[name]
+        assert torch.equal(weight, expected), name
+
+
+def test_hydra_prune_keeps_exactly_k_weights_per_layer_at_zero(dense_run, tmp_path):
+    model = prune_run(hydra(dense_run), tmp_path, progress=False, log=quiet)
+    masks, _ = WeightMasks.load(tmp_path / "masks.safetensors")
+    learnt, _ = WeightMasks.load(tmp_path / "scores" / "masks.safetensors")
+    parameters = dict(model.named_parameters())
+    assert set(masks) == {n for n in parameters if n.endswith("weight")}
+    for name, keep in masks.items():
+        assert torch.equal(keep, learnt[name])
+        assert int(keep.sum()) == keep.numel() - round(SPARSITY * keep.numel()), name
+        assert torch.count_nonzero(parameters[name][~keep]) == 0, name
+    _, metadata = load_model(tmp_path / "model.safetensors")
+    assert metadata["method"]["name"] == "hydra"
+    assert metadata["method"]["score_epochs"] == 1
+
+
+def stop_at_epoch(count: int):
+    """A log that interrupts the run at its `count`-th epoch line (before that epoch is saved)."""
+    seen = []
+
+    def log(message: str) -> None:
+        if message.startswith("epoch"):
+            seen.append(message)
+            if len(seen) == count:
+                raise KeyboardInterrupt
+
+    return log
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dense_run, tmp_path_factory):
+    """HYDRA with two epochs in each phase, run without a stop: what a resumed run must equal."""
+    config = hydra(dense_run, score_epochs=2, finetune_epochs=2)
+    return config, prune_run(config, tmp_path_factory.mktemp("whole"), progress=False, log=quiet)
+
+
+@pytest.mark.parametrize(("stop", "phase"), [(2, "scores"), (4, "fine-tuning")])
+def test_prune_resumes_exactly_in_either_phase(uninterrupted, tmp_path, stop, phase):
+    config, whole = uninterrupted
+    with pytest.raises(KeyboardInterrupt):
+        prune_run(config, tmp_path / "cut", progress=False, log=stop_at_epoch(stop))
+    scores_done = (tmp_path / "cut" / "scores" / "model.safetensors").exists()
+    assert scores_done == (phase == "fine-tuning")
+    messages = []
+    resumed = prune_run(config, tmp_path / "cut", progress=False, log=messages.append)
+    assert any("resuming" in m for m in messages)
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_hydra_settings_that_cannot_work(dense_run, tmp_path):
+    for overrides, message in (
+        ({"scheme": "global"}, "HYDRA prunes layer-wise"),
+        ({"order": "largest"}, "drop --order"),
+        ({"score_epochs": 0}, "score_epochs must be ≥ 1"),
+        ({"score_lr": 0.0}, "score_lr must be > 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            hydra(dense_run, **overrides).validate()
+    with pytest.raises(KeyboardInterrupt):
+        prune_run(hydra(dense_run), tmp_path, progress=False, log=stop_at_epoch(1))
+    with pytest.raises(ConfigError, match=r"other settings \(sparsity\)"):
+        prune_run(hydra(dense_run, sparsity=0.5), tmp_path, progress=False, log=quiet)
