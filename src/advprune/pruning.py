@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from advprune.core import distributed
 from advprune.core.device import resolve_device
+from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError, check_choices
 from advprune.core.run_dir import RunDir
 from advprune.data import BatchLoader
@@ -56,6 +58,7 @@ class PruneConfig:
     lr: float | None = None
     beta: float | None = None
     seed: int = 0
+    backend: str | None = None  # torchrun process group (default: nccl on GPUs, gloo on CPU)
 
     def validate(self) -> PruneConfig:
         check_choices(
@@ -66,6 +69,7 @@ class PruneConfig:
                 "order": ORDERS,
                 "objective": OBJECTIVES,
                 "optimizer": OPTIMIZERS,
+                "backend": BACKENDS,
             },
         )
         if not self.from_run:
@@ -89,7 +93,7 @@ class PruneConfig:
 def finetune_config(dense: TrainConfig, config: PruneConfig) -> TrainConfig:
     """The dense run's settings with the pruning run's fine-tuning overrides."""
     overrides: dict[str, Any] = {"epochs": config.finetune_epochs, "seed": config.seed}
-    for key in ("objective", "optimizer", "lr", "beta"):
+    for key in ("objective", "optimizer", "lr", "beta", "backend"):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
     return dataclasses.replace(dense, **overrides).validate()
@@ -118,9 +122,12 @@ def mad_saliency(
         "batch_size": config.saliency_batch_size,
         "examples": len(data.train),
     }
+    ddp = distributed.current()
+    if ddp.enabled:  # shards make other batches; one process keeps the keys of existing caches
+        settings["world_size"] = ddp.world_size
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = dense_run.path / f"saliency-{key}.safetensors"
-    if cache.exists():
+    if distributed.broadcast_from_main(cache.exists()):
         log(f"reusing the MAD saliency in {cache}")
         return load_saliency(cache)[0]
     loader = BatchLoader(
@@ -130,6 +137,8 @@ def mad_saliency(
         shuffle=False,
         augment=False,
         device=device,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
     scores = compute_saliency(
         model,
@@ -144,8 +153,13 @@ def mad_saliency(
         seed=config.seed,
         progress=progress,
     )
-    save_saliency(cache, scores, settings)
+    if ddp.is_main:
+        save_saliency(cache, scores, settings)
     return scores
+
+
+def _ignore(_: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def prune_run(
@@ -157,17 +171,19 @@ def prune_run(
 ) -> nn.Module:
     """Prune the dense run `config.from_run` into `run_dir` and fine-tune it; resumable."""
     config.validate()
-    run = RunDir.create(run_dir)
+    run = RunDir.at(run_dir)
     if run.model.exists():
         raise ConfigError(f"{run.path} already holds a finished run; choose another --run-dir")
     resume = run.checkpoint.exists()
     dense_run = RunDir.existing(config.from_run)
     dense = TrainConfig.load(dense_run.config)
     finetune = finetune_config(dense, config)
+    device = resolve_device(finetune.device)
+    if not distributed.initialize(finetune.backend, device).is_main:
+        progress, log = False, _ignore
     data = load_training_data(finetune)
     masks = None
     if not resume:
-        device = resolve_device(finetune.device)
         model, _ = load_model(dense_run.model, device=device)
         if config.method == "mad":
             scores = mad_saliency(model, data, dense, config, dense_run, device, progress, log)
