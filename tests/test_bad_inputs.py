@@ -2,9 +2,9 @@
 traceback, and nothing written half.
 
 Every case is its own process running `advprune/__main__.py` exactly as `python -m advprune`
-does, with its own working folder (and file-size limit). To keep 28 cases fast on two cores, one
+does, with its own working folder (and file-size limit). To keep 31 cases fast on two cores, one
 helper process imports advprune once and forks a child per case (`LAUNCHER`), instead of paying
-the interpreter start and the torch import 28 times; the helper never computes with torch, so
+the interpreter start and the imports 31 times; the helper never computes with torch, so
 its children start clean. Besides its message, every case must leave its folder as it found it —
 no temporary file, no lock file, every file that was there unchanged — apart from the complete
 files it names in `written`.
@@ -317,7 +317,9 @@ CASES = [
 # exits 1, as the interpreter does); prints each child's exit code as JSON.
 LAUNCHER = r"""
 import json, os, resource, runpy, sys, traceback
+import scipy.io, torch._dynamo  # what SVHN and the first optimizer import
 import advprune.cli
+advprune.cli.build_parser()  # and the commands' imports
 
 def child(case):
     os.chdir(case["cwd"])

@@ -85,9 +85,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def single_process(command: str) -> None:
+    """`eval` and `demo` write from every process they run in: refuse torchrun's several."""
+    if distributed.launched_world_size() > 1:
+        raise ConfigError(
+            f"advprune {command} runs on one process; start it with python -m advprune or "
+            "advprune, not torchrun"
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from advprune.evaluation import EvalConfig, evaluate_run, format_results
 
+    single_process("eval")
     config = EvalConfig.from_dict(given(args, EvalConfig))
     with RunDir.existing(args.run_dir).locked():
         results = evaluate_run(args.run_dir, config, progress=not args.quiet)
@@ -98,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from advprune.demo import run_demo
 
+    single_process("demo")
     run_demo(args.run_dir, progress=not args.quiet)
     return 0
 

@@ -16,6 +16,7 @@ from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError, check_choices
 from advprune.core.io import atomic_write_text
 from advprune.data import get_spec
+from advprune.models import MODELS
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
@@ -73,6 +74,7 @@ class TrainConfig:
                 "schedule": SCHEDULES,
                 "precision": PRECISIONS,
                 "backend": BACKENDS,
+                "model": tuple(MODELS),
             },
         )
         if self.eps is None:

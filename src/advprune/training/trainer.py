@@ -203,6 +203,14 @@ class _Training:
         if resume and not run.checkpoint.exists():
             raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
         self.data = data or load_training_data(config)
+        # Whole global batches only: the loader pads shards to equal length by wrapping around,
+        # and the padding must never reach a step.
+        self.steps_per_epoch = len(self.data.train) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.data.train)} training examples give no full batch of "
+                f"{config.batch_size}; lower --batch-size or raise --limit-train"
+            )
         self.method = method
         seed_everything(config.seed)
         model = create_model(**architecture(config.model, self.data.spec))
@@ -228,14 +236,6 @@ class _Training:
             rank=self.ddp.rank,
             world_size=self.ddp.world_size,
         )
-        # Whole global batches only: the loader pads shards to equal length by wrapping around,
-        # and the padding must never reach a step.
-        self.steps_per_epoch = len(self.data.train) // config.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(self.data.train)} training examples give no full batch of "
-                f"{config.batch_size}; lower --batch-size or raise --limit-train"
-            )
         if resume:
             self._load_checkpoint()
         step_model = torch.compile(self.model) if config.compile else self.model
