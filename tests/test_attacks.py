@@ -167,6 +167,31 @@ def test_pgd_random_start_comes_from_the_generator_only(model, data):
     assert not torch.equal(first, pgd(model, x, y, EPS, steps=2, generator=seeded(8)))
 
 
+@pytest.mark.parametrize(
+    ("norm", "init"), [("linf", "uniform"), ("l2", "uniform"), ("linf", "normal")]
+)
+def test_a_data_parallel_shard_gets_its_rows_of_the_global_starts(model, data, norm, init):
+    """Rank r of 4 attacks rows r, r+4, ... of a batch (of 256, as a global batch splits evenly);
+    its starts, and so its adversarial examples, are those rows of the whole batch's."""
+    x, y = data
+    whole = pgd(model, x, y, 0.5, norm=norm, init=init, steps=2, generator=seeded(4))
+    for rank in range(4):
+        shard = pgd(
+            model,
+            x[rank::4],
+            y[rank::4],
+            0.5,
+            norm=norm,
+            init=init,
+            steps=2,
+            generator=seeded(4),
+            noise_shard=(rank, 4),
+        )
+        torch.testing.assert_close(shard, whole[rank::4], rtol=0, atol=1e-6)
+    alone = pgd(model, x[1::4], y[1::4], 0.5, norm=norm, init=init, steps=2, generator=seeded(4))
+    assert not torch.allclose(alone, whole[1::4])  # without the shard the starts differ
+
+
 def test_registry_options_override_the_protocol_settings(model, data):
     x, y = data
     pgd_1 = ATTACKS["pgd"].run(model, x, y, EPS, seed=3, steps=1)

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from advprune.core.errors import AdvpruneError, CheckpointError, ConfigError
 from advprune.core.io import atomic_write, atomic_write_json, read_json
-from advprune.core.run_dir import RunDir
+from advprune.core.run_dir import LOCK_NAME, RunDir
 from advprune.core.tensor_files import load_tensors, save_tensors
 
 
@@ -79,3 +80,46 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_safetensors_files_get_ordinary_permissions_too(tmp_path):
+    """safetensors replaces the temporary file it is given, so the mode is set after writing."""
+    import os
+
+    path = save_tensors(tmp_path / "t.safetensors", {"a": torch.zeros(2)}, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_run_directory_admits_one_writer_and_a_dead_ones_lock_is_no_obstacle(tmp_path):
+    import os
+
+    run = RunDir.create(tmp_path / "run")
+    with (
+        run.locked(),
+        pytest.raises(ConfigError, match=f"is in use by process {os.getpid()} on "),
+        run.locked(),
+    ):
+        pass
+    assert not (run.path / LOCK_NAME).exists()  # released and removed
+    (run.path / LOCK_NAME).write_text('{"pid": 1}')  # what a killed run leaves: a file, no lock
+    with run.locked():
+        assert (run.path / LOCK_NAME).exists()
+
+
+def test_every_generator_state_round_trips():
+    import random
+
+    import numpy as np
+
+    from advprune.core.seeding import rng_state, seed_everything, set_rng_state
+
+    seed_everything(11)
+    tensors, scalars = rng_state(torch.device("cpu"))
+    first = (torch.rand(3), random.random(), np.random.rand(), np.random.randn())
+    json.dumps(scalars)  # the scalars travel in a JSON header
+    set_rng_state(tensors, scalars, torch.device("cpu"))
+    assert (torch.rand(3), random.random(), np.random.rand(), np.random.randn())[1:] == first[1:]
+    set_rng_state(tensors, scalars, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), first[0])

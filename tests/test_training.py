@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -150,6 +151,9 @@ def test_a_run_directory_is_not_overwritten_without_resume(tmp_path):
     train(config, str(tmp_path), progress=False, log=lambda _: None)
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         train(config, str(tmp_path), progress=False, log=lambda _: None)
+    other = dataclasses.replace(config, lr=0.01)
+    with pytest.raises(ConfigError, match=r"was written with lr=0\.05, not 0\.01"):
+        train(other, str(tmp_path), resume=True, progress=False, log=lambda _: None)
 
 
 @pytest.mark.parametrize("objective", ["standard", "pgd-at", "trades", "mart", "fast-at"])

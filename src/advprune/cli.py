@@ -1,6 +1,7 @@
 """Command line: `advprune train | prune | eval | report | reproduce | demo`.
 
 Errors caused by input are one line on stderr and a non-zero exit; `--debug` shows the traceback.
+`train` and `prune` also run under `torchrun --nproc-per-node N -m advprune ...` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from advprune.core import distributed
 from advprune.core.errors import AdvpruneError, ConfigError
 from advprune.core.run_dir import RunDir
-
-# Keys that may differ when resuming: where the run executes, not what it computes.
-RESUMABLE_CHANGES = {"device", "data_dir", "download"}
 
 FLAG_TYPES: dict[str, dict[str, Any]] = {
     "str": {"type": str},
@@ -53,13 +52,14 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from advprune.recipes import load_recipe
     from advprune.training import TrainConfig, train
+    from advprune.training.config import EXECUTION_KEYS
 
     overrides = given(args, TrainConfig)
     if args.resume:
         run = RunDir.existing(args.run_dir)
         saved = TrainConfig.load(run.config)
         for key, value in overrides.items():
-            if key not in RESUMABLE_CHANGES and getattr(saved, key) != value:
+            if key not in EXECUTION_KEYS and getattr(saved, key) != value:
                 raise ConfigError(
                     f"--resume: the run in {run.path} has {key}={getattr(saved, key)!r} but "
                     f"{value!r} was given; drop the flag or start a new --run-dir"
@@ -71,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             base = load_recipe(args.recipe).get("train", {})
         config = TrainConfig.from_dict({**base, **overrides}, source="--recipe and flags")
     train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
-    print(f"trained model written to {Path(args.run_dir) / 'model.safetensors'}")
+    if distributed.current().is_main:
+        print(f"trained model written to {Path(args.run_dir) / 'model.safetensors'}")
     return 0
 
 
@@ -80,16 +81,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     config = PruneConfig(**given(args, PruneConfig)).validate()
     prune_run(config, args.run_dir, progress=not args.quiet)
-    print(f"pruned, fine-tuned model written to {Path(args.run_dir) / 'model.safetensors'}")
+    if distributed.current().is_main:
+        print(f"pruned, fine-tuned model written to {Path(args.run_dir) / 'model.safetensors'}")
     return 0
+
+
+def single_process(command: str) -> None:
+    """`eval` and `demo` write from every process they run in: refuse torchrun's several."""
+    if distributed.launched_world_size() > 1:
+        raise ConfigError(
+            f"advprune {command} runs on one process; start it with python -m advprune or "
+            "advprune, not torchrun"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from advprune.evaluation import EvalConfig, evaluate_run
     from advprune.report import format_results
 
+    single_process("eval")
     config = EvalConfig.from_dict(given(args, EvalConfig))
-    results = evaluate_run(args.run_dir, config, progress=not args.quiet)
+    with RunDir.existing(args.run_dir).locked():
+        results = evaluate_run(args.run_dir, config, progress=not args.quiet)
     print(format_results([results]))
     return 0
 
@@ -139,6 +152,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from advprune.demo import run_demo
 
+    single_process("demo")
     run_demo(args.run_dir, progress=not args.quiet)
     return 0
 
@@ -166,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
             "limit_train": "use only the first N training examples",
             "limit_test": "use only the first N test examples",
             "milestones": "step-schedule decay points as fractions of training",
+            "checkpoint_every": "steps between mid-epoch checkpoints (0: at epoch ends only)",
+            "tensorboard": "also write TensorBoard event files to RUN_DIR/tensorboard",
+            "sync_batchnorm": "under torchrun on GPUs: BatchNorm statistics over all processes",
+            "backend": "torchrun process group: nccl (GPUs) or gloo (CPU); default by device",
         },
     )
     train.set_defaults(handler=cmd_train)
@@ -184,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             "score_epochs": "HYDRA: epochs learning the scores, weights frozen (RUN_DIR/scores)",
             "score_lr": "HYDRA: SGD learning rate of the scores (cosine schedule)",
             "objective": "fine-tuning objective (default: the dense run's)",
+            "backend": "torchrun process group: nccl (GPUs) or gloo (CPU); default by device",
         },
     )
     prune.add_argument(
@@ -260,7 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdvpruneError as err:
         if args.debug:
             raise
-        print(f"advprune: error: {err}", file=sys.stderr)
+        rank = distributed.current().rank if distributed.current().enabled else None
+        where = "" if rank is None else f" (rank {rank})"
+        print(f"advprune: error{where}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         again = (
@@ -270,3 +291,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"advprune: interrupted; {again}", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

@@ -22,7 +22,9 @@ import torch
 import yaml
 from torch import nn
 
+from advprune.core import distributed
 from advprune.core.device import resolve_device
+from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError, check_choices
 from advprune.core.io import atomic_write_text
 from advprune.core.run_dir import RunDir
@@ -67,6 +69,7 @@ class PruneConfig:
     lr: float | None = None
     beta: float | None = None
     seed: int = 0
+    backend: str | None = None  # torchrun process group (default: nccl on GPUs, gloo on CPU)
 
     def validate(self) -> PruneConfig:
         check_choices(
@@ -78,6 +81,7 @@ class PruneConfig:
                 "objective": OBJECTIVES,
                 "optimizer": OPTIMIZERS,
                 "saliency_form": SALIENCY_FORMS,
+                "backend": BACKENDS,
             },
         )
         if not self.from_run:
@@ -119,7 +123,7 @@ class PruneConfig:
 def finetune_config(dense: TrainConfig, config: PruneConfig) -> TrainConfig:
     """The dense run's settings with the pruning run's fine-tuning overrides."""
     overrides: dict[str, Any] = {"epochs": config.finetune_epochs, "seed": config.seed}
-    for key in ("objective", "optimizer", "lr", "beta"):
+    for key in ("objective", "optimizer", "lr", "beta", "backend"):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
     return dataclasses.replace(dense, **overrides).validate()
@@ -225,9 +229,12 @@ def mad_saliency(
         "batch_size": config.saliency_batch_size,
         "examples": len(data.train),
     }
+    ddp = distributed.current()
+    if ddp.enabled:  # shards make other batches; one process keeps the keys of existing caches
+        settings["world_size"] = ddp.world_size
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = dense_run.path / f"saliency-{key}.safetensors"
-    if cache.exists():
+    if distributed.broadcast_from_main(cache.exists()):
         log(f"reusing the MAD saliency in {cache}")
         return load_saliency(cache)[0]
     loader = BatchLoader(
@@ -237,6 +244,8 @@ def mad_saliency(
         shuffle=False,
         augment=False,
         device=device,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
     scores = compute_saliency(
         model,
@@ -252,8 +261,13 @@ def mad_saliency(
         seed=config.seed,
         progress=progress,
     )
-    save_saliency(cache, scores, settings)
+    if ddp.is_main:
+        save_saliency(cache, scores, settings)
     return scores
+
+
+def _ignore(_: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def prune_run(
@@ -265,14 +279,19 @@ def prune_run(
 ) -> nn.Module:
     """Prune the dense run `config.from_run` into `run_dir` and fine-tune it; resumable."""
     config.validate()
-    run = RunDir.create(run_dir)
+    run = RunDir.at(run_dir)
     if run.model.exists():
         raise ConfigError(f"{run.path} already holds a finished run; choose another --run-dir")
     resume = run.checkpoint.exists()
     dense_run = RunDir.existing(config.from_run)
     dense = TrainConfig.load(dense_run.config)
     finetune = finetune_config(dense, config)
-    check_same_settings(config, run)
+    device = resolve_device(finetune.device)
+    is_main = distributed.initialize(finetune.backend, device).is_main
+    if not is_main:
+        progress, log = False, _ignore
+    if is_main:
+        check_same_settings(config, run)
     data = load_training_data(finetune)
     masks = None
     if not resume and config.method == "hydra":
@@ -282,7 +301,6 @@ def prune_run(
             f"{finetune.epochs} epochs with {finetune.objective}"
         )
     elif not resume:
-        device = resolve_device(finetune.device)
         model, _ = load_model(dense_run.model, device=device)
         if config.method == "mad":
             scores = mad_saliency(model, data, dense, config, dense_run, device, progress, log)

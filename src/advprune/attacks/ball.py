@@ -38,14 +38,23 @@ def check_init(init: str) -> None:
 
 
 class Ball:
-    """{x̃ : ‖x̃ − x‖ ≤ eps, 0 ≤ x̃ ≤ 1} for each example x of a batch."""
+    """{x̃ : ‖x̃ − x‖ ≤ eps, 0 ≤ x̃ ≤ 1} for each example x of a batch.
 
-    def __init__(self, x: Tensor, eps: float, norm: str) -> None:
+    `noise_shard` (rank, world_size) says the batch is rows rank, rank + world_size, ... of a
+    global batch, as a data-parallel rank gets it: random starts are then drawn for the whole
+    global batch and this batch keeps its rows, so each example starts where it would in a
+    single-process run from the same generator state.
+    """
+
+    def __init__(
+        self, x: Tensor, eps: float, norm: str, noise_shard: tuple[int, int] = (0, 1)
+    ) -> None:
         check_eps(eps)
         check_norm(norm)
         self.center = x.detach()
         self.eps = eps
         self.norm = norm
+        self.noise_shard = noise_shard
         if norm == "linf":
             # The L∞ ball ∩ box is itself a box; computed once because PGD projects every step.
             self._lower = (self.center - eps).clamp_(min=0)
@@ -96,10 +105,15 @@ class Ball:
     ) -> Tensor:
         """Noise drawn on `generator`'s own device, so a CPU generator also seeds CUDA runs."""
         device = self.center.device if generator is None else generator.device
+        rank, world_size = self.noise_shard
+        shape = shape or self.center.shape
         noise = sample(
-            shape or self.center.shape, generator=generator, device=device, dtype=self.center.dtype
+            (shape[0] * world_size, *shape[1:]),
+            generator=generator,
+            device=device,
+            dtype=self.center.dtype,
         )
-        return noise.to(self.center.device)
+        return noise[rank::world_size].to(self.center.device)
 
 
 def _per_example_norm(t: Tensor) -> Tensor:

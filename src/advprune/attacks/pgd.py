@@ -30,6 +30,7 @@ def pgd(
     init: str = "uniform",
     restarts: int = 1,
     generator: torch.Generator | None = None,
+    noise_shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Adversarial examples for images `x` in [0, 1] within `eps` of `x` in `norm` ("linf"/"l2").
 
@@ -37,13 +38,14 @@ def pgd(
     `loss` is "ce", "cw" (CW-∞ margin) or a callable `(logits, y) -> (B,)`, e.g. TRADES' KL with
     `y` the clean probabilities; `y` reaches it untouched. Logits are cast to float32 first, so the
     loss is exact under autocast. `init` is "uniform", "normal" (TRADES) or "zero" (see
-    `Ball.start`); `generator` draws the random start without touching the global RNG.
+    `Ball.start`); `generator` draws the random start without touching the global RNG, and
+    `noise_shard` (rank, world_size) draws it for a data-parallel rank's rows (see `Ball`).
 
     With `restarts > 1` each example keeps its first misclassified restart (or, if none, the one of
     highest loss), so restarts can only lower accuracy; with a callable loss, where `y` need not be
     labels, the highest loss wins.
     """
-    ball = Ball(x, eps, norm)
+    ball = Ball(x, eps, norm, noise_shard)
     loss_fn = resolve_loss(loss)
     check_init(init)
     if steps < 1 or restarts < 1:

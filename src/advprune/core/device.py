@@ -6,21 +6,27 @@ import contextlib
 
 import torch
 
+from advprune.core.distributed import launched_world_size, local_rank
 from advprune.core.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """`None`/"auto" picks CUDA when present, else CPU; an unavailable device is a clear error."""
+    """`None`/"auto" picks CUDA when present, else CPU; an unavailable device is a clear error.
+
+    Under torchrun, "auto" and "cuda" mean this process's own GPU, cuda:LOCAL_RANK.
+    """
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is None and launched_world_size() > 1:
+        device = torch.device("cuda", local_rank())
     return device
 
 

@@ -29,8 +29,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
         write(tmp)
+        # After writing: mkstemp's 0600 would make results private, and a writer that replaces
+        # the file (safetensors does) would bring its own mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

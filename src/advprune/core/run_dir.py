@@ -1,12 +1,26 @@
-"""The run directory: everything a run produces, and enough to resume, evaluate or report it."""
+"""The run directory: everything a run produces, and enough to resume, evaluate or report it.
+
+While a run writes to a directory it holds an exclusive lock on a file inside it, so a second run
+pointed at the same directory stops with a clear error instead of interleaving checkpoints. The
+lock is `flock`: the operating system drops it when the process dies, even by SIGKILL, so a crashed
+run never leaves the directory locked.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from advprune.core.errors import ConfigError
+
+LOCK_NAME = ".advprune.lock"
 
 
 @dataclass(frozen=True)
@@ -14,16 +28,25 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> RunDir:
-        """Make the directory (and parents); a path that is a file is a clear error."""
+    def at(cls, path: str | os.PathLike) -> RunDir:
+        """A run directory that need not exist yet; a path that is a file is a clear error."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"run directory {path} is a file; pass a directory path to --run-dir")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"cannot create run directory {path}: {err.strerror}") from err
         return cls(path)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """Make the directory (and parents); a path that is a file is a clear error."""
+        run = cls.at(path)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create run directory {run.path}: {err.strerror}; choose a writable "
+                "--run-dir"
+            ) from err
+        return run
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> RunDir:
@@ -31,6 +54,46 @@ class RunDir:
         if not path.is_dir():
             raise ConfigError(f"run directory {path} does not exist; pass the --run-dir of a run")
         return cls(path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's lock for the body; a second holder gets a ConfigError naming us.
+
+        The lock file is removed on release. A process that opened it before the removal may
+        lock the orphaned inode, so after locking we check the path still names the file we hold.
+        """
+        path = self.path / LOCK_NAME
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot create {path}: {err.strerror}; choose a writable --run-dir"
+                ) from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise ConfigError(
+                    f"run directory {self.path} is in use by {holder}; wait for it to finish or "
+                    "choose another --run-dir"
+                ) from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            os.close(fd)
 
     @property
     def config(self) -> Path:
@@ -51,5 +114,26 @@ class RunDir:
         return self.path / "model.safetensors"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (`advprune train --tensorboard`)."""
+        return self.path / "tensorboard"
+
+    @property
     def results(self) -> Path:
         return self.path / "results.json"
+
+
+def _command() -> str:
+    """This process's program and subcommand, e.g. "advprune train" (also for python -m)."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = program.parent.name if program.name == "__main__.py" else program.name
+    return " ".join([name, *sys.argv[1:2]])
+
+
+def _read_holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it: "process 123 on host (advprune train)"."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"process {holder['pid']} on {holder['host']} ({holder['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"

@@ -26,7 +26,16 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """Write `tensors` (made contiguous, on CPU) and `metadata` (JSON-serialisable) atomically."""
     cpu_tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata)}
-    return atomic_write(path, lambda tmp: save_file(cpu_tensors, str(tmp), metadata=header))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(cpu_tensors, str(tmp), metadata=header)
+        except SafetensorError as err:
+            if "I/O error" not in str(err):
+                raise
+            raise OSError(str(err).split("I/O error: ")[-1]) from err  # e.g. a full disk
+
+    return atomic_write(path, write)
 
 
 def load_tensors(

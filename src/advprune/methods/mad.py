@@ -41,6 +41,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from advprune.attacks import pgd
+from advprune.core.distributed import all_reduce_sum
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.tensor_files import load_tensors, save_tensors
 from advprune.data import BatchLoader
@@ -242,6 +243,9 @@ def compute_saliency(
     result does not depend on the global RNG. `form` is "removal" or the official "paper" form
     (module docstring). Returns `name → tensor` shaped like each parameter,
     on the model's device, in the model's layer order (the classifier last).
+
+    Under torchrun, pass each rank its shard of the batches: the sums are all-reduced, so every
+    rank returns the mean over all ranks' batches.
     """
     if mask_steps < 1 or mask_lr <= 0:
         raise ConfigError(
@@ -276,9 +280,11 @@ def compute_saliency(
     finally:
         for module, training in modes.items():
             module.train(training)
+    # Under torchrun each rank scored its own shard: the mean is over every rank's batches.
+    used = int(all_reduce_sum(torch.tensor(float(used), device=device)).item())
     if used == 0:
         raise ConfigError("no batches to compute the saliency on; check the dataset and its limit")
-    return {name: total / used for name, total in totals.items()}
+    return {name: all_reduce_sum(total) / used for name, total in totals.items()}
 
 
 def save_saliency(

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from advprune.core.distributed import unwrap
 from advprune.core.errors import CheckpointError, TrainingError
 from advprune.masks import WeightMasks
-from advprune.training.objectives import ObjectiveOutput
+from advprune.training.objectives import AttackSettings, ObjectiveOutput
 
 
 @dataclass
@@ -30,6 +31,10 @@ class StepContext:
     steps_per_epoch: int
     lr: float
     examples: int  # training-set size N, e.g. for the KL/N term of a variational objective
+    # The run's training attack. Its generator is in the same state on every rank and is
+    # checkpointed: draw noise that must agree across ranks (e.g. gate samples) from it, and
+    # per-example noise with its noise_shard (docs/scaling.md, "Methods under DDP").
+    attack: AttackSettings | None = None
 
 
 def check_finite(loss: torch.Tensor, context: StepContext, what: str = "loss") -> None:
@@ -45,9 +50,15 @@ class TrainingMethod:
     """Plain training: every parameter of the model on the run's objective."""
 
     name = "dense"
+    # Under torchrun the trainer wraps the model in DistributedDataParallel after `prepare`; a
+    # method whose backward passes leave some of the model's trainable parameters without a
+    # gradient (e.g. a gate-only pass) must set this, or DDP stops at the next step.
+    find_unused_parameters = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Adapt the freshly built model (on its device) before the optimizer is made."""
+        """Adapt the freshly built model (on its device) before the optimizer is made and before
+        the DDP wrap; `step` then receives the wrapped model (`core.distributed.unwrap` gives the
+        module inside)."""
         return model
 
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
@@ -62,21 +73,25 @@ class TrainingMethod:
         optimizer: torch.optim.Optimizer,
         context: StepContext,
     ) -> ObjectiveOutput:
-        """One optimisation step on the batch; returns the loss and logits that are logged."""
+        """One optimisation step on the batch; returns the loss and logits that are logged.
+
+        Under torchrun `model` is the DDP-wrapped model: forward and backward go through it (so
+        gradients are averaged over ranks), the hooks get the module inside (its own names).
+        """
         out = context.objective(model, x, y)
         check_finite(out.loss, context)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        self.before_update(model)
+        self.before_update(unwrap(model))
         optimizer.step()
-        self.after_update(model)
+        self.after_update(unwrap(model))
         return out
 
     def before_update(self, model: nn.Module) -> None:
-        """Called between backward and the weight update."""
+        """Called between backward and the weight update, with the unwrapped model."""
 
     def after_update(self, model: nn.Module) -> None:
-        """Called after the weight update."""
+        """Called after the weight update, with the unwrapped model."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors saved with every checkpoint (and restored on resume)."""

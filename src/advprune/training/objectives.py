@@ -6,6 +6,7 @@ is taken in train mode, as in Madry et al. and TRADES' reference code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,15 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprune.attacks import pgd
+from advprune.core.distributed import unwrap
 
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """The training-time attack: L∞ PGD with `steps` steps of `step_size` inside radius `eps`."""
+    """The training-time attack: L∞ PGD with `steps` steps of `step_size` inside radius `eps`.
+
+    Random starts come from `generator` (the global RNG if None). The trainer gives every rank a
+    generator in the same state and the rank's `noise_shard`, so under DDP each example gets the
+    start it would get on one process (`attacks.Ball`).
+    """
 
     eps: float
     steps: int
     step_size: float | None = None
+    generator: torch.Generator | None = None
+    noise_shard: tuple[int, int] = (0, 1)
 
 
 @dataclass
@@ -34,10 +43,19 @@ class ObjectiveOutput:
 def _adversarial(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, attack: AttackSettings, **options
 ) -> torch.Tensor:
+    model = unwrap(model)  # under DDP: each rank attacks its own shard, no gradient all-reduce
     model.eval()
     try:
         return pgd(
-            model, x, target, attack.eps, alpha=attack.step_size, steps=attack.steps, **options
+            model,
+            x,
+            target,
+            attack.eps,
+            alpha=attack.step_size,
+            steps=attack.steps,
+            generator=attack.generator,
+            noise_shard=attack.noise_shard,
+            **options,
         )
     finally:
         model.train()
@@ -110,7 +128,7 @@ def fast_at(
 
     Watch the per-epoch PGD monitor: this objective can overfit catastrophically.
     """
-    fgsm_rs = AttackSettings(attack.eps, steps=1, step_size=1.25 * attack.eps)
+    fgsm_rs = dataclasses.replace(attack, steps=1, step_size=1.25 * attack.eps)
     x_adv = _adversarial(model, x, y, fgsm_rs)
     logits = model(x_adv)
     return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)

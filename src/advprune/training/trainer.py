@@ -1,39 +1,54 @@
-"""The trainer: one loop for every objective, with checkpoints, exact resume and progress bars.
+"""The trainer: one loop for every objective and method, on one process or many (torchrun + DDP),
+with atomic checkpoints every N steps and exact resume.
 
-Reproducibility: the data order and augmentation of epoch e come from (seed, e) alone, and the
-global RNG (attack random starts) is re-seeded from (seed, e) at the start of each epoch, so a run
-resumed from the checkpoint of epoch e continues exactly as the uninterrupted run would.
+Reproducibility: epoch e's data order and augmentation come from (seed, e) alone; when the epoch
+starts, the attacks' generator is seeded from (seed, e) and each rank's global generators from
+(seed, e, rank). A checkpoint stores the position (epoch, batch) and the state of every generator,
+so a run resumed from any checkpoint — at an epoch end or mid-epoch — computes exactly what the
+uninterrupted run would have.
+
+Under torchrun, `batch_size` is the global batch: each of the N ranks takes batch_size / N examples
+of every global batch (BatchLoader shards one global order), draws the attacks' random starts for
+the global batch and keeps its rows, DDP averages the gradients, and rank 0 alone writes files and
+logs. So N changes the result only by floating-point summation order (and through any dropout).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from advprune.attacks import pgd
+from advprune.core import distributed
 from advprune.core.device import autocast, resolve_device
-from advprune.core.errors import ConfigError
-from advprune.core.io import atomic_write_text
+from advprune.core.distributed import Distributed
+from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.run_dir import RunDir
-from advprune.core.seeding import seed_everything
+from advprune.core.seeding import rng_state, seed_everything, set_rng_state
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
-from advprune.evaluation.robustness import accuracy
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_state_strict, save_model
-from advprune.training.checkpoint import load_training_state, save_training_state
+from advprune.training.checkpoint import RankState, load_training_state, save_training_state
 from advprune.training.config import TrainConfig
 from advprune.training.method import StepContext, TrainingMethod
 from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings, ObjectiveOutput
+from advprune.training.run_log import RunLog
 from advprune.training.schedule import learning_rate
 
 MONITOR_ATTACK_STEPS = 10
+MONITOR_BATCH_SIZE = 512  # a global batch that 1, 2, 4 or 8 ranks split evenly
+PROGRESS_EVERY = 20  # steps between progress-bar and TensorBoard updates (each syncs the device)
 
 
 @dataclass
@@ -59,8 +74,49 @@ def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torc
     )
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, stream: str) -> int:
+    """The seed of a random stream ("attack", "rank0", ...) in `epoch`, hashed so that nearby
+    seeds, epochs and streams give unrelated numbers."""
+    key = hashlib.blake2b(f"{seed}:{epoch}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(key, "little") >> 1
+
+
+@dataclass
+class EpochSums:
+    """Sums behind an epoch's logged train loss and accuracy (this rank's share of them)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochSums:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def add(self, out: ObjectiveOutput, y: torch.Tensor) -> None:
+        self.loss += out.loss.detach().float() * len(y)
+        self.correct += (out.logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def values(self) -> dict[str, float]:
+        return {"loss": self.loss.item(), "correct": self.correct.item(), "seen": self.seen}
+
+    @classmethod
+    def from_values(cls, values: dict[str, float], device: torch.device) -> EpochSums:
+        sums = cls.zeros(device)
+        sums.loss.fill_(values["loss"])
+        sums.correct.fill_(values["correct"])
+        sums.seen = int(values["seen"])
+        return sums
+
+    def over_all_ranks(self) -> tuple[float, float]:
+        """(mean loss, accuracy) over every rank's examples."""
+        if not distributed.current().enabled:
+            return self.loss.item() / self.seen, self.correct.item() / self.seen
+        seen = torch.tensor(float(self.seen), device=self.loss.device)
+        total = torch.stack([self.loss, self.correct, seen]).double()
+        loss, correct, seen = distributed.all_reduce_sum(total).tolist()
+        return loss / seen, correct / seen
 
 
 def train(
@@ -80,80 +136,212 @@ def train(
     checkpoint.safetensors (training state) and model.safetensors (final weights + architecture).
     Fine-tuning starts from `initial_weights`. `method` decides what one step does (plain
     training by default; masked fine-tuning, gates, scores for the pruning methods); its state is
-    checkpointed with the training state and its metadata stored with the model.
+    checkpointed with the training state and its metadata stored with the model. Launched by
+    torchrun, every rank calls this and rank 0 writes; the directory is locked while it does.
     """
     config.validate()
-    run = RunDir.create(run_dir)
-    if not resume and (run.checkpoint.exists() or run.model.exists()):
-        raise ConfigError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another "
-            "--run-dir"
-        )
-    data = data or load_training_data(config)
     device = resolve_device(config.device)
-    eps = config.eps
-    attack = AttackSettings(eps, config.attack_steps, config.attack_step_size)
-    objective = OBJECTIVE_FUNCTIONS[config.objective]
+    ddp = distributed.initialize(config.backend, device)
+    check_distributed(config, ddp, device)
+    if not ddp.is_main:
+        progress, log = False, _ignore
+    run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
+    with run.locked() if ddp.is_main else contextlib.nullcontext():
+        training = _Training(config, run, ddp, device, progress, log)
+        training.prepare(resume, data, initial_weights, method or TrainingMethod())
+        return training.run()
 
-    method = method or TrainingMethod()
 
-    seed_everything(config.seed)
-    model = create_model(**architecture(config.model, data.spec))
-    if initial_weights is not None:
-        load_state_strict(model, initial_weights, "the initial weights")
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = method.prepare(model)
-    optimizer = build_optimizer(config, method.weight_parameters(model))
-    start_epoch, history = 0, []
-    if resume:
-        if not run.checkpoint.exists():
-            raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
-        state, extra = load_training_state(run.checkpoint, model, optimizer)
-        start_epoch, history = state["epoch"], state["history"]
-        method.load_state_dict(extra, model)
-        log(f"resuming {run.path} after epoch {start_epoch}/{config.epochs}")
-    config.save(run.config)
-    step_model = torch.compile(model) if config.compile else model
-
-    loader = BatchLoader(
-        data.train,
-        data.spec,
-        config.batch_size,
-        shuffle=True,
-        augment=True,
-        device=device,
-        seed=config.seed,
-        drop_last=True,
-    )
-    if len(loader) == 0:
+def check_distributed(config: TrainConfig, ddp: Distributed, device: torch.device) -> None:
+    if not ddp.enabled:
+        return
+    if config.batch_size % ddp.world_size:
         raise ConfigError(
-            f"{len(data.train)} training examples give no full batch of {config.batch_size}; "
-            "lower --batch-size or raise --limit-train"
+            f"--batch-size {config.batch_size} is the global batch and must split evenly over "
+            f"{ddp.world_size} processes; use a multiple of {ddp.world_size}"
         )
-    steps_per_epoch = len(loader)
+    if config.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("--sync-batchnorm needs CUDA devices; drop it for CPU runs")
 
-    def run_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
-        with autocast(device, config.precision):
-            return objective(net, x, y, attack, config.beta)
 
-    for epoch in range(start_epoch, config.epochs):
-        seed_everything(epoch_seed(config.seed, epoch))
-        model.train()
+def _ignore(_: str) -> None:
+    """The log of ranks other than 0."""
+
+
+class _Training:
+    """One call of `train`: the objects it builds, then the epoch loop over them."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run: RunDir,
+        ddp: Distributed,
+        device: torch.device,
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.config, self.run_dir, self.ddp, self.device = config, run, ddp, device
+        self.progress, self.log = progress, log
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.start_batch = 0, 0
+        self.resumed_rank: RankState | None = None
+
+    def prepare(
+        self,
+        resume: bool,
+        data: TrainingData | None,
+        initial_weights: dict[str, torch.Tensor] | None,
+        method: TrainingMethod,
+    ) -> None:
+        """Everything that can fail on bad input happens here, before the run writes a file."""
+        config, run = self.config, self.run_dir
+        if self.ddp.is_main and not resume and (run.checkpoint.exists() or run.model.exists()):
+            raise ConfigError(
+                f"{run.path} already holds a run; pass --resume to continue it or choose another "
+                "--run-dir"
+            )
+        if resume and not run.checkpoint.exists():
+            raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
+        self.data = data or load_training_data(config)
+        # Whole global batches only: the loader pads shards to equal length by wrapping around,
+        # and the padding must never reach a step.
+        self.steps_per_epoch = len(self.data.train) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.data.train)} training examples give no full batch of "
+                f"{config.batch_size}; lower --batch-size or raise --limit-train"
+            )
+        self.method = method
+        seed_everything(config.seed)
+        model = create_model(**architecture(config.model, self.data.spec))
+        if initial_weights is not None:
+            load_state_strict(model, initial_weights, "the initial weights")
+        model = model.to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.sync_batchnorm and self.ddp.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = method.prepare(model)
+        self.attack_generator = torch.Generator(self.device)
+        self.optimizer = build_optimizer(config, method.weight_parameters(self.model))
+        self.loader = BatchLoader(
+            self.data.train,
+            self.data.spec,
+            config.batch_size // self.ddp.world_size,
+            shuffle=True,
+            augment=True,
+            device=self.device,
+            seed=config.seed,
+            drop_last=True,
+            rank=self.ddp.rank,
+            world_size=self.ddp.world_size,
+        )
+        if resume:
+            self._load_checkpoint()
+        step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = distributed.wrap(step_model, self.device, method.find_unused_parameters)
+
+    def _load_checkpoint(self) -> None:
+        """Weights, optimizer and method state from the checkpoint; where and how to go on."""
+        run, config = self.run_dir, self.config
+        state = load_training_state(run.checkpoint, self.model, self.optimizer)
+        saved = TrainConfig.from_dict(state.metadata["config"], source=str(run.checkpoint))
+        changed = config.changed_for_resume(saved)
+        if changed:
+            key = changed[0]
+            raise ConfigError(
+                f"--resume: the checkpoint in {run.path} was written with {key}="
+                f"{getattr(saved, key)!r}, not {getattr(config, key)!r}; resume with its settings "
+                "or start a new --run-dir"
+            )
+        self.start_epoch = state.metadata["epoch"]
+        self.start_batch = state.metadata.get("batch", 0)
+        self.history = state.metadata["history"]
+        if self.start_batch:
+            if len(state.ranks) != self.ddp.world_size:
+                raise CheckpointError(
+                    f"the checkpoint in {run.path} was written mid-epoch by {len(state.ranks)} "
+                    f"process(es), this run has {self.ddp.world_size}; resume it with as many "
+                    f"(torchrun --nproc-per-node {len(state.ranks)})"
+                )
+            self.resumed_rank = state.ranks[self.ddp.rank]
+        self.method.load_state_dict(state.extra, self.model)
+        self.log(
+            f"resuming {run.path} at epoch {self.start_epoch + 1}/{config.epochs}, batch "
+            f"{self.start_batch}/{self.steps_per_epoch}"
+        )
+
+    def run(self) -> nn.Module:
+        config, steps_per_epoch = self.config, self.steps_per_epoch
+        if self.ddp.is_main:
+            config.save(self.run_dir.config)
+        self.run_log = RunLog(
+            self.run_dir,
+            enabled=self.ddp.is_main,
+            tensorboard=config.tensorboard,
+            resume_step=self.start_epoch * steps_per_epoch + self.start_batch,
+        )
+        try:
+            for epoch in range(self.start_epoch, config.epochs):
+                self._epoch(epoch)
+        finally:
+            self.run_log.close()
+        model = self.model.eval()
+        if self.ddp.is_main:
+            self.method.finish(model, self.run_dir.path)
+            save_model(
+                self.run_dir.model,
+                model,
+                {
+                    "architecture": architecture(config.model, self.data.spec),
+                    "config": config.to_dict(),
+                    "eps": config.eps,
+                    "method": self.method.metadata()
+                    if self.method.name != "dense"
+                    else {"name": config.objective},
+                },
+            )
+        distributed.barrier()
+        return model
+
+    def _epoch(self, epoch: int) -> None:
+        config, steps_per_epoch = self.config, self.steps_per_epoch
+        attack = AttackSettings(
+            config.eps,
+            config.attack_steps,
+            config.attack_step_size,
+            self.attack_generator,
+            (self.ddp.rank, self.ddp.world_size),
+        )
+        objective = OBJECTIVE_FUNCTIONS[config.objective]
+
+        def run_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
+            with autocast(self.device, config.precision):
+                return objective(net, x, y, attack, config.beta)
+
+        start_batch = 0
+        if epoch == self.start_epoch and self.resumed_rank is not None:
+            start_batch = self.start_batch
+            tensors, values = self.resumed_rank.tensors, self.resumed_rank.values
+            set_rng_state(tensors, values["rng"], self.device)
+            self.attack_generator.set_state(tensors["attack"])
+            sums = EpochSums.from_values(values["sums"], self.device)
+        else:
+            seed_everything(epoch_seed(config.seed, epoch, f"rank{self.ddp.rank}"))
+            self.attack_generator.manual_seed(epoch_seed(config.seed, epoch, "attack"))
+            sums = EpochSums.zeros(self.device)
+        self.model.train()
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
         bar = tqdm(
-            loader.epoch(epoch),
+            islice(self.loader.epoch(epoch, start_batch), steps_per_epoch - start_batch),
+            initial=start_batch,
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
+            disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
         )
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y) in enumerate(bar, start=start_batch):
             lr = learning_rate(
                 config.lr,
                 config.schedule,
@@ -161,70 +349,127 @@ def train(
                 config.milestones,
                 config.gamma,
             )
-            for group in optimizer.param_groups:
+            for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            context = StepContext(run_objective, epoch, step, steps_per_epoch, lr, len(data.train))
-            out = method.step(step_model, x, y, optimizer, context)
-            loss_sum += out.loss.detach() * len(y)
-            correct += (out.logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if step % 20 == 0:
+            context = StepContext(
+                run_objective, epoch, step, steps_per_epoch, lr, len(self.data.train), attack
+            )
+            out = self.method.step(self.step_model, x, y, self.optimizer, context)
+            sums.add(out, y)
+            global_step = epoch * steps_per_epoch + step + 1
+            if step % PROGRESS_EVERY == 0 and self.ddp.is_main:
                 bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}"
+                    loss=f"{sums.loss.item() / sums.seen:.3f}",
+                    acc=f"{sums.correct.item() / sums.seen:.3f}",
                 )
+                self.run_log.step(global_step, {"batch_loss": out.loss.item(), "lr": lr})
+            every = config.checkpoint_every
+            if every and global_step % every == 0 and step + 1 < steps_per_epoch:
+                self._save_checkpoint(epoch, step + 1, sums)
         bar.close()
+        train_loss, train_accuracy = sums.over_all_ranks()
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": loss_sum.item() / seen,
-            "train_accuracy": correct.item() / seen,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
             "seconds": time.perf_counter() - started,
-            **monitor(model, data, eps, config, device),
+            **monitor(self.model, self.data, config, self.device, epoch),
         }
-        if epoch == 0 and record["train_accuracy"] < 1.5 / data.spec.num_classes:
+        if epoch == 0 and record["train_accuracy"] < 1.5 / self.data.spec.num_classes:
             record["warning"] = "training accuracy is at chance after the first epoch"
-            log(
+            self.log(
                 f"warning: {record['warning']} ({record['train_accuracy']:.3f}); the model is not "
                 "learning — try a lower --lr, a clean-trained start, or a smaller --eps"
             )
-        history.append(record)
-        log(format_record(record))
-        atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in history))
+        self.history.append(record)
+        self.log(format_record(record))
+        self.run_log.epoch((epoch + 1) * steps_per_epoch, self.history)
+        self._save_checkpoint(epoch + 1, 0, EpochSums.zeros(self.device))
+
+    def _save_checkpoint(self, epoch: int, batch: int, sums: EpochSums) -> None:
+        """Rank 0 writes the state after `batch` batches of `epoch`, with every rank's part."""
+        tensors, rng_values = rng_state(self.device)
+        tensors["attack"] = self.attack_generator.get_state()
+        mine = RankState(tensors, {"rng": rng_values, "sums": sums.values()})
+        ranks = distributed.all_gather_objects(mine)
+        if not self.ddp.is_main:
+            return
+        metadata = {
+            "epoch": epoch,
+            "batch": batch,
+            "history": self.history,
+            "config": self.config.to_dict(),
+        }
         save_training_state(
-            run.checkpoint,
-            model,
-            optimizer,
-            {"epoch": epoch + 1, "history": history, "config": config.to_dict()},
-            extra=method.state_dict(),
+            self.run_dir.checkpoint,
+            self.model,
+            self.optimizer,
+            metadata,
+            extra=self.method.state_dict(),
+            ranks=ranks,
         )
-    model.eval()
-    method.finish(model, run.path)
-    save_model(
-        run.model,
-        model,
-        {
-            "architecture": architecture(config.model, data.spec),
-            "config": config.to_dict(),
-            "eps": eps,
-            "method": method.metadata() if method.name != "dense" else {"name": config.objective},
-        },
-    )
-    return model
 
 
 def monitor(
-    model: nn.Module, data: TrainingData, eps: float, config: TrainConfig, device: torch.device
+    model: nn.Module, data: TrainingData, config: TrainConfig, device: torch.device, epoch: int
 ) -> dict[str, float]:
-    """Test accuracy after an epoch: clean on the test split, PGD-10 on its first examples."""
+    """Test accuracy after an epoch: clean on the test split, PGD-10 on its first examples.
+
+    The attack's random starts come from (seed, epoch), not from the training's generators.
+    """
     model.eval()
-    record = {"test_clean_accuracy": accuracy(model, data.test, device=device)}
+    record = {"test_clean_accuracy": sharded_accuracy(model, data.test, None, device)}
     if config.monitor_examples and config.objective != "standard":
         subset = data.test.take(min(config.monitor_examples, len(data.test)))
-        attack = partial(pgd, eps=eps, steps=MONITOR_ATTACK_STEPS)
-        record["test_pgd10_accuracy"] = accuracy(model, subset, attack, device=device)
+        generator = torch.Generator(device).manual_seed(epoch_seed(config.seed, epoch, "monitor"))
+        ddp = distributed.current()
+        attack = partial(
+            pgd,
+            eps=config.eps,
+            steps=MONITOR_ATTACK_STEPS,
+            generator=generator,
+            noise_shard=(ddp.rank, ddp.world_size),
+        )
+        record["test_pgd10_accuracy"] = sharded_accuracy(model, subset, attack, device)
     return record
+
+
+def sharded_accuracy(
+    model: nn.Module,
+    dataset: ImageDataset,
+    attack: Callable[..., torch.Tensor] | None,
+    device: torch.device,
+) -> float:
+    """Accuracy over `dataset`, each rank classifying its rows of every global batch.
+
+    The rows are BatchLoader's shards, and `attack` draws its random starts for the global batch
+    (`noise_shard`), so the result does not depend on the number of ranks.
+    """
+    ddp = distributed.current()
+    loader = BatchLoader(
+        dataset,
+        None,
+        -(-MONITOR_BATCH_SIZE // ddp.world_size),
+        shuffle=False,
+        augment=False,
+        device=device,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+    )
+    examples = len(range(ddp.rank, len(dataset), ddp.world_size))  # the rest is padding
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    for x, y in loader.epoch(0):
+        if attack is not None:
+            x = attack(model, x, y)
+        with torch.no_grad():
+            hits = model(x).argmax(1) == y
+        correct += hits[: max(0, examples - seen)].sum()
+        seen += len(y)
+    return distributed.all_reduce_sum(correct).item() / len(dataset)
 
 
 def format_record(record: dict) -> str:
