@@ -68,6 +68,7 @@ class PruneConfig:
     optimizer: str | None = None
     lr: float | None = None
     beta: float | None = None
+    limit_train: int | None = None  # fine-tune (and score) on the first N training examples
     seed: int = 0
     backend: str | None = None  # torchrun process group (default: nccl on GPUs, gloo on CPU)
 
@@ -123,7 +124,7 @@ class PruneConfig:
 def finetune_config(dense: TrainConfig, config: PruneConfig) -> TrainConfig:
     """The dense run's settings with the pruning run's fine-tuning overrides."""
     overrides: dict[str, Any] = {"epochs": config.finetune_epochs, "seed": config.seed}
-    for key in ("objective", "optimizer", "lr", "beta", "backend"):
+    for key in ("objective", "optimizer", "lr", "beta", "backend", "limit_train"):
         if getattr(config, key) is not None:
             overrides[key] = getattr(config, key)
     return dataclasses.replace(dense, **overrides).validate()
