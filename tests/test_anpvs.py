@@ -15,6 +15,7 @@ from advprune.methods.anpvs import vulnerability_suppression_loss
 from advprune.models import create_model
 from advprune.models.features import capture_features
 from advprune.models.serialization import load_model
+from advprune.recipes import load_recipe
 from advprune.training import TrainConfig, train
 from advprune.training import trainer as trainer_module
 
@@ -139,6 +140,24 @@ def test_eval_reports_the_latent_vulnerability_of_gated_and_dense_models(anpvs_r
         layers = vulnerability["per_layer"].values()
         assert vulnerability["overall"] == pytest.approx(sum(layers) / 2) and min(layers) > 0
         assert (run / "vulnerability.png").stat().st_size > 0
+    exported_run = anpvs_run / "exported"
+    assert (
+        main(
+            [
+                "--quiet",
+                "eval",
+                str(exported_run),
+                "--attacks",
+                "clean",
+                "--limit-test",
+                "64",
+                "--sanity-examples",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((exported_run / "results.json").read_text())["params"] < 266_610
     gated = json.loads((anpvs_run / "results.json").read_text())
     for key in ("sparsity", "unit_sparsity"):  # eval measures the gated model as export did
         assert gated[key] == exported[key]
@@ -233,3 +252,21 @@ def test_anpvs_flags_are_refused_for_the_other_methods(dense_run, tmp_path, caps
     flags = ["--quiet", "prune", "--method", "magnitude", "--from", str(dense_run)]
     assert main([*flags, "--vs-lambda", "0.1", "--run-dir", str(tmp_path)]) == 2
     assert "--vs-lambda applies to --method anpvs only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("recipe", "dataset", "beta", "vs_lambda"),
+    [
+        ("anpvs-mnist", "mnist", 4.0, 1e-3),
+        ("anpvs-cifar10", "cifar10", 2.0, 1e-4),
+        ("anpvs-cifar100", "cifar100", 1.0, 0.1),
+    ],
+)
+def test_the_paper_recipes_hold_the_papers_settings(recipe, dataset, beta, vs_lambda):
+    settings = load_recipe(recipe)
+    base = TrainConfig.from_dict(settings["train"])
+    assert (base.dataset, base.objective, base.optimizer) == (dataset, "standard", "adam")
+    train_config, config = anpvs_configs(settings["anpvs"])
+    assert (config.beta, config.vs_lambda, config.gate_lr) == (beta, vs_lambda, 0.01)
+    assert train_config.epochs == 200 and train_config.lr == 1e-3
+    assert train_config.eps == (0.3 if dataset == "mnist" else 0.03)

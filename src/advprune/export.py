@@ -92,7 +92,7 @@ def format_export(summary: dict[str, Any]) -> str:
             lines.append(
                 f"CPU latency, batch {key.removeprefix('batch_')}, {latency['threads']} thread(s): "
                 f"dense {value['dense']:.3f} ms, exported {value['exported']:.3f} ms "
-                f"(×{value['speedup']:.2f})"
+                f"(×{value['speedup']:.2f}; in CPU time ×{value['cpu_time']['speedup']:.2f})"
             )
     lines.append(f"exported model: {summary.get('exported_model', '–')}")
     return "\n".join(lines)
