@@ -1,4 +1,4 @@
-"""Command line: `advprune train | prune | eval | report | reproduce | demo`.
+"""Command line: `advprune train | prune | eval | export | report | reproduce | demo`.
 
 Errors caused by input are one line on stderr and a non-zero exit; `--debug` shows the traceback.
 `train` and `prune` also run under `torchrun --nproc-per-node N -m advprune ...` (docs/scaling.md).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,16 @@ FLAG_TYPES: dict[str, dict[str, Any]] = {
 }
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str]) -> None:
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    helps: dict[str, str],
+    exclude: Collection[str] = (),
+) -> None:
     """One `--flag` per dataclass field; unset flags stay absent so recipes keep their values."""
     for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
         flag = "--" + field.name.replace("_", "-")
         parser.add_argument(
             flag,
@@ -76,9 +83,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from advprune.pruning import PruneConfig, prune_run
+def field_names(*classes: type) -> set[str]:
+    return {field.name for cls in classes for field in dataclasses.fields(cls)}
 
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from advprune.methods.anpvs import ANPVSConfig
+    from advprune.pruning import PruneConfig, prune_run
+    from advprune.training import TrainConfig
+
+    if getattr(args, "method", None) == "anpvs":
+        return cmd_prune_anpvs(args)
+    foreign = sorted(
+        set(given(args, TrainConfig) | given(args, ANPVSConfig)) - field_names(PruneConfig)
+    )
+    if foreign or args.recipe:
+        flag = "--" + (foreign[0].replace("_", "-") if foreign else "recipe")
+        raise ConfigError(
+            f"{flag} applies to --method anpvs only; drop it for {getattr(args, 'method', 'mad')}"
+        )
     config = PruneConfig(**given(args, PruneConfig)).validate()
     prune_run(config, args.run_dir, progress=not args.quiet)
     if distributed.current().is_main:
@@ -93,6 +116,35 @@ def single_process(command: str) -> None:
             f"advprune {command} runs on one process; start it with python -m advprune or "
             "advprune, not torchrun"
         )
+
+
+def cmd_prune_anpvs(args: argparse.Namespace) -> int:
+    from advprune.gated_pruning import anpvs_configs, run_anpvs
+    from advprune.methods.anpvs import ANPVSConfig
+    from advprune.pruning import PruneConfig
+    from advprune.recipes import load_recipe
+    from advprune.training import TrainConfig
+
+    prune_only = field_names(PruneConfig) - field_names(TrainConfig, ANPVSConfig) - {"method"}
+    foreign = sorted(set(given(args, PruneConfig)) & prune_only)
+    if foreign:
+        raise ConfigError(
+            f"--{foreign[0].replace('_', '-')} does not apply to --method anpvs, which learns "
+            "which units to prune (set --beta, --vs-lambda, --init)"
+        )
+    base = load_recipe(args.recipe).get("anpvs", {}) if args.recipe else {}
+    flags = {**given(args, TrainConfig), **given(args, ANPVSConfig)}
+    train, config = anpvs_configs({**base, **flags}, source="--recipe and flags")
+    run_anpvs(train, config, args.run_dir, progress=not args.quiet)
+    print(f"ANP-VS model written to {Path(args.run_dir) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from advprune.export import export_run
+
+    export_run(args.run_dir, threads=args.threads, repeats=args.repeats)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -159,6 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from advprune.evaluation import EvalConfig
+    from advprune.methods.anpvs import ANPVSConfig
     from advprune.pruning import PruneConfig
     from advprune.training import TrainConfig
 
@@ -188,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=cmd_train)
 
-    prune = commands.add_parser("prune", help="prune a trained run (MAD, HYDRA, magnitude, random)")
+    prune = commands.add_parser(
+        "prune", help="prune a trained run (MAD, HYDRA, magnitude, random) or train ANP-VS (anpvs)"
+    )
     prune.add_argument("--run-dir", required=True, help="directory for the pruned run")
+    prune.add_argument("--recipe", help="anpvs: start from a packaged recipe's anpvs settings")
     add_dataclass_flags(
         prune,
         PruneConfig,
@@ -203,12 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
             "score_lr": "HYDRA: SGD learning rate of the scores (cosine schedule)",
             "objective": "fine-tuning objective (default: the dense run's)",
             "backend": "torchrun process group: nccl (GPUs) or gloo (CPU); default by device",
+            "beta": "anpvs: weight of the gates' KL/N; others: TRADES/MART β of fine-tuning",
         },
     )
     prune.add_argument(
         "--from", dest="from_run", default=argparse.SUPPRESS, help="alias of --from-run"
     )
+    add_dataclass_flags(
+        prune,
+        TrainConfig,
+        {"eps": "L∞ radius in [0, 1] pixels", "epochs": "anpvs: training epochs"},
+        exclude=field_names(PruneConfig),
+    )
+    add_dataclass_flags(
+        prune,
+        ANPVSConfig,
+        {
+            "init": "anpvs: trained run to start from (its dataset, model and eps by default)",
+            "vs_lambda": "anpvs: weight of the vulnerability suppression loss (0: ANP)",
+            "gates": "anpvs: --no-gates trains AT-VS (VS loss, no pruning)",
+            "gate_lr": "anpvs: Adam lr of the gates, on the weights' schedule",
+        },
+        exclude=field_names(PruneConfig, TrainConfig),
+    )
     prune.set_defaults(handler=cmd_prune)
+
+    export = commands.add_parser(
+        "export", help="remove an ANP-VS run's pruned units: a smaller plain model, its latency"
+    )
+    export.add_argument("run_dir", help="an ANP-VS run directory")
+    export.add_argument("--threads", type=int, default=1, help="CPU threads for the latency")
+    export.add_argument("--repeats", type=int, default=30, help="timed passes (median)")
+    export.set_defaults(handler=cmd_export)
 
     evaluate = commands.add_parser("eval", help="evaluate a run under attacks; writes results.json")
     evaluate.add_argument("run_dir", help="a run directory holding model.safetensors")

@@ -1,9 +1,12 @@
 """Evaluate a model or a run directory: accuracy under each attack, size, and sanity checks.
 
 `results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., "transfer": .., ...},
-"params", "flops", "sparsity", "gradient_masking_check": {"security_curve": [...], ...}, ...} with
-accuracies as fractions in [0, 1]. It is written before the gradient-masking verdict, so a failed
-check never loses the numbers; the check then fails loudly.
+"params", "flops", "sparsity", "vulnerability": {"overall": .., "per_layer": {..}},
+"gradient_masking_check": {"security_curve": [...], ...}, ...} with accuracies as fractions in
+[0, 1]; the latent vulnerability is measured on the PGD examples. A gated (ANP-VS) model is
+evaluated with its deterministic gates and also gets `unit_sparsity` and the sizes of its gated
+and exported networks. It is written before the gradient-masking verdict, so a failed check never
+loses the numbers; the check then fails loudly.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from advprune.core.errors import CheckpointError
 from advprune.core.io import atomic_write_json, read_json
 from advprune.core.run_dir import RunDir
 from advprune.data import ImageDataset, get_spec, load_dataset
-from advprune.evaluation.complexity import model_complexity
+from advprune.evaluation.complexity import gated_complexity, model_complexity
 from advprune.evaluation.config import EvalConfig
-from advprune.evaluation.plots import plot_security_curve
+from advprune.evaluation.plots import plot_security_curve, plot_vulnerability
 from advprune.evaluation.robustness import accuracy
 from advprune.evaluation.sanity import (
     curve_eps_values,
@@ -39,6 +42,9 @@ from advprune.evaluation.transfer import (
     transfer_problems,
     transfer_settings,
 )
+from advprune.evaluation.vulnerability import VulnerabilityMeter
+from advprune.masks.gated import find_gates
+from advprune.models import input_shape
 from advprune.models.serialization import load_model
 
 AUTOATTACK_TOLERANCE = 0.005  # AutoAttack may beat PGD; exceeding it by more means a broken attack
@@ -105,6 +111,7 @@ def evaluate_model(
             results["attacks"][name] = attack_settings(name, eps, config)
         # AutoAttack runs on the whole subset in one call so that its state file can resume it.
         batch_size = len(subset) if name == "autoattack" else config.batch_size
+        meter = VulnerabilityMeter(model) if name == "pgd" else None
         results["accuracy"][name] = accuracy(
             model,
             subset,
@@ -113,7 +120,10 @@ def evaluate_model(
             batch_size=batch_size,
             progress=progress,
             desc=name,
+            observe=meter.update if meter else None,
         )
+        if meter is not None:
+            results["vulnerability"] = {**meter.result(), "attack": name}
         results["examples"][name] = len(subset)
         log(
             f"  {name:<11} {results['accuracy'][name]:.4f}  on {len(subset)} examples "
@@ -271,12 +281,16 @@ def evaluate_run(
             run.path / "security_curve.png",
         )
         results["gradient_masking_check"] = check
-    results.update(
-        model_complexity(
-            model,
-            (architecture["in_channels"], architecture["image_size"], architecture["image_size"]),
+    shape = input_shape(architecture)
+    results.update(model_complexity(model, shape))
+    if find_gates(model):
+        results.update(gated_complexity(model, shape))
+    if "vulnerability" in results:
+        plot_vulnerability(
+            results["vulnerability"]["per_layer"],
+            f"{architecture['name']} on {dataset}: latent vulnerability",
+            run.path / "vulnerability.png",
         )
-    )
     results.update(
         run=str(run.path),
         model=architecture["name"],

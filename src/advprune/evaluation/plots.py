@@ -1,8 +1,8 @@
-"""Plots a person would rather look at than a table: the security curve of a run."""
+"""Plots a person would rather look at than a table: security curve and latent vulnerability."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from advprune.core.io import atomic_write
@@ -36,6 +36,26 @@ def plot_security_curve(
     )
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        plt.close(figure)
+
+
+def plot_vulnerability(per_layer: Mapping[str, float], title: str, path: str | Path) -> Path:
+    """Mean |z(x) − z(x̃)| of each latent feature, layers in network order; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(per_layer)
+    figure, axes = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5), dpi=120)
+    axes.bar(range(len(names)), [per_layer[name] for name in names])
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set(xlabel="layer", ylabel="vulnerability  mean |z(x) − z(x̃)|", title=title)
+    axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     try:
         return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))

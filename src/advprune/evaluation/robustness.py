@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from advprune.data import BatchLoader, ImageDataset
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def accuracy(
@@ -22,11 +23,13 @@ def accuracy(
     batch_size: int = 500,
     progress: bool = False,
     desc: str = "",
+    observe: Observer | None = None,
 ) -> float:
     """Fraction of `dataset` classified correctly after `attack` (None: clean accuracy).
 
     The model's mode is the caller's choice (evaluation uses eval mode: deterministic masks, frozen
-    BN), and the order is fixed, so two calls see the same examples.
+    BN), and the order is fixed, so two calls see the same examples. `observe(x, x_adv)` sees
+    every attacked batch (e.g. to measure latent vulnerability on the same examples).
     """
     loader = BatchLoader(dataset, None, batch_size, shuffle=False, augment=False, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -34,7 +37,10 @@ def accuracy(
         loader.epoch(0), total=len(loader), desc=desc, disable=not progress, leave=False
     ):
         if attack is not None:
-            x = attack(model, x, y)
+            x_adv = attack(model, x, y)
+            if observe is not None:
+                observe(x, x_adv)
+            x = x_adv
         with torch.no_grad():
             correct += (model(x).argmax(1) == y).sum()
     return correct.item() / len(dataset)

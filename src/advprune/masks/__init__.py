@@ -1,9 +1,14 @@
-"""Unstructured weight masks: the one sparsity mechanism every unstructured method shares.
+"""The sparsity mechanisms methods share: unstructured weight masks and structured unit gates.
 
-A method produces scores (`name → tensor`); `select` turns them into `WeightMasks`, which the
-trainer applies to the weights and their gradients.
+An unstructured method produces scores (`name → tensor`); `select` turns them into
+`WeightMasks`, which the trainer applies to the weights and their gradients. ANP-VS puts
+beta-Bernoulli gates on channels and units (`insert_gates`), and `export_gated` removes the
+pruned ones physically.
 """
 
+from advprune.masks.export import export_gated
+from advprune.masks.gated import find_gates, fold_gates, insert_gates, remove_gates
+from advprune.masks.gates import BetaBernoulliGate
 from advprune.masks.layers import PRUNABLE, layer_of, prunable_layers, prunable_parameters
 from advprune.masks.selection import (
     ORDERS,
@@ -22,13 +27,19 @@ __all__ = [
     "ORDERS",
     "PRUNABLE",
     "SCHEMES",
+    "BetaBernoulliGate",
     "WeightMasks",
     "check_sparsity",
+    "export_gated",
+    "find_gates",
+    "fold_gates",
+    "insert_gates",
     "layer_of",
     "order_scores",
     "prunable_layers",
     "prunable_parameters",
     "random_scores",
+    "remove_gates",
     "select",
     "select_global",
     "select_layerwise",

@@ -63,4 +63,17 @@ def architecture(name: str, spec: DatasetSpec) -> dict[str, Any]:
     }
 
 
-__all__ = ["MODELS", "Normalize", "architecture", "create_model", "with_normalization"]
+def input_shape(architecture: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of one input of a saved zoo architecture."""
+    size = architecture["image_size"]
+    return (architecture["in_channels"], size, size)
+
+
+__all__ = [
+    "MODELS",
+    "Normalize",
+    "architecture",
+    "create_model",
+    "input_shape",
+    "with_normalization",
+]

@@ -1,4 +1,10 @@
-"""Save and load zoo models as safetensors with their architecture in the metadata."""
+"""Save and load zoo models as safetensors with their architecture in the metadata.
+
+Two extensions of a zoo architecture can be recorded: `architecture["layer_shapes"]` (layer name →
+weight shape) for an exported pruned network, whose layers are narrower than the zoo model's, and
+`metadata["method"]["gates"]` for a network trained with ANP-VS gates, which are put back before
+the weights load.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +45,50 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state)
 
 
+def _resized(module: nn.Module, shape: list[int]) -> nn.Module:
+    """A fresh layer like `module` (same kernel, stride, padding, …) with weight shape `shape`."""
+    if isinstance(module, nn.Linear):
+        return nn.Linear(shape[1], shape[0], bias=module.bias is not None)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1:
+        return type(module)(
+            shape[1],
+            shape[0],
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return type(module)(
+            shape[0],
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+    raise CheckpointError(f"cannot resize a {type(module).__name__}; only conv, linear and BN")
+
+
+def resize_layers(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
+    """Replace, in place, each named layer whose shape differs by a plain layer of that shape."""
+    for name, shape in shapes.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as err:
+            raise CheckpointError(
+                f"the saved layer shapes name {name}, which this architecture lacks"
+            ) from err
+        current = [module.num_features] if hasattr(module, "num_features") else None
+        if current is None:
+            current = list(module.weight.shape)
+        if current != list(shape):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _resized(module, shape))
+    return model
+
+
 def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any]) -> Path:
     """Weights of `model` plus `metadata` (which must hold `architecture` to be reloadable)."""
     return save_tensors(path, model.state_dict(), metadata)
@@ -59,5 +109,13 @@ def load_model(
         )
     args = {key: architecture[key] for key in ARCHITECTURE_KEYS}
     model = create_model(args.pop("name"), **args)
+    if architecture.get("layer_shapes"):
+        resize_layers(model, architecture["layer_shapes"])
+    gates = metadata.get("method", {}).get("gates")
+    if gates:
+        # Imported here: gates are a masks/ concept, and models/ stays below masks/.
+        from advprune.masks.gated import insert_gates_from_spec
+
+        insert_gates_from_spec(model, gates)
     load_state_strict(model, tensors, path)
     return model.to(device).eval(), metadata

@@ -1,0 +1,106 @@
+"""Physical removal of pruned units: a gated network becomes a smaller plain network.
+
+After `fold_gates`, a pruned channel or unit is one whose every reader has zero input weights
+for it. `remove_unread_units` removes such units with Torch-Pruning's DependencyGraph, which also
+removes them from every layer they are coupled to (batch norms, residual additions, the columns
+of a linear layer after a flatten), until no unread unit is left. A flattened position is removed
+with its channel only: where the gates pruned some positions of a kept channel, those columns stay
+as zeros (a plain network has no layer that drops single positions).
+
+`export_gated` checks that the result computes what the gated model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning
+from torch import Tensor, nn
+
+from advprune.core.errors import CheckpointError
+from advprune.masks.gated import CONVS, dependency_graph, fold_gates
+from advprune.models.features import trace_layer_chains
+
+LAYERS = (*CONVS, nn.Linear)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+EXPORT_TOLERANCE = 1e-4  # max |exported − gated| on random inputs, relative to the logits' scale
+
+
+def _unread_units(graph: torch_pruning.DependencyGraph, group: torch_pruning.Group) -> list[int]:
+    """Root indices of `group` that every conv/linear reader ignores (all-zero input weights)."""
+    size = len(group[0].idxs)
+    read = torch.zeros(size, dtype=torch.bool)
+    has_reader = False
+    for item in group:
+        layer = item.dep.target.module
+        if not graph.is_in_channel_pruning_fn(item.dep.handler) or not isinstance(layer, LAYERS):
+            continue
+        if isinstance(layer, CONVS) and layer.groups != 1:
+            return []
+        has_reader = True
+        weight = layer.weight.detach()
+        columns = weight.transpose(0, 1).reshape(weight.shape[1], -1)[item.idxs]
+        used = columns.ne(0).any(dim=1).cpu()
+        read[torch.as_tensor(item.root_idxs)[used]] = True
+    if not has_reader:
+        return []
+    unread = (~read).nonzero().flatten().tolist()
+    return unread[1:] if len(unread) == size else unread  # keep one unit: no zero-width layers
+
+
+@torch.no_grad()
+def remove_unread_units(model: nn.Module, example: Tensor, output_layer: str) -> int:
+    """Remove, in place, every unit no layer reads; returns how many were removed."""
+    ignored = [model.get_submodule(output_layer)]
+    removed = 0
+    while True:
+        graph = dependency_graph(model, example)
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=LAYERS):
+            unread = _unread_units(graph, group)
+            if unread:
+                root = group[0].dep
+                graph.get_pruning_group(root.target.module, root.handler, unread).prune()
+                removed += len(unread)
+                break
+        else:
+            return removed
+
+
+def max_output_difference(first: nn.Module, second: nn.Module, example: Tensor) -> float:
+    """max |first(x) − second(x)| over random inputs shaped like `example` in [0, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand((8, *example.shape[1:]), generator=generator).to(example.device)
+    with torch.no_grad():
+        return (first.eval()(x) - second.eval()(x)).abs().max().item()
+
+
+def export_gated(model: nn.Module, example: Tensor) -> nn.Module:
+    """The plain, smaller network that computes what the gated `model` computes in eval mode."""
+    chains = trace_layer_chains(model, example)
+    output = next((name for name, chain in chains.items() if chain.is_output), None)
+    if output is None:
+        raise CheckpointError(
+            "cannot find the layer that produces the model's output; export needs one"
+        )
+    exported = fold_gates(model, example)
+    remove_unread_units(exported, example, output)
+    difference = max_output_difference(model, exported, example)
+    with torch.no_grad():
+        scale = max(1.0, model.eval()(example).abs().max().item())
+    if difference > EXPORT_TOLERANCE * scale:
+        raise CheckpointError(
+            f"the exported network's outputs differ from the gated network's by {difference:.2e}; "
+            "the model has an operation the exporter does not follow — export is only exact for "
+            "networks of conv/linear/batch-norm layers joined by elementwise operations"
+        )
+    return exported
+
+
+def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Weight shape of every conv/linear layer and width of every batch norm, by name."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LAYERS):
+            shapes[name] = list(module.weight.shape)
+        elif isinstance(module, NORMS):
+            shapes[name] = [module.num_features]
+    return shapes

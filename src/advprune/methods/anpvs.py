@@ -1,0 +1,249 @@
+"""ANP-VS: Adversarial Neural Pruning with Vulnerability Suppression (Madaan et al., ICML 2020).
+
+Every minibatch, with x̃ = PGD(x) against the current network (deterministic gates, frozen BN):
+- the gate parameters (a, b) take a step on  CE(f(x̃), y) + β·KL/N;
+- the weights W take a step on  (CE(f(x), y) + 2·CE(f(x̃), y))/3 + λ·VS  (+ weight decay, which the
+  trainer's optimizer applies: the official 1e-4·‖W‖²/2 is Adam's weight_decay=1e-4).
+Both gradients come from the same forward passes, as in the official code, each with its own Adam
+(gates lr 1e-2, weights lr 1e-3, on the same step schedule). VS = (1/L) Σ_l mean |z_l(x) − z_l(x̃)|
+over the latent features z_l of the gated layers; the clean and the adversarial pass share one gate
+draw, so VS measures the distortion the perturbation causes, not the gates' own noise.
+
+Ablations: `vs_lambda=0` is ANP (pruning on the adversarial loss, no VS); `gates=False` is AT-VS
+(the VS loss without pruning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from advprune.attacks import pgd
+from advprune.core.device import autocast
+from advprune.core.errors import CheckpointError, ConfigError
+from advprune.core.io import atomic_write_json, atomic_write_text
+from advprune.masks.gated import (
+    gate_parameters,
+    gate_summary,
+    gates_spec,
+    held_sample,
+    insert_gates,
+    total_kl,
+)
+from advprune.models.features import capture_features
+from advprune.training.config import TrainConfig
+from advprune.training.method import StepContext, TrainingMethod, check_finite
+from advprune.training.objectives import ObjectiveOutput
+
+GATE_OPTIMIZER_PREFIX = "gate_optimizer."
+
+
+@dataclass
+class ANPVSConfig:
+    """What ANP-VS adds to a training run (defaults: the official MNIST LeNet-5-Caffe settings)."""
+
+    init: str | None = None  # a trained run to start from (the official recipe restores one)
+    beta: float = 4.0  # weight of KL/N (MNIST 4, CIFAR-10 2, CIFAR-100 1)
+    vs_lambda: float = 1e-3  # weight of the VS loss (MNIST 1e-3, CIFAR-10 1e-4, CIFAR-100 0.1)
+    gates: bool = True  # False: AT-VS, the VS loss without pruning
+    adversarial_weight: float = 2.0  # weights' loss (CE clean + w·CE adv)/(1 + w)
+    gate_lr: float = 1e-2  # scaled by the weights' schedule like the weights' lr
+    conv_gate_init: float = -1.0  # â of conv gates: a = softplus(â) (official VGG: 2.0)
+    dense_gate_init: float = -1.0  # â of dense-input gates
+    gate_prior: float = 1e-4  # α/K of the Beta(α/K, 1) prior
+    threshold: float = 1e-3  # a unit is pruned where E[π] ≤ threshold
+    temperature: float = 0.1  # of the relaxed Bernoulli used in training
+
+    def validate(self) -> ANPVSConfig:
+        for key in ("beta", "vs_lambda", "adversarial_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a finite number ≥ 0, got {value}")
+        for key in ("gate_lr", "gate_prior", "temperature"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not self.gates and self.vs_lambda == 0:
+            raise ConfigError(
+                "--no-gates with --vs-lambda 0 is neither pruning nor VS; give a --vs-lambda for "
+                "AT-VS, or train a dense model with `advprune train`"
+            )
+        return self
+
+    @property
+    def variant(self) -> str:
+        """ "anp-vs", or one of the paper's ablations: "anp" (no VS) and "at-vs" (no gates)."""
+        if not self.gates:
+            return "at-vs"
+        return "anp-vs" if self.vs_lambda > 0 else "anp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ANPVSConfig:
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            return cls(**values).validate()
+        except (OSError, yaml.YAMLError, TypeError) as err:
+            raise CheckpointError(
+                f"ANP-VS settings {path} are missing or unreadable ({err})"
+            ) from err
+
+
+def vulnerability_suppression_loss(
+    clean: dict[str, Tensor], adversarial: dict[str, Tensor]
+) -> Tensor:
+    """VS = (1/L) Σ_l mean |z_l(x) − z_l(x̃)|: each layer's mean distortion, averaged over layers."""
+    if not clean or clean.keys() != adversarial.keys():
+        raise ValueError(
+            "the clean and adversarial passes must capture the same, non-empty features"
+        )
+    distortions = [(clean[name].float() - adversarial[name].float()).abs().mean() for name in clean]
+    return torch.stack(distortions).mean()
+
+
+class ANPVSTraining(TrainingMethod):
+    """ANP-VS as a trainer method: owns the gates, their optimizer and the two-loss step."""
+
+    def __init__(self, config: ANPVSConfig, train: TrainConfig, input_shape: Sequence[int]) -> None:
+        """`input_shape` is one input's shape, e.g. (1, 28, 28): the gates' layers are found by
+        running the model on zeros of that shape."""
+        self.config = config.validate()
+        self.train = train
+        self.input_shape = tuple(input_shape)
+        self.name = config.variant
+        self.gates: list = []
+        self.gate_optimizer: torch.optim.Optimizer | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if not self.config.gates:
+            return model
+        device = next(model.parameters()).device
+        example = torch.zeros(2, *self.input_shape, device=device)
+        self.gates = insert_gates(
+            model,
+            example,
+            conv_a_init=self.config.conv_gate_init,
+            dense_a_init=self.config.dense_gate_init,
+            prior=self.config.gate_prior,
+            threshold=self.config.threshold,
+            temperature=self.config.temperature,
+        )
+        self.gate_optimizer = torch.optim.Adam(gate_parameters(self.gates), lr=self.config.gate_lr)
+        return model
+
+    def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        gates = {id(parameter) for parameter in gate_parameters(self.gates)}
+        return [parameter for parameter in model.parameters() if id(parameter) not in gates]
+
+    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """x̃ against the network as evaluated: deterministic gates and frozen BN (official)."""
+        model.eval()
+        try:
+            return pgd(
+                model,
+                x,
+                y,
+                self.train.eps,
+                alpha=self.train.attack_step_size,
+                steps=self.train.attack_steps,
+            )
+        finally:
+            model.train()
+
+    def _forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.config.vs_lambda == 0:
+            return model(x), {}
+        with capture_features(model) as features:
+            logits = model(x)
+        return logits, features
+
+    def step(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        x_adv = self._adversarial(model, x, y)
+        weights = [p for group in optimizer.param_groups for p in group["params"]]
+        sample = held_sample(self.gates) if self.gates else contextlib.nullcontext()
+        with sample, autocast(x.device, self.train.precision):
+            logits, clean_features = self._forward(model, x)
+            logits_adv, adversarial_features = self._forward(model, x_adv)
+        adversarial_ce = F.cross_entropy(logits_adv.float(), y)
+        weight = self.config.adversarial_weight
+        loss = (F.cross_entropy(logits.float(), y) + weight * adversarial_ce) / (1 + weight)
+        if self.config.vs_lambda > 0:
+            vs = vulnerability_suppression_loss(clean_features, adversarial_features)
+            loss = loss + self.config.vs_lambda * vs
+        check_finite(loss, context)
+        optimizer.zero_grad(set_to_none=True)
+        if self.gates:
+            gate_loss = adversarial_ce + self.config.beta * total_kl(self.gates) / context.examples
+            check_finite(gate_loss, context, "the gate loss")
+            self.gate_optimizer.zero_grad(set_to_none=True)
+            gate_loss.backward(inputs=gate_parameters(self.gates), retain_graph=True)
+        loss.backward(inputs=weights)
+        optimizer.step()
+        if self.gates:
+            for group in self.gate_optimizer.param_groups:
+                group["lr"] = self.config.gate_lr * context.lr / self.train.lr
+            self.gate_optimizer.step()
+        return ObjectiveOutput(loss.detach(), logits_adv.detach())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The gate optimizer's Adam moments and step counts (the gates are model parameters)."""
+        if self.gate_optimizer is None:
+            return {}
+        return {
+            f"{GATE_OPTIMIZER_PREFIX}{index}.{key}": torch.as_tensor(value)
+            for index, entry in self.gate_optimizer.state_dict()["state"].items()
+            for key, value in entry.items()
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor], model: nn.Module) -> None:
+        if self.gate_optimizer is None:
+            return super().load_state_dict(state, model)
+        entries: dict[int, dict[str, Tensor]] = {}
+        for name, tensor in state.items():
+            if not name.startswith(GATE_OPTIMIZER_PREFIX):
+                raise CheckpointError(
+                    f"the checkpoint holds {name}, which ANP-VS did not write; resume it with the "
+                    "command that started it"
+                )
+            index, key = name[len(GATE_OPTIMIZER_PREFIX) :].split(".", 1)
+            entries.setdefault(int(index), {})[key] = tensor
+        groups = self.gate_optimizer.state_dict()["param_groups"]
+        try:
+            self.gate_optimizer.load_state_dict({"state": entries, "param_groups": groups})
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"the gate optimizer state does not fit this model ({err})"
+            ) from err
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, **self.config.to_dict(), "gates": gates_spec(self.gates)}
+
+    def finish(self, model: nn.Module, run_path: Any) -> None:
+        """gates.json: units kept per gate, the paper's "sparsity" being the fraction removed."""
+        if self.gates:
+            atomic_write_json(Path(run_path) / "gates.json", gate_summary(self.gates))
