@@ -15,7 +15,7 @@ from advprune.methods.anpvs import vulnerability_suppression_loss
 from advprune.models import create_model
 from advprune.models.features import capture_features
 from advprune.models.serialization import load_model
-from advprune.recipes import load_recipe
+from advprune.reproduction import make_plan
 from advprune.training import TrainConfig, train
 from advprune.training import trainer as trainer_module
 
@@ -262,11 +262,12 @@ def test_anpvs_flags_are_refused_for_the_other_methods(dense_run, tmp_path, caps
         ("anpvs-cifar100", "cifar100", 1.0, 0.1),
     ],
 )
-def test_the_paper_recipes_hold_the_papers_settings(recipe, dataset, beta, vs_lambda):
-    settings = load_recipe(recipe)
-    base = TrainConfig.from_dict(settings["train"])
+def test_the_paper_recipes_hold_the_papers_settings(recipe, dataset, beta, vs_lambda, tmp_path):
+    steps = {step.name: step for step in make_plan(recipe, tmp_path).steps}
+    (base,) = steps["base"].configs
     assert (base.dataset, base.objective, base.optimizer) == (dataset, "standard", "adam")
-    train_config, config = anpvs_configs(settings["anpvs"])
+    train_config, config = steps["anpvs"].configs
     assert (config.beta, config.vs_lambda, config.gate_lr) == (beta, vs_lambda, 0.01)
+    assert steps["anpvs"].needs["init"] == "base"
     assert train_config.epochs == 200 and train_config.lr == 1e-3
     assert train_config.eps == (0.3 if dataset == "mnist" else 0.03)

@@ -59,7 +59,8 @@ def anpvs_configs(
         raise ConfigError(f"{', '.join(unknown)} do(es) not apply to ANP-VS ({source})")
     config = ANPVSConfig(**{k: v for k, v in values.items() if k in method_keys}).validate()
     train_values = {**ANPVS_TRAINING, **{k: v for k, v in values.items() if k in train_keys}}
-    if config.init is not None:
+    # A reproduction plans the step before its --init run exists, giving these itself.
+    if config.init is not None and any(key not in train_values for key in INHERITED_FROM_INIT):
         init = TrainConfig.load(RunDir.existing(config.init).config)
         for key in INHERITED_FROM_INIT:
             train_values.setdefault(key, getattr(init, key))

@@ -39,6 +39,8 @@ from advprune.core.errors import ConfigError
 from advprune.core.run_dir import RunDir
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
+from advprune.gated_pruning import INHERITED_FROM_INIT, anpvs_configs, run_anpvs
+from advprune.methods.anpvs import ANPVSConfig
 from advprune.pruning import METHODS, PruneConfig, prune_run
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
@@ -87,6 +89,9 @@ def _train(config: TrainConfig, run_dir: Path, *, progress: bool, log: Callable)
 TRAINING = Method((TrainConfig,), _train)
 # The pruning methods of this build: a method is one line here.
 PRUNE_METHODS: dict[str, Method] = {name: Method((PruneConfig,), prune_run) for name in METHODS}
+PRUNE_METHODS["anpvs"] = Method(
+    (TrainConfig, ANPVSConfig), run_anpvs, build=anpvs_configs, inherits=INHERITED_FROM_INIT
+)
 
 KINDS = ("train", "prune")
 RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
