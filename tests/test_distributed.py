@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from advprune.core.seeding import seed_everything
 from advprune.data import BatchLoader, get_spec
+from advprune.gated_pruning import anpvs_configs, run_anpvs
 from advprune.masks import WeightMasks
 from advprune.methods import compute_saliency
 from advprune.methods.mad import load_saliency
@@ -189,5 +190,40 @@ def test_mad_pruning_on_two_processes_sums_the_saliency_and_fine_tunes_as_one(
     assert abs(a["test_clean_accuracy"] - b["test_clean_accuracy"]) <= 0.01
 
 
-# ANP-VS under torchrun: the lead adds `test_anpvs_on_two_processes_matches_one` here once
-# methods/anpvs.py is merged (see docs/scaling.md, "Methods under DDP").
+def test_anpvs_on_two_processes_matches_one_and_only_rank_0_writes(pgd_at_runs, tmp_path):
+    """ANP-VS's step runs the gate and the weight pass on the module itself and averages both
+    gradients by hand, with gate samples and random starts drawn for the global batch: 16 steps
+    from the trained dense model on two processes must end where one process does, gates included.
+    """
+    dense = pgd_at_runs[0]
+    anpvs = {key: value for key, value in PGD_AT.items() if key != "objective"}
+    anpvs.update(init=str(dense), vs_lambda=0.01, gate_lr=0.05, dense_gate_init=3.0)
+    done = torchrun("prune", "--method", "anpvs", *flags(anpvs), "--run-dir", str(tmp_path / "two"))
+    assert done.stdout.count("ANP-VS model written") == 1
+    assert files(tmp_path / "two") == [
+        "anpvs.yaml",
+        "checkpoint.safetensors",
+        "config.yaml",
+        "exported/model.safetensors",
+        "gates.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "results.json",
+    ]
+    one = run_anpvs(
+        *anpvs_configs(anpvs), tmp_path / "one", export=False, progress=False, log=quiet
+    ).state_dict()
+    two, _ = load_model(tmp_path / "two" / "model.safetensors")
+    initial, _ = load_model(dense / "model.safetensors")
+    for name, start in initial.state_dict().items():  # the weights trained...
+        assert (one[name] - start).abs().max() > 1e-4 or name.startswith("normalize"), name
+    gates = [tensor for name, tensor in one.items() if name.endswith("a_raw")]
+    assert gates and all(  # ... and so did the gates
+        (a - anpvs["dense_gate_init"]).abs().min() > 1e-3 for a in gates
+    )
+    for (name, a), b in zip(one.items(), two.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
+        assert a["test_clean_accuracy"] > 0.5
+        assert abs(a["test_clean_accuracy"] - b["test_clean_accuracy"]) <= 0.01
+        assert abs(a["test_pgd10_accuracy"] - b["test_pgd10_accuracy"]) <= 0.01

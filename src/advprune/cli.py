@@ -136,7 +136,8 @@ def cmd_prune_anpvs(args: argparse.Namespace) -> int:
     flags = {**given(args, TrainConfig), **given(args, ANPVSConfig)}
     train, config = anpvs_configs({**base, **flags}, source="--recipe and flags")
     run_anpvs(train, config, args.run_dir, progress=not args.quiet)
-    print(f"ANP-VS model written to {Path(args.run_dir) / 'model.safetensors'}")
+    if distributed.current().is_main:
+        print(f"ANP-VS model written to {Path(args.run_dir) / 'model.safetensors'}")
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from advprune.core import distributed
+from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError
 from advprune.core.run_dir import RunDir
 from advprune.export import export_run
@@ -113,7 +115,9 @@ def run_anpvs(
     """
     train.validate()
     config.validate()
-    run = RunDir.create(run_dir)
+    is_main = distributed.initialize(train.backend, resolve_device(train.device)).is_main
+    progress, log = distributed.main_output(progress, log)
+    run = RunDir.create(run_dir) if is_main else RunDir(Path(run_dir))
     if run.model.exists():
         raise ConfigError(f"{run.path} already holds a finished run; choose another --run-dir")
     resume = run.checkpoint.exists()
@@ -121,7 +125,8 @@ def run_anpvs(
         _check_same_settings(run, train, config)
         log(f"resuming the ANP-VS run in {run.path}")
     initial = None if resume or config.init is None else initial_weights(config.init, train)
-    config.save(run.path / SETTINGS_FILE)
+    if is_main:
+        config.save(run.path / SETTINGS_FILE)
     data = load_training_data(train)
     log(
         f"{config.variant}: {train.model} on {train.dataset}, eps {train.eps}, PGD-"
@@ -138,6 +143,6 @@ def run_anpvs(
         initial_weights=initial,
         method=ANPVSTraining(config, train, input_shape(architecture(train.model, data.spec))),
     )
-    if export and config.gates:
+    if export and config.gates and is_main:
         export_run(run.path, log=log)
     return model

@@ -267,10 +267,6 @@ def mad_saliency(
     return scores
 
 
-def _ignore(_: str) -> None:
-    """The log of ranks other than 0."""
-
-
 def prune_run(
     config: PruneConfig,
     run_dir: str | Path,
@@ -289,8 +285,7 @@ def prune_run(
     finetune = finetune_config(dense, config)
     device = resolve_device(finetune.device)
     is_main = distributed.initialize(finetune.backend, device).is_main
-    if not is_main:
-        progress, log = False, _ignore
+    progress, log = distributed.main_output(progress, log)
     if is_main:
         check_same_settings(config, run)
     data = load_training_data(finetune)

@@ -13,6 +13,7 @@ scores kept outside the model).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -101,6 +102,15 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def main_output(progress: bool, log: Callable[[str], None]) -> tuple[bool, Callable[[str], None]]:
+    """`progress` and `log` on rank 0, silence on the others: one process speaks for the run."""
+    return (progress, log) if current().is_main else (False, _silent)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
@@ -114,13 +124,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(parameters: list[nn.Parameter]) -> None:
-    """Average `.grad` over ranks for parameters DDP does not own, as DDP does for the model's."""
+    """Average `.grad` over ranks for parameters DDP does not own, as DDP does for the model's:
+    one all-reduce of the gradients flattened together, not one per tensor."""
     world = current().world_size
-    if world == 1:
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if world == 1 or not grads:
         return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            all_reduce_sum(parameter.grad).div_(world)
+    flat = all_reduce_sum(torch.cat([grad.reshape(-1) for grad in grads])).div_(world)
+    for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
 
 
 def all_gather_objects(value: Any) -> list[Any]:

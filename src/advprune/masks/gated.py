@@ -186,16 +186,23 @@ def total_kl(gates: list[BetaBernoulliGate]) -> Tensor:
 
 
 @contextmanager
-def held_sample(gates: list[BetaBernoulliGate]) -> Iterator[None]:
-    """Within the block every forward pass uses one gate draw (e.g. clean and adversarial)."""
+def held_sample(
+    gates: list[BetaBernoulliGate],
+    generator: torch.Generator | None = None,
+    noise_shard: tuple[int, int] = (0, 1),
+) -> Iterator[None]:
+    """Within the block every forward pass uses one gate draw (e.g. clean and adversarial), taken
+    from `generator` for this process's `noise_shard` (rank, world_size) of the global batch."""
     for gate in gates:
         gate.forget_sample()
         gate.hold_sample = True
+        gate.generator, gate.noise_shard = generator, noise_shard
     try:
         yield
     finally:
         for gate in gates:
             gate.hold_sample = False
+            gate.generator, gate.noise_shard = None, (0, 1)
             gate.forget_sample()
 
 

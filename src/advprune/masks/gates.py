@@ -81,6 +81,11 @@ class BetaBernoulliGate(nn.Module):
         self.threshold = threshold
         self.temperature = temperature
         self.hold_sample = False
+        # Where training draws come from (the global RNG if None) and which rows of a global
+        # batch this process holds: set by `held_sample`, so that data-parallel ranks draw what
+        # one process would (as `attacks.Ball` does for random starts).
+        self.generator: torch.Generator | None = None
+        self.noise_shard: tuple[int, int] = (0, 1)
         self._sample: Tensor | None = None
         self._eval_scale: tuple[tuple[int, ...], Tensor] | None = None
 
@@ -116,14 +121,25 @@ class BetaBernoulliGate(nn.Module):
 
     def sample_pi(self) -> Tensor:
         """π = (1 − u^{1/b})^{1/a}, u ~ U(0, 1): one reparameterised draw per unit."""
-        u = torch.rand_like(self.a_raw).clamp(1e-10, 1 - 1e-10)
+        u = self._uniform(self.units).clamp(1e-10, 1 - 1e-10)
         return (1 - u.pow(1 / self.b)).pow(1 / self.a)
 
     def sample_gates(self, batch: int) -> Tensor:
         """Relaxed Bernoulli(π) gates, one per example and unit: σ((logit u + logit π)/τ)."""
         pi = self.sample_pi()
-        u = torch.rand(batch, self.units, device=pi.device, dtype=pi.dtype)
+        u = self._uniform(self.units, batch)
         return torch.sigmoid((_logit(u) + _logit(pi)) / self.temperature)
+
+    def _uniform(self, units: int, batch: int | None = None) -> Tensor:
+        """U(0, 1) noise: (units,) shared by every example, or (batch, units) for this process's
+        rows of the global batch, drawn whole on the generator's device and then sliced."""
+        rank, world_size = self.noise_shard if batch is not None else (0, 1)
+        rows = 1 if batch is None else batch
+        device = self.a_raw.device if self.generator is None else self.generator.device
+        shape, dtype = (rows * world_size, units), self.a_raw.dtype
+        u = torch.rand(shape, generator=self.generator, device=device, dtype=dtype)
+        u = u[rank::world_size].to(self.a_raw.device)
+        return u[0] if batch is None else u
 
     def _deterministic(self) -> Tensor:
         """`scale()` without autograd history, recomputed only when a or b changed: an attack

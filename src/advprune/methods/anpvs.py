@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from advprune.attacks import pgd
 from advprune.core.device import autocast
+from advprune.core.distributed import average_gradients, unwrap
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.io import atomic_write_json, atomic_write_text
 from advprune.masks.gated import (
@@ -153,8 +154,9 @@ class ANPVSTraining(TrainingMethod):
         gates = {id(parameter) for parameter in gate_parameters(self.gates)}
         return [parameter for parameter in model.parameters() if id(parameter) not in gates]
 
-    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, context: StepContext) -> Tensor:
         """x̃ against the network as evaluated: deterministic gates and frozen BN (official)."""
+        attack = context.attack
         model.eval()
         try:
             return pgd(
@@ -164,6 +166,8 @@ class ANPVSTraining(TrainingMethod):
                 self.train.eps,
                 alpha=self.train.attack_step_size,
                 steps=self.train.attack_steps,
+                generator=attack.generator if attack else None,
+                noise_shard=attack.noise_shard if attack else (0, 1),
             )
         finally:
             model.train()
@@ -183,12 +187,20 @@ class ANPVSTraining(TrainingMethod):
         optimizer: torch.optim.Optimizer,
         context: StepContext,
     ) -> ObjectiveOutput:
-        x_adv = self._adversarial(model, x, y)
+        # Both losses come from the same two forward passes, so they run on the module itself
+        # and each rank's gradients are averaged here: DDP's reducer expects one backward per
+        # forward (docs/scaling.md, "Methods under DDP").
+        net = unwrap(model)
+        attack = context.attack
+        x_adv = self._adversarial(net, x, y, context)
         weights = [p for group in optimizer.param_groups for p in group["params"]]
-        sample = held_sample(self.gates) if self.gates else contextlib.nullcontext()
+        sample = contextlib.nullcontext()
+        if self.gates:
+            noise = (attack.generator, attack.noise_shard) if attack else (None, (0, 1))
+            sample = held_sample(self.gates, *noise)
         with sample, autocast(x.device, self.train.precision):
-            logits, clean_features = self._forward(model, x)
-            logits_adv, adversarial_features = self._forward(model, x_adv)
+            logits, clean_features = self._forward(net, x)
+            logits_adv, adversarial_features = self._forward(net, x_adv)
         adversarial_ce = F.cross_entropy(logits_adv.float(), y)
         weight = self.config.adversarial_weight
         loss = (F.cross_entropy(logits.float(), y) + weight * adversarial_ce) / (1 + weight)
@@ -198,11 +210,14 @@ class ANPVSTraining(TrainingMethod):
         check_finite(loss, context)
         optimizer.zero_grad(set_to_none=True)
         if self.gates:
+            gates = gate_parameters(self.gates)
             gate_loss = adversarial_ce + self.config.beta * total_kl(self.gates) / context.examples
             check_finite(gate_loss, context, "the gate loss")
             self.gate_optimizer.zero_grad(set_to_none=True)
-            gate_loss.backward(inputs=gate_parameters(self.gates), retain_graph=True)
+            gate_loss.backward(inputs=gates, retain_graph=True)
+            average_gradients(gates)
         loss.backward(inputs=weights)
+        average_gradients(weights)
         optimizer.step()
         if self.gates:
             for group in self.gate_optimizer.param_groups:

@@ -143,8 +143,7 @@ def train(
     device = resolve_device(config.device)
     ddp = distributed.initialize(config.backend, device)
     check_distributed(config, ddp, device)
-    if not ddp.is_main:
-        progress, log = False, _ignore
+    progress, log = distributed.main_output(progress, log)
     run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
     with run.locked() if ddp.is_main else contextlib.nullcontext():
         training = _Training(config, run, ddp, device, progress, log)
@@ -162,10 +161,6 @@ def check_distributed(config: TrainConfig, ddp: Distributed, device: torch.devic
         )
     if config.sync_batchnorm and device.type != "cuda":
         raise ConfigError("--sync-batchnorm needs CUDA devices; drop it for CPU runs")
-
-
-def _ignore(_: str) -> None:
-    """The log of ranks other than 0."""
 
 
 class _Training:
