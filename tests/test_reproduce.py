@@ -161,8 +161,9 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
             continue
         results = json.loads((step.run_dir / "results.json").read_text())
         assert set(results["accuracy"]) >= {"clean", "fgsm", "pgd", "cw", "autoattack"}
+        autoattack = round(load_recipe("fashion-mnist")["evaluate"]["autoattack_limit"] * 0.01)
         assert results["examples"] == {
-            "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": 2
+            "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": autoattack
         }  # fmt: skip
         target = step.setting("sparsity")
         if method in ("mad", "magnitude", "random", "hydra") and target is not None:

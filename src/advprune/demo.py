@@ -18,7 +18,7 @@ def run_demo(root: str | Path = "runs/demo", *, progress: bool = True) -> list[d
     print(format_results(results))
     print(
         f"[demo] total {time.perf_counter() - started:.0f}s; report in "
-        f"{Path(root) / 'report' / 'report.md'} (AutoAttack on the dense model's first 64 test "
-        "images, every other figure on the first 2,000)"
+        f"{Path(root) / 'report' / 'report.md'} (AutoAttack on the first 64 test images, "
+        "every other figure on the first 2,000)"
     )
     return results
