@@ -24,6 +24,7 @@ from advprune.methods import compute_saliency
 from advprune.methods.mad import load_saliency
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model
+from advprune.pruning import PruneConfig, prune_run
 from advprune.training import TrainConfig, train
 from advprune.training.method import MaskedTraining
 from advprune.training.trainer import load_training_data
@@ -227,3 +228,24 @@ def test_anpvs_on_two_processes_matches_one_and_only_rank_0_writes(pgd_at_runs, 
         assert a["test_clean_accuracy"] > 0.5
         assert abs(a["test_clean_accuracy"] - b["test_clean_accuracy"]) <= 0.01
         assert abs(a["test_pgd10_accuracy"] - b["test_pgd10_accuracy"]) <= 0.01
+
+
+def test_hydra_on_two_processes_learns_the_scores_and_fine_tunes_as_one(pgd_at_runs, tmp_path):
+    """HYDRA's score phase trains tensors DDP does not own (the weights are frozen): the method
+    averages the score gradients itself, so both phases end where one process does."""
+    dense = pgd_at_runs[0]
+    hydra = {"method": "hydra", "sparsity": 0.8, "score_epochs": 1, "finetune_epochs": 1}
+    done = torchrun(
+        "prune", *flags(hydra), "--from", str(dense), "--run-dir", str(tmp_path / "two")
+    )
+    assert done.stdout.count("pruned, fine-tuned model written") == 1
+    config = PruneConfig(**hydra, from_run=str(dense))
+    one = prune_run(config, tmp_path / "one", progress=False, log=quiet).state_dict()
+    two, _ = load_model(tmp_path / "two" / "model.safetensors")
+    for phase in ("scores/masks.safetensors", "masks.safetensors"):
+        masks_one, _ = WeightMasks.load(tmp_path / "one" / phase)
+        masks_two, _ = WeightMasks.load(tmp_path / "two" / phase)
+        for name, keep in masks_one.items():
+            assert torch.equal(masks_two[name], keep), (phase, name)
+    for (name, a), b in zip(one.items(), two.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)

@@ -161,6 +161,8 @@ def wrap(model: nn.Module, device: torch.device, find_unused_parameters: bool) -
     """`model` under DistributedDataParallel (gradients all-reduced in backward), if distributed."""
     if not current().enabled:
         return model
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        return model  # e.g. HYDRA's scores: the method averages its own gradients
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=find_unused_parameters

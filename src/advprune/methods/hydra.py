@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from advprune.core.distributed import average_gradients
 from advprune.core.errors import CheckpointError
 from advprune.masks import WeightMasks, check_sparsity, prunable_parameters, select
 from advprune.training.method import TrainingMethod
@@ -131,6 +132,10 @@ class ScoreTraining(TrainingMethod):
 
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return list(self.scores.values())
+
+    def before_update(self, model: nn.Module) -> None:
+        """The scores are the method's tensors, not DDP's: average their gradients over ranks."""
+        average_gradients(list(self.scores.values()))
 
     def after_update(self, model: nn.Module) -> None:
         self.network.update_masks()
