@@ -91,7 +91,8 @@ def format_export(summary: dict[str, Any]) -> str:
         if key.startswith("batch_"):
             lines.append(
                 f"CPU latency, batch {key.removeprefix('batch_')}, {latency['threads']} thread(s): "
-                f"dense {value['dense']:.3f} ms, exported {value['exported']:.3f} ms "
+                f"dense {value['dense']:.3f} ms ({value['layout']['dense']}), exported "
+                f"{value['exported']:.3f} ms ({value['layout']['exported']}) "
                 f"(×{value['speedup']:.2f}; in CPU time ×{value['cpu_time']['speedup']:.2f})"
             )
     lines.append(f"exported model: {summary.get('exported_model', '–')}")
