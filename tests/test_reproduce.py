@@ -22,7 +22,7 @@ from dataset_files import (
 )
 
 STEP_RECIPES = [name for name in available_recipes() if "steps" in load_recipe(name)]
-PAPER_RECIPES = [name for name in STEP_RECIPES if name not in ("fashion-mnist", "demo")]
+PAPER_RECIPES = [name for name in STEP_RECIPES if name not in ("fashion-mnist-suite", "demo")]
 # What the other branches of issue 6 bring; a recipe may need nothing else this build lacks.
 COMING = {"method hydra", "method anpvs", "setting transfer_from"}
 
@@ -55,7 +55,7 @@ def test_scale_shrinks_epochs_and_examples_as_documented():
 @pytest.mark.parametrize("scale", [0, -0.5, 1.5, float("nan")])
 def test_scale_outside_0_1_is_refused(scale, tmp_path):
     with pytest.raises(ConfigError, match="--scale"):
-        make_plan("fashion-mnist", tmp_path, scale=scale, only=["dense"])
+        make_plan("fashion-mnist-suite", tmp_path, scale=scale, only=["dense"])
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -112,7 +112,7 @@ def test_bad_recipes_fail_before_any_step_runs(monkeypatch, tmp_path, recipe, me
 
 def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_path):
     plan = make_plan(
-        "fashion-mnist",
+        "fashion-mnist-suite",
         tmp_path,
         only=["mad-90"],
         overrides={"batch_size": 32, "mask_steps": 3, "pgd_steps": 7},
@@ -122,9 +122,9 @@ def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_
     assert mad.setting("mask_steps") == 3 and mad.evaluate.pgd_steps == 7
     assert mad.setting("from_run") == str(tmp_path / "dense")
     with pytest.raises(ConfigError, match="no step has a setting bogus"):
-        make_plan("fashion-mnist", tmp_path, overrides={"bogus": 1}, only=["dense"])
+        make_plan("fashion-mnist-suite", tmp_path, overrides={"bogus": 1}, only=["dense"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        main(["--debug", "reproduce", "fashion-mnist", "--set", "nonsense"])
+        main(["--debug", "reproduce", "fashion-mnist-suite", "--set", "nonsense"])
 
 
 # --------------------------------------------------------- the Fashion-MNIST suite, end to end
@@ -132,7 +132,7 @@ def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_
 # Each step a handful of batches: --scale 0.01 (600 training and 100 test images, 1 epoch), with
 # single-step attacks in training and 2-step ones in evaluation so the test stays fast.
 FAST = {"attack_steps": 1, "pgd_steps": 2, "cw_steps": 2, "mask_steps": 2}
-SUITE_METHODS = [m for m in recipe_methods("fashion-mnist") if m in PRUNE_METHODS]
+SUITE_METHODS = [m for m in recipe_methods("fashion-mnist-suite") if m in PRUNE_METHODS]
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +141,14 @@ def suite_root(tmp_path_factory):
 
 
 def suite_steps(method: str) -> list[str]:
-    steps = load_recipe("fashion-mnist")["steps"]
+    steps = load_recipe("fashion-mnist-suite")["steps"]
     return [s["name"] for s in steps if "prune" in s and s["prune"]["method"] == method]
 
 
 @pytest.mark.parametrize("method", SUITE_METHODS)
 def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
     plan = reproduce(
-        "fashion-mnist",
+        "fashion-mnist-suite",
         suite_root,
         scale=0.01,
         overrides=FAST,
@@ -161,7 +161,7 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
             continue
         results = json.loads((step.run_dir / "results.json").read_text())
         assert set(results["accuracy"]) >= {"clean", "fgsm", "pgd", "cw", "autoattack"}
-        autoattack = round(load_recipe("fashion-mnist")["evaluate"]["autoattack_limit"] * 0.01)
+        autoattack = round(load_recipe("fashion-mnist-suite")["evaluate"]["autoattack_limit"] * 0.01)
         assert results["examples"] == {
             "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": autoattack
         }  # fmt: skip
@@ -172,9 +172,9 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
 
 
 def test_fashion_mnist_suite_resumes_and_skips_finished_steps(suite_root):
-    runnable = runnable_steps("fashion-mnist")
+    runnable = runnable_steps("fashion-mnist-suite")
     run = lambda: reproduce(  # noqa: E731
-        "fashion-mnist", suite_root, scale=0.01, overrides=FAST, only=runnable, progress=False,
+        "fashion-mnist-suite", suite_root, scale=0.01, overrides=FAST, only=runnable, progress=False,
         log=messages.append,
     )  # fmt: skip
     messages: list[str] = []
@@ -201,7 +201,7 @@ def test_fashion_mnist_suite_resumes_and_skips_finished_steps(suite_root):
     # Other training settings for a finished step are refused, not mixed in.
     with pytest.raises(ConfigError, match=r"other settings \(attack_steps\)"):
         reproduce(
-            "fashion-mnist", suite_root, scale=0.01, overrides={**FAST, "attack_steps": 2},
+            "fashion-mnist-suite", suite_root, scale=0.01, overrides={**FAST, "attack_steps": 2},
             only=["dense"], progress=False, log=quiet,
         )  # fmt: skip
 
