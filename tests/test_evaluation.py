@@ -119,6 +119,11 @@ def test_evaluate_run_writes_and_merges_results(tmp_path):
     )
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == second
+    # The model's CPU latency, measured once (the second evaluation keeps the first's).
+    assert stored["latency"] == first["latency"]
+    for batch in ("batch_1", "batch_128"):
+        assert stored["latency"][batch]["model"] > 0
+        assert stored["latency"][batch]["layout"] in ("nchw", "channels_last")
     assert set(stored["accuracy"]) == {
         "clean",
         "pgd",

@@ -171,7 +171,13 @@ def test_summary_reads_results_before_model_metadata_before_config(tmp_path):
 
 @pytest.mark.parametrize(
     ("latency", "ms"),
-    [(0.5, 0.5), ({"ms": 0.5}, 0.5), ({"batch_1": {"dense": 2.0}}, 2.0), ("fast", None)],
+    [
+        (0.5, 0.5),
+        ({"ms": 0.5}, 0.5),
+        ({"batch_1": {"dense": 2.0}}, 2.0),
+        ({"batch_1": {"model": 3.0, "layout": "nchw"}}, 3.0),
+        ("fast", None),
+    ],
 )
 def test_latency_in_the_shapes_results_hold_it(latency, ms):
     assert summarize({"latency": latency}).latency_ms == ms

@@ -161,7 +161,8 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
             continue
         results = json.loads((step.run_dir / "results.json").read_text())
         assert set(results["accuracy"]) >= {"clean", "fgsm", "pgd", "cw", "autoattack"}
-        autoattack = round(load_recipe("fashion-mnist-suite")["evaluate"]["autoattack_limit"] * 0.01)
+        limit = load_recipe("fashion-mnist-suite")["evaluate"]["autoattack_limit"]
+        autoattack = round(limit * 0.01)
         assert results["examples"] == {
             "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": autoattack
         }  # fmt: skip
@@ -174,8 +175,8 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
 def test_fashion_mnist_suite_resumes_and_skips_finished_steps(suite_root):
     runnable = runnable_steps("fashion-mnist-suite")
     run = lambda: reproduce(  # noqa: E731
-        "fashion-mnist-suite", suite_root, scale=0.01, overrides=FAST, only=runnable, progress=False,
-        log=messages.append,
+        "fashion-mnist-suite", suite_root, scale=0.01, overrides=FAST, only=runnable,
+        progress=False, log=messages.append,
     )  # fmt: skip
     messages: list[str] = []
     plan = run()

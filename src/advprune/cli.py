@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
             "attacks": "comma-separated: clean,fgsm,pgd,cw,autoattack",
             "autoattack_limit": "AutoAttack on the first N test examples (default: all)",
             "sanity_examples": "test examples of the security curve / gradient-masking check",
+            "latency_repeats": "timed passes of the CPU latency at batch 1 and 128 (0: skip)",
             "eps_curve": "security curve at these radii, e.g. 0,0.02,0.05,0.1 (0.5 is always "
             "added: accuracy must reach ≈ 0 there)",
             "curve_autoattack_examples": "with --eps-curve: AutoAttack at each radius on the "

@@ -42,6 +42,7 @@ class EvalConfig:
     curve_autoattack_examples: int = 100  # with eps_curve: AutoAttack at each ε on the first N
     transfer_from: str | None = None  # run directory of a separately trained PGD-AT source model
     batch_size: int = 500
+    latency_repeats: int = 10  # CPU latency of the model at batch 1 and 128 (0: not measured)
     seed: int = 0
     device: str = "auto"
     data_dir: str | None = None
@@ -60,6 +61,8 @@ class EvalConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be ≥ 1 (or unset for the whole split), got {value}")
+        if self.latency_repeats < 0:
+            raise ConfigError(f"latency_repeats must be ≥ 0, got {self.latency_repeats}")
         if self.sanity_examples < 0:
             raise ConfigError(f"sanity_examples must be ≥ 0, got {self.sanity_examples}")
         if self.curve_autoattack_examples < 0:

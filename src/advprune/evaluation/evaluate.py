@@ -28,6 +28,7 @@ from advprune.core.run_dir import RunDir
 from advprune.data import ImageDataset, get_spec, load_dataset
 from advprune.evaluation.complexity import gated_complexity, model_complexity
 from advprune.evaluation.config import EvalConfig
+from advprune.evaluation.latency import model_latency
 from advprune.evaluation.plots import plot_security_curve, plot_vulnerability
 from advprune.evaluation.robustness import accuracy
 from advprune.evaluation.sanity import (
@@ -283,6 +284,9 @@ def evaluate_run(
         results["gradient_masking_check"] = check
     shape = input_shape(architecture)
     results.update(model_complexity(model, shape))
+    previous = read_json(run.results, "results") if run.results.exists() else {}
+    if config.latency_repeats and "latency" not in previous:  # an exported run has its own
+        results["latency"] = model_latency(model, shape, repeats=config.latency_repeats)
     if find_gates(model):
         results.update(gated_complexity(model, shape))
     if "vulnerability" in results:
@@ -297,7 +301,7 @@ def evaluate_run(
         dataset=dataset,
         method=metadata.get("method", {}).get("name", trained.get("objective")),
     )
-    merged = read_json(run.results, "results") if run.results.exists() else {}
+    merged = previous
     merged.update(
         {k: v for k, v in results.items() if k not in ("accuracy", "examples", "attacks")}
     )

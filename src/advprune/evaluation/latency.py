@@ -57,6 +57,61 @@ def measure_latencies(
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+def best_layout_latencies(
+    models: dict[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    threads: int = 1,
+    repeats: int = 30,
+) -> dict[str, dict[str, Any]]:
+    """Each model timed in both memory layouts and counted in its faster one:
+    {name: {"wall": ms, "cpu": ms, "layout": "nchw" | "channels_last"}}.
+
+    On CPU a layout can change a layer's time several-fold (NCHW max-pooling is ~7× slower than
+    channels_last here); a speed-up over a baseline left in its slow layout would be the
+    layout's, not the pruning's.
+    """
+    copies = {
+        (name, layout): copy.deepcopy(model).cpu().to(memory_format=memory_format)
+        for name, model in models.items()
+        for layout, memory_format in LAYOUTS.items()
+    }
+    ms = measure_latencies(copies, input_shape, batch_size, threads=threads, repeats=repeats)
+    best = {}
+    for name in models:
+        layout = min(LAYOUTS, key=lambda layout: ms["wall"][(name, layout)])
+        best[name] = {
+            "wall": ms["wall"][(name, layout)],
+            "cpu": ms["cpu"][(name, layout)],
+            "layout": layout,
+        }
+    return best
+
+
+def model_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 128),
+    *,
+    threads: int = 1,
+    repeats: int = 10,
+) -> dict:
+    """Median CPU latency (ms) of `model` per batch size, in its faster layout, so that every run
+    of a report has one (unstructured sparsity leaves it unchanged: dense kernels)."""
+    result: dict = {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
+    for batch_size in batch_sizes:
+        best = best_layout_latencies(
+            {"model": model}, input_shape, batch_size, threads=threads, repeats=repeats
+        )["model"]
+        result[f"batch_{batch_size}"] = {
+            "model": best["wall"],
+            "layout": best["layout"],
+            "cpu_time": best["cpu"],
+        }
+    return result
+
+
 def latency_comparison(
     dense: nn.Module,
     exported: nn.Module,
@@ -66,32 +121,21 @@ def latency_comparison(
     threads: int = 1,
     repeats: int = 30,
 ) -> dict:
-    """Dense vs exported median latency (ms) per batch size and the speed-up dense/exported,
-    in wall-clock time, with the same in CPU time under "cpu_time".
-
-    Each model is timed in both memory layouts and counted in its faster one (named under
-    "layout"): on CPU a layout can change a layer's time several-fold (NCHW max-pooling is ~7×
-    slower than channels_last here), and a speed-up over a baseline left in its slow layout would
-    be the layout's, not the pruning's.
-    """
+    """Dense vs exported median latency (ms) per batch size, each in its faster layout (named
+    under "layout"), and the speed-up dense/exported in wall-clock time, with the same in CPU
+    time under "cpu_time"."""
     result: dict = {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
-    models = {
-        (name, layout): copy.deepcopy(model).cpu().to(memory_format=memory_format)
-        for name, model in (("dense", dense), ("exported", exported))
-        for layout, memory_format in LAYOUTS.items()
-    }
+    models = {"dense": dense, "exported": exported}
     for batch_size in batch_sizes:
-        ms = measure_latencies(models, input_shape, batch_size, threads=threads, repeats=repeats)
-        layout = {
-            name: min(LAYOUTS, key=lambda layout: ms["wall"][(name, layout)])
-            for name in ("dense", "exported")
-        }
-        wall = {name: ms["wall"][(name, layout[name])] for name in layout}
-        cpu = {name: ms["cpu"][(name, layout[name])] for name in layout}
+        best = best_layout_latencies(
+            models, input_shape, batch_size, threads=threads, repeats=repeats
+        )
+        wall = {name: best[name]["wall"] for name in models}
+        cpu = {name: best[name]["cpu"] for name in models}
         result[f"batch_{batch_size}"] = {
             **wall,
             "speedup": wall["dense"] / wall["exported"],
-            "layout": layout,
+            "layout": {name: best[name]["layout"] for name in models},
             "cpu_time": {**cpu, "speedup": cpu["dense"] / max(cpu["exported"], 1e-9)},
         }
     return result

@@ -11,7 +11,8 @@ as fractions, "examples" {attack: count}, "attacks" {attack: {"description"}}, "
 "gradient_masking_check" {"passed", "security_curve"}, and from an exported (ANP-VS) run
 "complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts for the
 run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and "latency"
-(milliseconds of one forward pass: a number, {"ms": number} or {"batch_1": {"exported": ms}}).
+(milliseconds of one forward pass: a number, {"ms": number} or {"batch_1": {"exported" or
+"model": ms}}).
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def _latency_ms(value: Any) -> float | None:
         return number(value)
     batch_1 = mapping(value.get("batch_1"))
     return first(
-        number(value.get("ms")), number(batch_1.get("exported")), number(batch_1.get("dense"))
+        number(value.get("ms")),
+        number(batch_1.get("exported")),
+        number(batch_1.get("model")),
+        number(batch_1.get("dense")),
     )
 
 

@@ -22,7 +22,8 @@ typo after hours; a method this build lacks is named with the steps that can run
 max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train);
 the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
 gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
-examples than these limits is used whole.
+examples than these limits is used whole. A scaled run measures no latency: a smoke run's
+timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU.
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def scale_settings(settings: Any, factor: float, dataset: str) -> Any:
     for key in ("monitor_examples", "sanity_examples"):
         if key in names and getattr(settings, key) > 0:
             changes[key] = _scaled_count(factor, getattr(settings, key), 1)
+    if "latency_repeats" in names:
+        changes["latency_repeats"] = 0
     return dataclasses.replace(settings, **changes).validate()
 
 
