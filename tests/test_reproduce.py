@@ -199,6 +199,17 @@ def test_fashion_mnist_suite_resumes_and_skips_finished_steps(suite_root):
     assert {k: v for k, v in again.items() if k != "latency"} == {
         k: v for k, v in before.items() if k != "latency"
     }
+    # Evaluation settings: one that changes no accuracy keeps the evaluation; another redoes it.
+    dense = next(step for step in plan.steps if step.name == "dense").run_dir / "results.json"
+    evaluated_dense = json.loads(dense.read_text())
+    for overrides, redone in (({"latency_repeats": 3}, False), ({"pgd_steps": 3}, True)):
+        messages.clear()
+        reproduce(
+            "fashion-mnist-suite", suite_root, scale=0.01, overrides={**FAST, **overrides},
+            only=["dense"], progress=False, log=messages.append,
+        )  # fmt: skip
+        assert any("evaluating again" in m for m in messages) == redone
+        assert (json.loads(dense.read_text()) == evaluated_dense) != redone
     # Other training settings for a finished step are refused, not mixed in.
     with pytest.raises(ConfigError, match=r"other settings \(attack_steps\)"):
         reproduce(

@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser(
         "reproduce", help="run a paper table's recipe end to end and compare with the paper"
     )
-    reproduce.add_argument("recipe", help="a recipe with steps, e.g. fashion-mnist, mad-cifar10")
+    reproduce.add_argument(
+        "recipe", help="a recipe with steps, e.g. fashion-mnist-suite, mad-cifar10"
+    )
     reproduce.add_argument("--data-dir", help="where the datasets are (standard formats)")
     reproduce.add_argument("--download", action="store_true", help="fetch missing datasets")
     reproduce.add_argument(

@@ -135,7 +135,13 @@ class Step:
         return {"kind": self.kind, "method": self.method, "settings": settings}
 
     def evaluation_record(self) -> dict[str, Any] | None:
-        return None if self.evaluate is None else self._described(self.evaluate)
+        """The evaluation settings that change what is measured under attack: a change of these
+        drops a finished evaluation (latency_repeats changes none of it)."""
+        if self.evaluate is None:
+            return None
+        record = self._described(self.evaluate)
+        record.pop("latency_repeats")
+        return record
 
     def describe(self) -> str:
         if self.kind == "train":
