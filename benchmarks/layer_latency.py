@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from advprune.export import EXPORTED
+from advprune.core.run_dir import RunDir
 from advprune.models import create_model, input_shape
 from advprune.models.serialization import ARCHITECTURE_KEYS, load_model
 
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    exported, metadata = load_model(args.run_dir / EXPORTED / "model.safetensors")
+    exported, metadata = load_model(RunDir(args.run_dir).exported / "model.safetensors")
     architecture = metadata["architecture"]
     dense = create_model(**{key: architecture[key] for key in ARCHITECTURE_KEYS})
     shape = input_shape(architecture)

@@ -130,10 +130,13 @@ def build(name: str) -> nn.Module:
     return create_model(name, 10, 1, image_size=28)
 
 
+@pytest.mark.parametrize("round_to", [1, 8])
 @pytest.mark.parametrize(
     ("name", "channels", "size"), [("lenet5-caffe", 1, 28), ("tiny-residual", 3, 16)]
 )
-def test_the_exported_network_computes_what_the_gated_one_does(tmp_path, name, channels, size):
+def test_the_exported_network_computes_what_the_gated_one_does(
+    tmp_path, name, channels, size, round_to
+):
     torch.manual_seed(0)
     model = build(name)
     example = torch.zeros(1, channels, size, size)
@@ -146,13 +149,21 @@ def test_the_exported_network_computes_what_the_gated_one_does(tmp_path, name, c
     with torch.no_grad():  # logits that vary by ~1 between inputs: 1e-4 is a tight tolerance
         logits = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         logits.weight.div_(model(x).std(0).mean())
-    exported = export_gated(model, example)
+    exported = export_gated(model, example, round_to)
     with torch.no_grad():
         gated_out, exported_out = model(x), exported(x)
     assert (gated_out - exported_out).abs().max() < 1e-4
     assert not find_gates(exported)
+    # A conv keeps its gate's units, rounded up to a multiple of round_to (padding) but never
+    # above its original width.
+    for gate in find_gates(model):
+        if gate.kind == "channels" and len(gate.layers) == 1:
+            kept, width = int(gate.keep().sum()), gate.units
+            expected = min(width, -(-max(kept, 1) // round_to) * round_to)
+            assert exported.get_submodule(gate.layers[0]).out_channels == expected, gate.layers
     params = sum(p.numel() for p in exported.parameters())
-    assert params < 0.7 * sum(p.numel() for p in fold_gates(model, example).parameters())
+    folded = sum(p.numel() for p in fold_gates(model, example).parameters())
+    assert params < 0.7 * folded if round_to == 1 else params <= folded  # tiny-residual: 8 wide
 
     if name == "tiny-residual":
         return

@@ -144,7 +144,8 @@ def cmd_prune_anpvs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from advprune.export import export_run
 
-    export_run(args.run_dir, threads=args.threads, repeats=args.repeats)
+    rounding = {} if args.round_to is None else {"round_to": args.round_to}
+    export_run(args.run_dir, threads=args.threads, repeats=args.repeats, **rounding)
     return 0
 
 
@@ -291,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="an ANP-VS run directory")
     export.add_argument("--threads", type=int, default=1, help="CPU threads for the latency")
     export.add_argument("--repeats", type=int, default=30, help="timed passes (median)")
+    export.add_argument(
+        "--round-to",
+        type=int,
+        help="keep widths multiples of N where they can be, with unused units as padding "
+        "(default 8; 1: the exact pruned widths)",
+    )
     export.set_defaults(handler=cmd_export)
 
     evaluate = commands.add_parser("eval", help="evaluate a run under attacks; writes results.json")

@@ -20,12 +20,10 @@ from advprune.core.io import atomic_write_json, read_json
 from advprune.core.run_dir import RunDir
 from advprune.evaluation.complexity import gated_complexity
 from advprune.evaluation.latency import latency_comparison
-from advprune.masks.export import export_gated, layer_shapes
+from advprune.masks.export import ROUND_TO, export_gated, layer_shapes
 from advprune.masks.gated import find_gates
 from advprune.models import create_model, input_shape
 from advprune.models.serialization import ARCHITECTURE_KEYS, load_model, save_model
-
-EXPORTED = "exported"
 
 
 def export_run(
@@ -34,11 +32,13 @@ def export_run(
     threads: int = 1,
     repeats: int = 30,
     batch_sizes: Sequence[int] = (1, 128),
+    round_to: int = ROUND_TO,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Export the run's gated model, measure it, and merge the figures into results.json."""
-    if threads < 1 or repeats < 1 or any(b < 1 for b in batch_sizes):
-        raise ConfigError("threads, repeats and batch sizes must be ≥ 1")
+    """Export the run's gated model (widths multiples of `round_to` where they can be), measure
+    it, and merge the figures into results.json."""
+    if threads < 1 or repeats < 1 or round_to < 1 or any(b < 1 for b in batch_sizes):
+        raise ConfigError("threads, repeats, round_to and batch sizes must be ≥ 1")
     run = RunDir.existing(run_dir)
     model, metadata = load_model(run.model)
     if not find_gates(model):
@@ -48,8 +48,8 @@ def export_run(
         )
     architecture = metadata["architecture"]
     shape = input_shape(architecture)
-    exported = export_gated(model, torch.zeros(1, *shape))
-    target = RunDir.create(run.path / EXPORTED)
+    exported = export_gated(model, torch.zeros(1, *shape), round_to)
+    target = RunDir.create(run.exported)
     save_model(
         target.model,
         exported,

@@ -122,6 +122,11 @@ class RunDir:
     def results(self) -> Path:
         return self.path / "results.json"
 
+    @property
+    def exported(self) -> Path:
+        """A gated run's physically smaller network (`advprune export`), a run directory itself."""
+        return self.path / "exported"
+
 
 def _command() -> str:
     """This process's program and subcommand, e.g. "advprune train" (also for python -m)."""

@@ -287,8 +287,10 @@ def evaluate_run(
     previous = read_json(run.results, "results") if run.results.exists() else {}
     if config.latency_repeats and "latency" not in previous:  # an exported run has its own
         results["latency"] = model_latency(model, shape, repeats=config.latency_repeats)
-    if find_gates(model):
-        results.update(gated_complexity(model, shape))
+    if find_gates(model):  # the exported network's sizes, as `advprune export` wrote it
+        exported_file = run.exported / "model.safetensors"
+        exported = load_model(exported_file, device=device)[0] if exported_file.exists() else None
+        results.update(gated_complexity(model, shape, exported))
     if "vulnerability" in results:
         plot_vulnerability(
             results["vulnerability"]["per_layer"],

@@ -7,10 +7,18 @@ of a linear layer after a flatten), until no unread unit is left. A flattened po
 with its channel only: where the gates pruned some positions of a kept channel, those columns stay
 as zeros (a plain network has no layer that drops single positions).
 
+With `round_to` r > 1 a layer keeps its width a multiple of r where it can: it keeps some unread
+units as padding (their incoming weights zeroed, so they compute 0 and pin nothing upstream).
+The outputs are unchanged; CPU and GPU kernels are vectorised over 8 or 16 channels, and on this
+CPU LeNet-5-Caffe's first layer is 2× faster with 16 channels than with 14 (docs/benchmarks.md).
+Torch-Pruning's `round_to` serves the same purpose.
+
 `export_gated` checks that the result computes what the gated model computes.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch_pruning
@@ -22,11 +30,15 @@ from advprune.models.features import trace_layer_chains
 
 LAYERS = (*CONVS, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+ROUND_TO = 8  # exported widths: multiples of 8 where they can be (SIMD lanes, tensor cores)
 EXPORT_TOLERANCE = 1e-4  # max |exported − gated| on random inputs, relative to the logits' scale
 
 
-def _unread_units(graph: torch_pruning.DependencyGraph, group: torch_pruning.Group) -> list[int]:
-    """Root indices of `group` that every conv/linear reader ignores (all-zero input weights)."""
+def _unread_units(
+    graph: torch_pruning.DependencyGraph, group: torch_pruning.Group, round_to: int
+) -> tuple[list[int], list[int]]:
+    """Root indices of `group` that every conv/linear reader ignores (all-zero input weights):
+    (those to remove, those kept as padding so that the width stays a multiple of `round_to`)."""
     size = len(group[0].idxs)
     read = torch.zeros(size, dtype=torch.bool)
     has_reader = False
@@ -35,27 +47,55 @@ def _unread_units(graph: torch_pruning.DependencyGraph, group: torch_pruning.Gro
         if not graph.is_in_channel_pruning_fn(item.dep.handler) or not isinstance(layer, LAYERS):
             continue
         if isinstance(layer, CONVS) and layer.groups != 1:
-            return []
+            return [], []
         has_reader = True
         weight = layer.weight.detach()
         columns = weight.transpose(0, 1).reshape(weight.shape[1], -1)[item.idxs]
         used = columns.ne(0).any(dim=1).cpu()
         read[torch.as_tensor(item.root_idxs)[used]] = True
     if not has_reader:
-        return []
+        return [], []
     unread = (~read).nonzero().flatten().tolist()
-    return unread[1:] if len(unread) == size else unread  # keep one unit: no zero-width layers
+    needed = max(1, size - len(unread))  # no zero-width layers
+    kept = min(size, math.ceil(needed / round_to) * round_to)
+    return unread[: size - kept], unread[size - kept :]
+
+
+def _silence(
+    graph: torch_pruning.DependencyGraph, group: torch_pruning.Group, units: list[int]
+) -> bool:
+    """Zero the incoming weights and bias of the group's `units` (root indices) in the layers that
+    produce them; True if any was non-zero. Unread units compute nothing anyone uses, and zeroed
+    they no longer read, so the units upstream that only they read can go."""
+    changed = False
+    for item in group:
+        layer = item.dep.target.module
+        if not graph.is_out_channel_pruning_fn(item.dep.handler) or not isinstance(layer, LAYERS):
+            continue
+        rows = [idx for idx, root in zip(item.idxs, item.root_idxs, strict=True) if root in units]
+        for tensor in (layer.weight, layer.bias):
+            if tensor is not None and tensor[rows].ne(0).any():
+                tensor[rows] = 0
+                changed = True
+    return changed
 
 
 @torch.no_grad()
-def remove_unread_units(model: nn.Module, example: Tensor, output_layer: str) -> int:
-    """Remove, in place, every unit no layer reads; returns how many were removed."""
+def remove_unread_units(
+    model: nn.Module, example: Tensor, output_layer: str, round_to: int = 1
+) -> int:
+    """Remove, in place, every unit no layer reads (keeping widths a multiple of `round_to`
+    where they can be); returns how many were removed."""
+    if round_to < 1:
+        raise ValueError(f"round_to must be ≥ 1, got {round_to}")
     ignored = [model.get_submodule(output_layer)]
     removed = 0
     while True:
         graph = dependency_graph(model, example)
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=LAYERS):
-            unread = _unread_units(graph, group)
+            unread, padding = _unread_units(graph, group, round_to)
+            if padding and _silence(graph, group, padding):
+                break  # upstream units may now be unread: look again
             if unread:
                 root = group[0].dep
                 graph.get_pruning_group(root.target.module, root.handler, unread).prune()
@@ -73,8 +113,9 @@ def max_output_difference(first: nn.Module, second: nn.Module, example: Tensor) 
         return (first.eval()(x) - second.eval()(x)).abs().max().item()
 
 
-def export_gated(model: nn.Module, example: Tensor) -> nn.Module:
-    """The plain, smaller network that computes what the gated `model` computes in eval mode."""
+def export_gated(model: nn.Module, example: Tensor, round_to: int = ROUND_TO) -> nn.Module:
+    """The plain, smaller network that computes what the gated `model` computes in eval mode,
+    its widths multiples of `round_to` where the pruned widths allow."""
     chains = trace_layer_chains(model, example)
     output = next((name for name, chain in chains.items() if chain.is_output), None)
     if output is None:
@@ -82,7 +123,7 @@ def export_gated(model: nn.Module, example: Tensor) -> nn.Module:
             "cannot find the layer that produces the model's output; export needs one"
         )
     exported = fold_gates(model, example)
-    remove_unread_units(exported, example, output)
+    remove_unread_units(exported, example, output, round_to)
     difference = max_output_difference(model, exported, example)
     with torch.no_grad():
         scale = max(1.0, model.eval()(example).abs().max().item())
