@@ -60,13 +60,13 @@ LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last
 def best_layout_latencies(
     models: dict[str, nn.Module],
     input_shape: Sequence[int],
-    batch_size: int,
+    batch_sizes: Sequence[int],
     *,
     threads: int = 1,
     repeats: int = 30,
-) -> dict[str, dict[str, Any]]:
-    """Each model timed in both memory layouts and counted in its faster one:
-    {name: {"wall": ms, "cpu": ms, "layout": "nchw" | "channels_last"}}.
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Each model timed in both memory layouts and counted in its faster one, per batch size:
+    {batch_size: {name: {"wall": ms, "cpu": ms, "layout": "nchw" | "channels_last"}}}.
 
     On CPU a layout can change a layer's time several-fold (NCHW max-pooling is ~7× slower than
     channels_last here); a speed-up over a baseline left in its slow layout would be the
@@ -77,16 +77,22 @@ def best_layout_latencies(
         for name, model in models.items()
         for layout, memory_format in LAYOUTS.items()
     }
-    ms = measure_latencies(copies, input_shape, batch_size, threads=threads, repeats=repeats)
-    best = {}
-    for name in models:
-        layout = min(LAYOUTS, key=lambda layout: ms["wall"][(name, layout)])
-        best[name] = {
-            "wall": ms["wall"][(name, layout)],
-            "cpu": ms["cpu"][(name, layout)],
-            "layout": layout,
-        }
+    best: dict[int, dict[str, dict[str, Any]]] = {}
+    for batch_size in batch_sizes:
+        ms = measure_latencies(copies, input_shape, batch_size, threads=threads, repeats=repeats)
+        best[batch_size] = {}
+        for name in models:
+            layout = min(LAYOUTS, key=lambda layout: ms["wall"][(name, layout)])
+            best[batch_size][name] = {
+                "wall": ms["wall"][(name, layout)],
+                "cpu": ms["cpu"][(name, layout)],
+                "layout": layout,
+            }
     return best
+
+
+def _header(threads: int, repeats: int) -> dict[str, Any]:
+    return {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
 
 
 def model_latency(
@@ -99,17 +105,20 @@ def model_latency(
 ) -> dict:
     """Median CPU latency (ms) of `model` per batch size, in its faster layout, so that every run
     of a report has one (unstructured sparsity leaves it unchanged: dense kernels)."""
-    result: dict = {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
-    for batch_size in batch_sizes:
-        best = best_layout_latencies(
-            {"model": model}, input_shape, batch_size, threads=threads, repeats=repeats
-        )["model"]
-        result[f"batch_{batch_size}"] = {
-            "model": best["wall"],
-            "layout": best["layout"],
-            "cpu_time": best["cpu"],
-        }
-    return result
+    best = best_layout_latencies(
+        {"model": model}, input_shape, batch_sizes, threads=threads, repeats=repeats
+    )
+    return {
+        **_header(threads, repeats),
+        **{
+            f"batch_{batch_size}": {
+                "model": times["model"]["wall"],
+                "layout": times["model"]["layout"],
+                "cpu_time": times["model"]["cpu"],
+            }
+            for batch_size, times in best.items()
+        },
+    }
 
 
 def latency_comparison(
@@ -124,18 +133,16 @@ def latency_comparison(
     """Dense vs exported median latency (ms) per batch size, each in its faster layout (named
     under "layout"), and the speed-up dense/exported in wall-clock time, with the same in CPU
     time under "cpu_time"."""
-    result: dict = {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
     models = {"dense": dense, "exported": exported}
-    for batch_size in batch_sizes:
-        best = best_layout_latencies(
-            models, input_shape, batch_size, threads=threads, repeats=repeats
-        )
-        wall = {name: best[name]["wall"] for name in models}
-        cpu = {name: best[name]["cpu"] for name in models}
+    best = best_layout_latencies(models, input_shape, batch_sizes, threads=threads, repeats=repeats)
+    result = _header(threads, repeats)
+    for batch_size, times in best.items():
+        wall = {name: times[name]["wall"] for name in models}
+        cpu = {name: times[name]["cpu"] for name in models}
         result[f"batch_{batch_size}"] = {
             **wall,
             "speedup": wall["dense"] / wall["exported"],
-            "layout": {name: best[name]["layout"] for name in models},
+            "layout": {name: times[name]["layout"] for name in models},
             "cpu_time": {**cpu, "speedup": cpu["dense"] / max(cpu["exported"], 1e-9)},
         }
     return result

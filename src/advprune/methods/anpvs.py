@@ -154,9 +154,11 @@ class ANPVSTraining(TrainingMethod):
         gates = {id(parameter) for parameter in gate_parameters(self.gates)}
         return [parameter for parameter in model.parameters() if id(parameter) not in gates]
 
-    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, context: StepContext) -> Tensor:
+    def _adversarial(
+        self, model: nn.Module, x: Tensor, y: Tensor, noise: tuple[Any, tuple[int, int]]
+    ) -> Tensor:
         """x̃ against the network as evaluated: deterministic gates and frozen BN (official)."""
-        attack = context.attack
+        generator, noise_shard = noise
         model.eval()
         try:
             return pgd(
@@ -166,8 +168,8 @@ class ANPVSTraining(TrainingMethod):
                 self.train.eps,
                 alpha=self.train.attack_step_size,
                 steps=self.train.attack_steps,
-                generator=attack.generator if attack else None,
-                noise_shard=attack.noise_shard if attack else (0, 1),
+                generator=generator,
+                noise_shard=noise_shard,
             )
         finally:
             model.train()
@@ -192,12 +194,10 @@ class ANPVSTraining(TrainingMethod):
         # forward (docs/scaling.md, "Methods under DDP").
         net = unwrap(model)
         attack = context.attack
-        x_adv = self._adversarial(net, x, y, context)
+        noise = (attack.generator, attack.noise_shard) if attack else (None, (0, 1))
+        x_adv = self._adversarial(net, x, y, noise)
         weights = [p for group in optimizer.param_groups for p in group["params"]]
-        sample = contextlib.nullcontext()
-        if self.gates:
-            noise = (attack.generator, attack.noise_shard) if attack else (None, (0, 1))
-            sample = held_sample(self.gates, *noise)
+        sample = held_sample(self.gates, *noise) if self.gates else contextlib.nullcontext()
         with sample, autocast(x.device, self.train.precision):
             logits, clean_features = self._forward(net, x)
             logits_adv, adversarial_features = self._forward(net, x_adv)
