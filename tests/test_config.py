@@ -61,7 +61,7 @@ def test_execution_keys_do_not_count_as_changes():
     assert Settings.from_dict({"device": "cuda"}).changed(saved) == []
     other = Settings.from_dict({"finetune_lr": 0.5})
     assert other.changed(saved) == ["finetune_lr"]
-    with pytest.raises(ConfigError, match="started with finetune_lr=None, not 0.5"):
+    with pytest.raises(ConfigError, match=r"started with finetune_lr=None, not 0\.5"):
         other.check_resume(saved, "the run in x")
 
 
