@@ -9,12 +9,13 @@ from torch import nn
 from advprune.attacks import ATTACKS
 from advprune.cli import main
 from advprune.core.errors import ConfigError
-from advprune.gated_pruning import anpvs_configs, run_anpvs
 from advprune.masks.gated import find_gates, held_sample, insert_gates
+from advprune.methods import PruneSettings, create_method
 from advprune.methods.anpvs import vulnerability_suppression_loss
 from advprune.models import create_model
 from advprune.models.features import capture_features
 from advprune.models.serialization import load_model
+from advprune.pipelines import prune_run
 from advprune.reproduction import make_plan
 from advprune.training import TrainConfig, train
 from advprune.training import trainer as trainer_module
@@ -68,21 +69,17 @@ def anpvs_flags(dense_run, run_dir, *extra: str) -> list[str]:
         "prune",
         "--method",
         "anpvs",
-        "--init",
+        "--from",
         str(dense_run),
-        "--epochs",
+        "--finetune-epochs",
         "1",
-        "--batch-size",
+        "--finetune-batch-size",
         "16",
-        "--attack-steps",
+        "--finetune-attack-steps",
         "2",
         "--limit-train",
         "512",
-        "--limit-test",
-        "64",
-        "--monitor-examples",
-        "0",
-        "--schedule",
+        "--finetune-schedule",
         "constant",
         "--gate-lr",
         "0.2",
@@ -118,7 +115,7 @@ def test_an_anpvs_run_prunes_exports_and_records_its_sizes(anpvs_run):
 
     gated, metadata = load_model(anpvs_run / "model.safetensors")
     exported, exported_metadata = load_model(anpvs_run / "exported" / "model.safetensors")
-    assert metadata["method"]["name"] == "anp-vs" and find_gates(gated)
+    assert metadata["method"]["name"] == "anpvs" and find_gates(gated)
     assert not find_gates(exported) and "exported" in exported_metadata["method"]["name"]
     x = torch.rand(32, 1, 28, 28)
     with torch.no_grad():
@@ -195,24 +192,22 @@ def test_autoattack_on_the_deterministic_gated_model_does_not_beat_pgd():
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(dense_run, tmp_path, monkeypatch):
-    values = {
-        "init": str(dense_run),
-        "epochs": 2,
-        "batch_size": 32,
-        "attack_steps": 1,
-        "limit_train": 128,
-        "limit_test": 64,
-        "monitor_examples": 0,
-        "schedule": "constant",
+    own = {
+        "finetune_epochs": 2,
+        "finetune_batch_size": 32,
+        "finetune_attack_steps": 1,
+        "finetune_schedule": "constant",
         "gate_lr": 0.2,
         "beta": 0.03,
         "dense_gate_init": 1.0,
     }
-    train_config, config = anpvs_configs(values)
-    assert (train_config.model, train_config.eps) == ("lenet300-100", 0.1)  # from --init
-    quiet = {"progress": False, "log": lambda _: None, "export": False}
-    run_anpvs(train_config, config, tmp_path / "whole", **quiet)
+    settings = PruneSettings(method="anpvs", from_run=str(dense_run), limit_train=128)
 
+    def run(run_dir, **changes):
+        method = create_method("anpvs", {**own, **changes})
+        return prune_run(settings, method, run_dir, progress=False, log=lambda _: None)
+
+    run(tmp_path / "whole")
     real_save = trainer_module.save_training_state
 
     def save_then_die(*args, **kwargs):
@@ -221,12 +216,13 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(dense_run, tmp_path,
 
     monkeypatch.setattr(trainer_module, "save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_anpvs(train_config, config, tmp_path / "resumed", **quiet)
+        run(tmp_path / "resumed")
     monkeypatch.setattr(trainer_module, "save_training_state", real_save)
     with pytest.raises(ConfigError, match="other settings"):
-        run_anpvs(*anpvs_configs({**values, "beta": 1.0}), tmp_path / "resumed", **quiet)
-    run_anpvs(train_config, config, tmp_path / "resumed", **quiet)
-    whole, _ = load_model(tmp_path / "whole" / "model.safetensors")
+        run(tmp_path / "resumed", beta=1.0)
+    run(tmp_path / "resumed")
+    whole, metadata = load_model(tmp_path / "whole" / "model.safetensors")
+    assert (metadata["config"]["model"], metadata["config"]["eps"]) == ("lenet300-100", 0.1)
     resumed, _ = load_model(tmp_path / "resumed" / "model.safetensors")
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -236,9 +232,9 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(dense_run, tmp_path,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--sparsity", "0.5"], "--sparsity does not apply to --method anpvs"),
+        (["--sparsity", "0.5"], "anpvs learns what to remove; drop --sparsity"),
         (["--no-gates", "--vs-lambda", "0"], "neither pruning nor VS"),
-        (["--objective", "trades"], "objective do(es) not apply to ANP-VS"),
+        (["--finetune-objective", "trades"], "ANP-VS sets its own loss"),
         (["--threshold", "2"], "threshold must be in"),
     ],
 )
@@ -251,7 +247,11 @@ def test_impossible_anpvs_settings_fail_in_one_line(dense_run, tmp_path, capsys,
 def test_anpvs_flags_are_refused_for_the_other_methods(dense_run, tmp_path, capsys):
     flags = ["--quiet", "prune", "--method", "magnitude", "--from", str(dense_run)]
     assert main([*flags, "--vs-lambda", "0.1", "--run-dir", str(tmp_path)]) == 2
-    assert "--vs-lambda applies to --method anpvs only" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert (
+        "unrecognized arguments: --vs-lambda 0.1 (--vs-lambda is an option of --method anpvs)"
+        in error
+    )
 
 
 @pytest.mark.parametrize(
@@ -266,8 +266,8 @@ def test_the_paper_recipes_hold_the_papers_settings(recipe, dataset, beta, vs_la
     steps = {step.name: step for step in make_plan(recipe, tmp_path).steps}
     (base,) = steps["base"].configs
     assert (base.dataset, base.objective, base.optimizer) == (dataset, "standard", "adam")
-    train_config, config = steps["anpvs"].configs
+    assert base.eps == (0.3 if dataset == "mnist" else 0.03)
+    _settings, config = steps["anpvs"].configs
     assert (config.beta, config.vs_lambda, config.gate_lr) == (beta, vs_lambda, 0.01)
-    assert steps["anpvs"].needs["init"] == "base"
-    assert train_config.epochs == 200 and train_config.lr == 1e-3
-    assert train_config.eps == (0.3 if dataset == "mnist" else 0.03)
+    assert steps["anpvs"].needs["from_run"] == "base"
+    assert config.finetune.epochs == 200 and config.finetune.lr == 1e-3

@@ -18,16 +18,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from advprune.core.seeding import seed_everything
 from advprune.data import BatchLoader, get_spec
-from advprune.gated_pruning import anpvs_configs, run_anpvs
 from advprune.masks import WeightMasks
 from advprune.methods import compute_saliency
 from advprune.methods.mad import load_saliency
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model
-from advprune.pruning import PruneConfig, prune_run
 from advprune.training import TrainConfig, train
 from advprune.training.method import MaskedTraining
 from advprune.training.trainer import load_training_data
+from conftest import prune_tiny
 
 SRC = Path(__file__).parents[1] / "src"
 
@@ -141,12 +140,12 @@ def test_mad_pruning_on_two_processes_sums_the_saliency_and_fine_tunes_as_one(
     dense = tmp_path / "dense"
     shutil.copytree(two, dense)
     prune = {"method": "mad", "sparsity": 0.8, "finetune_epochs": 1, "mask_steps": 2}
-    prune["saliency_batch_size"] = 64
+    prune.update(saliency_batch_size=64, cache_dir=str(tmp_path / "cache"), allow_chance=True)
     done = torchrun("prune", *flags(prune), "--from", str(dense), "--run-dir", str(tmp_path / "p2"))
     assert done.stdout.count("mad: pruned") == 1
 
     # The saliency on disk is the mean over both ranks' shards, each scored as one process would.
-    (cache,) = dense.glob("saliency-*.safetensors")
+    (cache,) = (tmp_path / "cache").glob("mad-saliency-*.safetensors")
     saliency, settings = load_saliency(cache)
     assert settings["world_size"] == 2
     model, _ = load_model(dense / "model.safetensors")
@@ -154,7 +153,7 @@ def test_mad_pruning_on_two_processes_sums_the_saliency_and_fine_tunes_as_one(
     expected, batches = {}, 0
     for rank in range(2):
         shard = BatchLoader(
-            data.train, None, 64, shuffle=False, augment=False, rank=rank, world_size=2
+            data.train, data.spec, 64, shuffle=True, augment=True, rank=rank, world_size=2
         )
         scores = compute_saliency(
             model, shard, eps=0.1, attack_steps=2, mask_steps=2, seed=0, progress=False
@@ -197,23 +196,26 @@ def test_anpvs_on_two_processes_matches_one_and_only_rank_0_writes(pgd_at_runs, 
     from the trained dense model on two processes must end where one process does, gates included.
     """
     dense = pgd_at_runs[0]
-    anpvs = {key: value for key, value in PGD_AT.items() if key != "objective"}
-    anpvs.update(init=str(dense), vs_lambda=0.01, gate_lr=0.05, dense_gate_init=3.0)
-    done = torchrun("prune", "--method", "anpvs", *flags(anpvs), "--run-dir", str(tmp_path / "two"))
-    assert done.stdout.count("ANP-VS model written") == 1
+    anpvs = {f"finetune_{key}": PGD_AT[key] for key in ("epochs", "batch_size", "attack_steps")}
+    anpvs.update(finetune_optimizer="adam", finetune_lr=1e-3, finetune_weight_decay=1e-4)
+    anpvs.update(limit_train=512, seed=5, checkpoint_every=3)
+    anpvs.update(vs_lambda=0.01, gate_lr=0.05, dense_gate_init=3.0)
+    done = torchrun(
+        "prune", "--method", "anpvs", "--from", str(dense), *flags(anpvs),
+        "--run-dir", str(tmp_path / "two"),
+    )  # fmt: skip
+    assert done.stdout.count("pruned model written") == 1
     assert files(tmp_path / "two") == [
-        "anpvs.yaml",
         "checkpoint.safetensors",
         "config.yaml",
         "exported/model.safetensors",
         "gates.json",
         "metrics.jsonl",
         "model.safetensors",
+        "prune.yaml",
         "results.json",
     ]
-    one = run_anpvs(
-        *anpvs_configs(anpvs), tmp_path / "one", export=False, progress=False, log=quiet
-    ).state_dict()
+    one = prune_tiny(dense, tmp_path / "one", "anpvs", allow_chance=False, **anpvs).state_dict()
     two, _ = load_model(tmp_path / "two" / "model.safetensors")
     initial, _ = load_model(dense / "model.safetensors")
     for name, start in initial.state_dict().items():  # the weights trained...
@@ -238,9 +240,9 @@ def test_hydra_on_two_processes_learns_the_scores_and_fine_tunes_as_one(pgd_at_r
     done = torchrun(
         "prune", *flags(hydra), "--from", str(dense), "--run-dir", str(tmp_path / "two")
     )
-    assert done.stdout.count("pruned, fine-tuned model written") == 1
-    config = PruneConfig(**hydra, from_run=str(dense))
-    one = prune_run(config, tmp_path / "one", progress=False, log=quiet).state_dict()
+    assert done.stdout.count("pruned model written") == 1
+    settings = {key: value for key, value in hydra.items() if key != "method"}
+    one = prune_tiny(dense, tmp_path / "one", "hydra", allow_chance=False, **settings).state_dict()
     two, _ = load_model(tmp_path / "two" / "model.safetensors")
     for phase in ("scores/masks.safetensors", "masks.safetensors"):
         masks_one, _ = WeightMasks.load(tmp_path / "one" / phase)

@@ -9,7 +9,7 @@ from torch import nn
 from advprune.masks.export import export_gated, layer_shapes
 from advprune.masks.gated import find_gates, fold_gates, insert_gates, remove_gates
 from advprune.masks.gates import BetaBernoulliGate, kumaraswamy_beta_kl, kumaraswamy_mean
-from advprune.methods.anpvs import ANPVSConfig, ANPVSTraining
+from advprune.methods.anpvs import ANPVSSettings, ANPVSTraining
 from advprune.models import create_model
 from advprune.models.serialization import load_model, save_model
 from advprune.training import TrainConfig
@@ -215,7 +215,7 @@ def test_gates_prune_pure_noise_inputs_and_keep_the_signal():
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
     train = TrainConfig(eps=0.05, attack_steps=2, optimizer="adam", lr=1e-2).validate()
-    config = ANPVSConfig(beta=2.0, gate_lr=0.1, dense_gate_init=2.0)
+    config = ANPVSSettings(beta=2.0, gate_lr=0.1, dense_gate_init=2.0)
     method = ANPVSTraining(config, train, (signal + noise,))
     method.prepare(model)
     optimizer = torch.optim.Adam(method.weight_parameters(model), lr=1e-2)

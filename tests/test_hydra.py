@@ -6,18 +6,13 @@ from torch import nn
 
 from advprune.core.errors import ConfigError
 from advprune.core.tensor_files import load_tensors
-from advprune.masks import WeightMasks, prunable_parameters, select
-from advprune.methods.hydra import (
-    ScoredNetwork,
-    ScoreTraining,
-    hydra_masks,
-    pruned_count,
-    scaled_scores,
-)
+from advprune.masks import WeightMasks, prunable_parameters, pruned_count, select
+from advprune.methods import PruneSettings, create_method
+from advprune.methods.hydra import ScoredNetwork, ScoreTraining, hydra_masks, scaled_scores
 from advprune.models import create_model
 from advprune.models.serialization import load_model
-from advprune.pruning import PruneConfig, prune_run
 from advprune.training import TrainConfig, train
+from conftest import prune_tiny
 
 SPARSITY = 0.9
 
@@ -51,15 +46,11 @@ def dense_run(tmp_path_factory):
     return run_dir
 
 
-def hydra(dense_run, **overrides) -> PruneConfig:
-    values = dict(
-        method="hydra",
-        from_run=str(dense_run),
-        sparsity=SPARSITY,
-        score_epochs=1,
-        finetune_epochs=1,
-    )
-    return PruneConfig(**{**values, **overrides})
+HYDRA = dict(sparsity=SPARSITY, score_epochs=1, finetune_epochs=1)
+
+
+def hydra(dense_run, run_dir, log=quiet, **overrides):
+    return prune_tiny(dense_run, run_dir, "hydra", log=log, **{**HYDRA, **overrides})
 
 
 def lenet() -> nn.Module:
@@ -110,7 +101,7 @@ def test_score_training_moves_the_scores_only(dense_run, tmp_path):
     dense_model, _ = load_model(dense_run / "model.safetensors")
     method = ScoreTraining(SPARSITY)
     train(
-        dense_config(optimizer="sgd", lr=0.1, schedule="cosine"),
+        dense_config(optimizer="sgd", lr=0.1, schedule="cosine", allow_chance=True),
         str(tmp_path),
         progress=False,
         log=quiet,
@@ -140,7 +131,8 @@ def test_score_training_moves_the_scores_only(dense_run, tmp_path):
 
 
 def test_hydra_prune_keeps_exactly_k_weights_per_layer_at_zero(dense_run, tmp_path):
-    model = prune_run(hydra(dense_run), tmp_path, progress=False, log=quiet)
+    model = hydra(dense_run, tmp_path / "run")
+    tmp_path = tmp_path / "run"
     masks, _ = WeightMasks.load(tmp_path / "masks.safetensors")
     learnt, _ = WeightMasks.load(tmp_path / "scores" / "masks.safetensors")
     parameters = dict(model.named_parameters())
@@ -151,7 +143,12 @@ def test_hydra_prune_keeps_exactly_k_weights_per_layer_at_zero(dense_run, tmp_pa
         assert torch.count_nonzero(parameters[name][~keep]) == 0, name
     _, metadata = load_model(tmp_path / "model.safetensors")
     assert metadata["method"]["name"] == "hydra"
-    assert metadata["method"]["score_epochs"] == 1
+    assert metadata["method"]["settings"]["score"]["epochs"] == 1
+    assert metadata["method"]["settings"]["score"]["objective"] == "trades"
+    assert metadata["config"]["objective"] == "trades" and metadata["config"]["beta"] == 6.0
+    scores_config = TrainConfig.load(tmp_path / "scores" / "config.yaml")
+    assert (scores_config.objective, scores_config.beta) == ("trades", 6.0)
+    assert (scores_config.schedule, scores_config.weight_decay) == ("cosine", 1e-4)
 
 
 def stop_at_epoch(count: int):
@@ -170,19 +167,19 @@ def stop_at_epoch(count: int):
 @pytest.fixture(scope="module")
 def uninterrupted(dense_run, tmp_path_factory):
     """HYDRA with two epochs in each phase, run without a stop: what a resumed run must equal."""
-    config = hydra(dense_run, score_epochs=2, finetune_epochs=2)
-    return config, prune_run(config, tmp_path_factory.mktemp("whole"), progress=False, log=quiet)
+    settings = dict(score_epochs=2, finetune_epochs=2)
+    return settings, hydra(dense_run, tmp_path_factory.mktemp("whole") / "run", **settings)
 
 
 @pytest.mark.parametrize(("stop", "phase"), [(2, "scores"), (4, "fine-tuning")])
-def test_prune_resumes_exactly_in_either_phase(uninterrupted, tmp_path, stop, phase):
-    config, whole = uninterrupted
+def test_prune_resumes_exactly_in_either_phase(dense_run, uninterrupted, tmp_path, stop, phase):
+    settings, whole = uninterrupted
     with pytest.raises(KeyboardInterrupt):
-        prune_run(config, tmp_path / "cut", progress=False, log=stop_at_epoch(stop))
+        hydra(dense_run, tmp_path / "cut", log=stop_at_epoch(stop), **settings)
     scores_done = (tmp_path / "cut" / "scores" / "model.safetensors").exists()
     assert scores_done == (phase == "fine-tuning")
     messages = []
-    resumed = prune_run(config, tmp_path / "cut", progress=False, log=messages.append)
+    resumed = hydra(dense_run, tmp_path / "cut", log=messages.append, **settings)
     assert any("resuming" in m for m in messages)
     for name, tensor in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
@@ -192,12 +189,16 @@ def test_hydra_settings_that_cannot_work(dense_run, tmp_path):
     for overrides, message in (
         ({"scheme": "global"}, "HYDRA prunes layer-wise"),
         ({"order": "largest"}, "drop --order"),
-        ({"score_epochs": 0}, "score_epochs must be ≥ 1"),
-        ({"score_lr": 0.0}, "score_lr must be > 0"),
     ):
         with pytest.raises(ConfigError, match=message):
-            hydra(dense_run, **overrides).validate()
+            create_method("hydra").check(PruneSettings.from_dict(overrides))
+    for overrides, message in (
+        ({"score_epochs": 0}, "epochs must be ≥ 1"),
+        ({"score_lr": 0.0}, "lr must be > 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            create_method("hydra", overrides)
     with pytest.raises(KeyboardInterrupt):
-        prune_run(hydra(dense_run), tmp_path, progress=False, log=stop_at_epoch(1))
+        hydra(dense_run, tmp_path / "run", log=stop_at_epoch(1))
     with pytest.raises(ConfigError, match=r"other settings \(sparsity\)"):
-        prune_run(hydra(dense_run, sparsity=0.5), tmp_path, progress=False, log=quiet)
+        hydra(dense_run, tmp_path / "run", sparsity=0.5)

@@ -321,13 +321,16 @@ def test_one_saliency_pass_serves_every_sparsity(fashion_cnn, fashion_saliency, 
         assert torch.isfinite(pruned(x)).all()
 
 
-def test_mad_pruning_raises_the_adversarial_loss_less_than_random_or_largest_first(
-    fashion_cnn, fashion_saliency
+def test_mad_obd_pruning_raises_the_adversarial_loss_less_than_random_or_largest_first(
+    one_thread, fashion_cnn
 ):
-    model, _, (x, y) = fashion_cnn
+    """mad-obd's ranking carries signal: on this model the published signed ranking does not
+    (it removes the weights whose mask stayed at 1 early; docs/reproductions.md)."""
+    model, train, (x, y) = fashion_cnn
+    saliency = compute_saliency(model, train, eps=0.1, attack_steps=3, form="removal")
 
     def loss_after(order: str) -> float:
-        pruned = mad_masks(fashion_saliency, 0.5, order=order, seed=0).fold(copy.deepcopy(model))
+        pruned = mad_masks(saliency, 0.5, order=order, seed=0).fold(copy.deepcopy(model))
         return adversarial_loss(pruned, x, y)
 
     mad = loss_after("lowest")

@@ -14,7 +14,12 @@ from advprune.masks import (
     select_layerwise,
     select_per_row,
 )
-from advprune.methods import magnitude_masks, magnitude_scores
+from advprune.methods import magnitude_scores
+
+
+def magnitude_masks(model, sparsity, *, scheme="global", include_bias=False):
+    """Magnitude pruning's masks: |w| through the shared selection."""
+    return select(magnitude_scores(model, include_bias=include_bias), sparsity, scheme=scheme)
 
 
 def small_cnn() -> nn.Sequential:

@@ -8,48 +8,19 @@ import torch
 from advprune.cli import main
 from advprune.core.errors import ConfigError
 from advprune.masks import WeightMasks
+from advprune.methods import PruneSettings, create_method
 from advprune.models.serialization import load_model
-from advprune.pruning import PruneConfig, prune_run
-from advprune.training import TrainConfig, train
+from conftest import prune_tiny
+
+FAST_MAD = {"mask_steps": 2, "saliency_fraction": 0.25}
 
 
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("dense")
-    config = TrainConfig(
-        dataset="fashion-mnist",
-        model="lenet300-100",
-        objective="pgd-at",
-        eps=0.1,
-        attack_steps=2,
-        epochs=1,
-        batch_size=64,
-        optimizer="adam",
-        lr=1e-3,
-        limit_train=512,
-        limit_test=64,
-        monitor_examples=0,
-    )
-    train(config, str(run_dir), progress=False, log=lambda _: None)
-    return run_dir
-
-
-def quiet(_: str) -> None:
-    pass
-
-
-@pytest.mark.parametrize("method", ["mad", "magnitude", "random"])
+@pytest.mark.parametrize("method", ["mad", "mad-obd", "magnitude", "random"])
 def test_pruned_run_meets_the_sparsity_and_keeps_zeros(dense_run, tmp_path, method):
-    config = PruneConfig(
-        method=method,
-        from_run=str(dense_run),
-        sparsity=0.9,
-        finetune_epochs=1,
-        mask_steps=2,
-        saliency_fraction=0.25,
-    )
-    model = prune_run(config, tmp_path, progress=False, log=quiet)
-    masks, _ = WeightMasks.load(tmp_path / "masks.safetensors")
+    extra = FAST_MAD if method.startswith("mad") else {}
+    run_dir = tmp_path / "run"
+    model = prune_tiny(dense_run, run_dir, method, sparsity=0.9, finetune_epochs=1, **extra)
+    masks, _ = WeightMasks.load(run_dir / "masks.safetensors")
     parameters = dict(model.named_parameters())
     for name, keep in masks.items():
         assert torch.count_nonzero(parameters[name][~keep]) == 0, name
@@ -57,26 +28,29 @@ def test_pruned_run_meets_the_sparsity_and_keeps_zeros(dense_run, tmp_path, meth
     if method == "mad":  # MAD prunes the classifier (body.5) per output row, bias in its row
         kept_per_row = masks["body.5.weight"].sum(1) + masks["body.5.bias"].int()
         assert len(set(kept_per_row.tolist())) == 1
-    loaded, metadata = load_model(tmp_path / "model.safetensors")
+    loaded, metadata = load_model(run_dir / "model.safetensors")
     assert metadata["method"]["name"] == method
     assert all(torch.equal(loaded.state_dict()[k], v.cpu()) for k, v in model.state_dict().items())
 
 
-def test_mad_saliency_is_cached_in_the_dense_run(dense_run, tmp_path):
-    config = dict(
-        method="mad",
-        from_run=str(dense_run),
-        finetune_epochs=1,
-        mask_steps=2,
-        saliency_fraction=0.25,
-    )
-    prune_run(PruneConfig(sparsity=0.5, **config), tmp_path / "a", progress=False, log=quiet)
-    cached = list(dense_run.glob("saliency-*.safetensors"))
+def test_published_mad_records_the_paper_settings(dense_run, tmp_path):
+    settings = dict(sparsity=0.5, finetune_epochs=1, **FAST_MAD)
+    prune_tiny(dense_run, tmp_path / "run", "mad", **settings)
+    _, metadata = load_model(tmp_path / "run" / "model.safetensors")
+    method = metadata["method"]
+    assert method["label"] == "mad [saliency_fraction=0.25, mask_steps=2]"  # the departures
+    assert method["settings"]["finetune"]["objective"] == "mart"
+    assert metadata["config"]["weight_decay"] == 2e-4 and metadata["config"]["lr"] == 0.1
+
+
+def test_mad_saliency_is_cached_for_every_sparsity(dense_run, tmp_path):
+    settings = dict(finetune_epochs=1, **FAST_MAD)
+    prune_tiny(dense_run, tmp_path / "a", "mad", sparsity=0.5, **settings)
+    cached = list((tmp_path / "cache").glob("mad-saliency-*.safetensors"))
     assert len(cached) == 1
+    assert not list(dense_run.glob("*saliency*")), "nothing is written into the source run"
     messages = []
-    prune_run(
-        PruneConfig(sparsity=0.8, **config), tmp_path / "b", progress=False, log=messages.append
-    )
+    prune_tiny(dense_run, tmp_path / "b", "mad", sparsity=0.8, log=messages.append, **settings)
     assert any("reusing the MAD saliency" in m for m in messages)
 
 
@@ -86,14 +60,18 @@ def test_mad_saliency_is_cached_in_the_dense_run(dense_run, tmp_path):
         ({"sparsity": 1.0}, "sparsity"),
         ({"sparsity": -0.1}, "sparsity"),
         ({"method": "snip"}, "unknown method 'snip'"),
-        ({"from_run": None}, "--from DENSE_RUN_DIR is required"),
         ({"scheme": "blockwise"}, "unknown scheme"),
     ],
 )
 def test_impossible_pruning_settings(dense_run, overrides, message):
     values = {"from_run": str(dense_run), **overrides}
     with pytest.raises(ConfigError, match=message):
-        PruneConfig(**values).validate()
+        PruneSettings.from_dict(values)
+
+
+def test_an_unknown_method_is_an_error_never_a_fallback():
+    with pytest.raises(ConfigError, match=r"unknown method 'magnitud'.*did you mean magnitude"):
+        create_method("magnitud")
 
 
 def prune_magnitude(dense_run, sparsity: str) -> list[str]:

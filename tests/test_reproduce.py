@@ -9,8 +9,9 @@ import pytest
 from advprune.cli import main
 from advprune.core.errors import ConfigError
 from advprune.evaluation import EvalConfig
+from advprune.methods import method_names
 from advprune.recipes import available_recipes, load_recipe
-from advprune.reproduction import PRUNE_METHODS, make_plan, reproduce, runnable_steps
+from advprune.reproduction import make_plan, reproduce, runnable_steps
 from advprune.reproduction.plan import scale_settings
 from advprune.training import TrainConfig
 from dataset_files import (
@@ -131,8 +132,15 @@ def test_set_overrides_every_step_that_has_the_key_and_refuses_unknown_keys(tmp_
 
 # Each step a handful of batches: --scale 0.01 (600 training and 100 test images, 1 epoch), with
 # single-step attacks in training and 2-step ones in evaluation so the test stays fast.
-FAST = {"attack_steps": 1, "pgd_steps": 2, "cw_steps": 2, "mask_steps": 2}
-SUITE_METHODS = [m for m in recipe_methods("fashion-mnist-suite") if m in PRUNE_METHODS]
+FAST = {
+    "attack_steps": 1,
+    "finetune_attack_steps": 1,
+    "pgd_steps": 2,
+    "cw_steps": 2,
+    "mask_steps": 2,
+    "allow_chance": True,  # a handful of batches can leave a 99 % network at chance
+}
+SUITE_METHODS = [m for m in recipe_methods("fashion-mnist-suite") if m in method_names()]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +175,7 @@ def test_fashion_mnist_suite_runs_each_method_at_scale(suite_root, method):
             "clean": 100, "fgsm": 100, "pgd": 100, "cw": 100, "autoattack": autoattack
         }  # fmt: skip
         target = step.setting("sparsity")
-        if method in ("mad", "magnitude", "random", "hydra") and target is not None:
+        if method != "anpvs" and target is not None:
             assert abs(results["sparsity"] - target) < 0.01
     assert (suite_root / "report" / "report.md").is_file()
 
@@ -256,6 +264,7 @@ def data_dir(tmp_path_factory):
 PAPER_FAST = {
     "batch_size": 2, "attack_steps": 1, "pgd_steps": 1, "cw_steps": 1, "mask_steps": 1,
     "monitor_examples": 0, "sanity_examples": 0, "attacks": "clean,fgsm,pgd,cw",
+    "allow_chance": True,  # synthetic images: chance is all there is to learn
 }  # fmt: skip
 
 
@@ -280,7 +289,7 @@ def representative_steps() -> dict[str, list[str]]:
             if step.kind == "train":
                 keys = {("dataset", step.dataset), ("model", step.setting("model"))}
             else:
-                keys = {(step.method, step.setting("objective"))}
+                keys = {(step.method, step.setting("finetune_objective"))}
             if not keys <= seen:
                 seen.update(keys)
                 names.append(step.name)

@@ -103,6 +103,8 @@ class Config:
     # Keys that say where and how a run executes, not what it computes: they may differ when a
     # stopped run is resumed, and a reproduction's step record leaves them out.
     EXECUTION_KEYS: ClassVar[frozenset[str]] = frozenset()
+    # What an unset (None) setting means, as `--help` says it.
+    UNSET: ClassVar[str] = ""
 
     def validate(self: C) -> C:
         """Check choices; subclasses add their range checks and call this."""

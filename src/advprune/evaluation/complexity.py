@@ -11,8 +11,7 @@ from torch import nn
 
 from advprune.masks.export import export_gated
 from advprune.masks.gated import find_gates, gate_summary, remove_gates
-
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+from advprune.models.layer_types import PRUNABLE
 
 
 def weight_sparsity(model: nn.Module) -> float:

@@ -25,11 +25,10 @@ import torch_pruning
 from torch import Tensor, nn
 
 from advprune.core.errors import CheckpointError
-from advprune.masks.gated import CONVS, dependency_graph, fold_gates
+from advprune.masks.gated import dependency_graph, fold_gates
 from advprune.models.features import trace_layer_chains
+from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
 
-LAYERS = (*CONVS, nn.Linear)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 ROUND_TO = 8  # exported widths: multiples of 8 where they can be (SIMD lanes, tensor cores)
 EXPORT_TOLERANCE = 1e-4  # max |exported − gated| on random inputs, relative to the logits' scale
 
@@ -44,7 +43,7 @@ def _unread_units(
     has_reader = False
     for item in group:
         layer = item.dep.target.module
-        if not graph.is_in_channel_pruning_fn(item.dep.handler) or not isinstance(layer, LAYERS):
+        if not graph.is_in_channel_pruning_fn(item.dep.handler) or not isinstance(layer, PRUNABLE):
             continue
         if isinstance(layer, CONVS) and layer.groups != 1:
             return [], []
@@ -70,7 +69,7 @@ def _silence(
     changed = False
     for item in group:
         layer = item.dep.target.module
-        if not graph.is_out_channel_pruning_fn(item.dep.handler) or not isinstance(layer, LAYERS):
+        if not graph.is_out_channel_pruning_fn(item.dep.handler) or not isinstance(layer, PRUNABLE):
             continue
         rows = [idx for idx, root in zip(item.idxs, item.root_idxs, strict=True) if root in units]
         for tensor in (layer.weight, layer.bias):
@@ -92,7 +91,7 @@ def remove_unread_units(
     removed = 0
     while True:
         graph = dependency_graph(model, example)
-        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=LAYERS):
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
             unread, padding = _unread_units(graph, group, round_to)
             if padding and _silence(graph, group, padding):
                 break  # upstream units may now be unread: look again
@@ -140,7 +139,7 @@ def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
     """Weight shape of every conv/linear layer and width of every batch norm, by name."""
     shapes = {}
     for name, module in model.named_modules():
-        if isinstance(module, LAYERS):
+        if isinstance(module, PRUNABLE):
             shapes[name] = list(module.weight.shape)
         elif isinstance(module, NORMS):
             shapes[name] = [module.num_features]

@@ -34,8 +34,8 @@ from advprune.masks.gates import (
     gate_spec,
 )
 from advprune.models.features import trace_layer_chains
+from advprune.models.layer_types import CONVS
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 GATE_NAME = "gate"  # the gate is registered as a child of the first layer it gates
 
 

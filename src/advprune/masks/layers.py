@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+from advprune.models.layer_types import PRUNABLE
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

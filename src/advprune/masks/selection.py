@@ -39,7 +39,8 @@ def check_sparsity(sparsity: float) -> None:
         )
 
 
-def _count(sparsity: float, size: int) -> int:
+def pruned_count(size: int, sparsity: float) -> int:
+    """How many of `size` entries a selection prunes: round(sparsity · size), exactly."""
     return round(sparsity * size)
 
 
@@ -76,7 +77,7 @@ def select_global(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightMa
     if not scores:
         return WeightMasks({})
     flat = _flatten(scores)
-    keep = _prune_lowest(flat[None], _count(sparsity, flat.numel()), seed)[0]
+    keep = _prune_lowest(flat[None], pruned_count(flat.numel(), sparsity), seed)[0]
     return WeightMasks(_split(keep, scores))
 
 
@@ -112,7 +113,7 @@ def select_per_row(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightM
                 "'global' or 'layerwise' scheme for it"
             )
         matrix = torch.cat([s.detach().reshape(rows, -1).float() for s in layer_scores.values()], 1)
-        keep = _prune_lowest(matrix, _count(sparsity, matrix.shape[1]), seed)
+        keep = _prune_lowest(matrix, pruned_count(matrix.shape[1], sparsity), seed)
         widths = [score[0].numel() for score in layer_scores.values()]
         for (name, score), part in zip(layer_scores.items(), keep.split(widths, 1), strict=True):
             masks[name] = part.reshape(score.shape)

@@ -1,13 +1,41 @@
-"""Pruning methods, one per file; each turns a trained model into scores and `WeightMasks`."""
+"""Pruning methods, one file each, found through the registry in `advprune.methods.base`.
 
+Importing this package registers the built-in methods; `method_names()` lists every registered
+one (plugins included) and `get_method(name)` returns its class.
+"""
+
+from advprune.methods import anpvs, hydra, mad, mad_obd, magnitude, random  # noqa: F401
+from advprune.methods.base import (
+    LearntMethod,
+    MethodSettings,
+    PhaseSettings,
+    PruneContext,
+    PruneSettings,
+    PruningMethod,
+    ScoredMethod,
+    create_method,
+    get_method,
+    method_names,
+    register_method,
+)
 from advprune.methods.mad import compute_saliency, load_saliency, mad_masks, save_saliency
-from advprune.methods.magnitude import magnitude_masks, magnitude_scores
+from advprune.methods.magnitude import magnitude_scores
 
 __all__ = [
+    "LearntMethod",
+    "MethodSettings",
+    "PhaseSettings",
+    "PruneContext",
+    "PruneSettings",
+    "PruningMethod",
+    "ScoredMethod",
     "compute_saliency",
+    "create_method",
+    "get_method",
     "load_saliency",
     "mad_masks",
-    "magnitude_masks",
     "magnitude_scores",
+    "method_names",
+    "register_method",
     "save_saliency",
 ]

@@ -8,6 +8,7 @@ Both gradients come from the same forward passes, as in the official code, each 
 (gates lr 1e-2, weights lr 1e-3, on the same step schedule). VS = (1/L) Σ_l mean |z_l(x) − z_l(x̃)|
 over the latent features z_l of the gated layers; the clean and the adversarial pass share one gate
 draw, so VS measures the distortion the perturbation causes, not the gates' own noise.
+`ANPVS` below is the registered method: this training from a trained start, then the export.
 
 Ablations: `vs_lambda=0` is ANP (pruning on the adversarial loss, no VS); `gates=False` is AT-VS
 (the VS loss without pruning).
@@ -16,9 +17,7 @@ Ablations: `vs_lambda=0` is ANP (pruning on the adversarial loss, no VS); `gates
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 from advprune.attacks import pgd
+from advprune.core.config import group, setting
 from advprune.core.device import autocast
 from advprune.core.distributed import average_gradients, unwrap
 from advprune.core.errors import CheckpointError, ConfigError
-from advprune.core.io import atomic_write_json, atomic_write_text
+from advprune.core.io import atomic_write_json
 from advprune.masks.gated import (
     gate_parameters,
     gate_summary,
@@ -42,31 +41,61 @@ from advprune.masks.gated import (
     insert_gates,
     total_kl,
 )
+from advprune.methods.base import (
+    LearntMethod,
+    MethodSettings,
+    PhaseSettings,
+    PruneContext,
+    PruneSettings,
+    register_method,
+)
 from advprune.models.features import capture_features
 from advprune.training.config import TrainConfig
 from advprune.training.method import StepContext, TrainingMethod, check_finite
 from advprune.training.objectives import ObjectiveOutput
 
 GATE_OPTIMIZER_PREFIX = "gate_optimizer."
+# The official code's optimisation of the weights: Adam 1e-3, ×0.1 at 50 % and ×0.01 at 70 %,
+# L2 1e-4, batch 64, 200 epochs. "pgd-at" only selects the per-epoch PGD monitor: ANPVSTraining
+# sets the loss.
+ANPVS_TRAINING = {
+    "objective": "pgd-at",
+    "epochs": 200,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "schedule": "step",
+    "milestones": [0.5, 0.7],
+    "gamma": 0.1,
+}
 
 
 @dataclass
-class ANPVSConfig:
-    """What ANP-VS adds to a training run (defaults: the official MNIST LeNet-5-Caffe settings)."""
+class ANPVSSettings(MethodSettings):
+    """ANP-VS's own settings; defaults are the official MNIST LeNet-5-Caffe ones (fidelity.md)."""
 
-    init: str | None = None  # a trained run to start from (the official recipe restores one)
-    beta: float = 4.0  # weight of KL/N (MNIST 4, CIFAR-10 2, CIFAR-100 1)
-    vs_lambda: float = 1e-3  # weight of the VS loss (MNIST 1e-3, CIFAR-10 1e-4, CIFAR-100 0.1)
-    gates: bool = True  # False: AT-VS, the VS loss without pruning
-    adversarial_weight: float = 2.0  # weights' loss (CE clean + w·CE adv)/(1 + w)
-    gate_lr: float = 1e-2  # scaled by the weights' schedule like the weights' lr
-    conv_gate_init: float = -1.0  # â of conv gates: a = softplus(â) (official VGG: 2.0)
-    dense_gate_init: float = -1.0  # â of dense-input gates
-    gate_prior: float = 1e-4  # α/K of the Beta(α/K, 1) prior
-    threshold: float = 1e-3  # a unit is pruned where E[π] ≤ threshold
-    temperature: float = 0.1  # of the relaxed Bernoulli used in training
+    beta: float = setting(4.0, "weight β of the gates' KL/N (MNIST 4, CIFAR-10 2, CIFAR-100 1)")
+    vs_lambda: float = setting(
+        1e-3, "weight λ of the vulnerability suppression loss (0: ANP without VS)"
+    )
+    gates: bool = setting(True, "--no-gates trains AT-VS: the VS loss without pruning")
+    adversarial_weight: float = setting(2.0, "weights' loss (CE clean + w·CE adv)/(1 + w)")
+    gate_lr: float = setting(1e-2, "Adam lr of the gates, on the weights' schedule")
+    conv_gate_init: float = setting(-1.0, "â of conv gates, a = softplus(â) (official VGG: 2)")
+    dense_gate_init: float = setting(-1.0, "â of dense-input gates")
+    gate_prior: float = setting(1e-4, "α/K of the Beta(α/K, 1) prior")
+    threshold: float = setting(1e-3, "a unit is pruned where E[π] ≤ threshold")
+    temperature: float = setting(0.1, "of the relaxed Bernoulli used in training")
+    finetune: PhaseSettings = group(
+        PhaseSettings,
+        "the ANP-VS run (official: Adam 1e-3, wd 1e-4, batch 64, ×0.1 at 50 % and 70 %, 200 "
+        "epochs)",
+        **ANPVS_TRAINING,
+    )
 
-    def validate(self) -> ANPVSConfig:
+    def validate(self) -> ANPVSSettings:
+        super().validate()
         for key in ("beta", "vs_lambda", "adversarial_weight"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
@@ -77,6 +106,10 @@ class ANPVSConfig:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.finetune.objective not in (None, "pgd-at"):
+            raise ConfigError(
+                "ANP-VS sets its own loss ((CE + 2·CE_adv)/3 + λ·VS); drop --finetune-objective"
+            )
         if not self.gates and self.vs_lambda == 0:
             raise ConfigError(
                 "--no-gates with --vs-lambda 0 is neither pruning nor VS; give a --vs-lambda for "
@@ -90,22 +123,6 @@ class ANPVSConfig:
         if not self.gates:
             return "at-vs"
         return "anp-vs" if self.vs_lambda > 0 else "anp"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ANPVSConfig:
-        try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            return cls(**values).validate()
-        except (OSError, yaml.YAMLError, TypeError) as err:
-            raise CheckpointError(
-                f"ANP-VS settings {path} are missing or unreadable ({err})"
-            ) from err
 
 
 def vulnerability_suppression_loss(
@@ -123,13 +140,21 @@ def vulnerability_suppression_loss(
 class ANPVSTraining(TrainingMethod):
     """ANP-VS as a trainer method: owns the gates, their optimizer and the two-loss step."""
 
-    def __init__(self, config: ANPVSConfig, train: TrainConfig, input_shape: Sequence[int]) -> None:
+    def __init__(
+        self,
+        config: ANPVSSettings,
+        train: TrainConfig,
+        input_shape: Sequence[int],
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         """`input_shape` is one input's shape, e.g. (1, 28, 28): the gates' layers are found by
-        running the model on zeros of that shape."""
+        running the model on zeros of that shape. `settings` is what the model file records
+        about the method (the gates are added to it)."""
         self.config = config.validate()
         self.train = train
         self.input_shape = tuple(input_shape)
         self.name = config.variant
+        self.settings = settings or {"name": self.name, **config.to_flat()}
         self.gates: list = []
         self.gate_optimizer: torch.optim.Optimizer | None = None
 
@@ -256,9 +281,46 @@ class ANPVSTraining(TrainingMethod):
             ) from err
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, **self.config.to_dict(), "gates": gates_spec(self.gates)}
+        return {**self.settings, "gates": gates_spec(self.gates)}
 
     def finish(self, model: nn.Module, run_path: Any) -> None:
         """gates.json: units kept per gate, the paper's "sparsity" being the fraction removed."""
         if self.gates:
             atomic_write_json(Path(run_path) / "gates.json", gate_summary(self.gates))
+
+
+@register_method(
+    "anpvs", description="ANP-VS (Madaan et al., ICML 2020): gates on units, learnt with VS"
+)
+class ANPVS(LearntMethod):
+    """A training run with beta-Bernoulli gates and the VS loss from a trained start; the run's
+    gated network is then exported at its pruned widths.
+
+    Example: `advprune prune --method anpvs --from runs/standard --beta 4 --run-dir runs/anpvs`.
+    """
+
+    reference = "Madaan, Shin & Hwang, ICML 2020; divyam3897/ANP_VS"
+    origin = "published"
+    Settings = ANPVSSettings
+    exports = True
+    start_hint = (
+        "ANP-VS starts from a trained network, as the official pipeline does (a standard-trained "
+        "base): train one with `advprune train --objective standard --run-dir runs/base` and pass "
+        "--from runs/base"
+    )
+    settings: ANPVSSettings
+
+    def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
+        train = self.phase(context.source, context.settings)
+        return ANPVSTraining(
+            self.settings,
+            train,
+            tuple(context.data.train.images.shape[1:]),
+            self.metadata(context.settings),
+        )
+
+    def label(self, prune: PruneSettings) -> str:
+        """The paper's names for its ablations: anp (no VS), at-vs (no gates)."""
+        label = super().label(prune)
+        variant = self.settings.variant
+        return label if variant == "anp-vs" else label.replace(self.name, variant, 1)

@@ -1,13 +1,14 @@
-"""HYDRA (Sehwag et al., NeurIPS 2020): let the adversarial loss choose the weights to keep.
+"""HYDRA (Sehwag et al., NeurIPS 2020), as published: the adversarial loss chooses the weights.
 
-Each conv/linear weight w gets an importance score s, initialised "scaled" (mad.md, HYDRA in
-brief): s = √(6 / fan_in) · w / max|w| per layer, so the first mask is layer-wise magnitude
-pruning. With the weights frozen, the forward pass uses w ⊙ m(s), m = 1 on the top-k |s| of each
-layer and 0 elsewhere, and the gradient reaches s straight through the top-k (as if m were |s|:
-the official code's GetSubnet, after Ramanujan et al., 2020). Only the scores learn, on the run's
-adversarial objective. Then |s| becomes fixed `WeightMasks` through the shared layer-wise
-`select`, and the surviving weights are fine-tuned under them (`MaskedTraining`). Biases are
-never pruned, as in the official code.
+Each conv/linear weight w gets an importance score s, initialised "scaled" (the official
+`initialize_scaled_score`): s = √(6 / fan_in) · w / max|w| per layer, so the first mask is
+layer-wise magnitude pruning. With the weights frozen, the forward pass uses w ⊙ m(s), m = 1 on
+the top-k |s| of each layer and 0 elsewhere, and the gradient reaches s straight through the top-k
+(as if m were |s|: the official GetSubnet, after Ramanujan et al., 2020). The scores — and BN's
+affine parameters, which the official code leaves trainable — learn on TRADES (β 6) for 20 epochs
+of SGD with a cosine schedule. Then |s| becomes fixed `WeightMasks` through the shared layer-wise
+`select`, and the surviving weights are fine-tuned under them, again with TRADES (100 epochs,
+lr 0.01, cosine). Biases are never pruned. docs/fidelity.md has the official code's lines.
 
 The model is never reparametrised: `ScoredNetwork` evaluates it with `functional_call`, so its
 state dict (what checkpoints and model files hold) keeps the model's own keys, and the scores are
@@ -17,6 +18,7 @@ the method's state, checkpointed by `ScoreTraining`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from advprune.core.config import group, setting
 from advprune.core.distributed import average_gradients
-from advprune.core.errors import CheckpointError
-from advprune.masks import WeightMasks, check_sparsity, prunable_parameters, select
+from advprune.core.errors import CheckpointError, ConfigError
+from advprune.masks import WeightMasks, check_sparsity, prunable_parameters, pruned_count, select
+from advprune.methods.base import (
+    PHASE_KEYS,
+    MethodSettings,
+    PhaseSettings,
+    PruneContext,
+    PruneSettings,
+    ScoredMethod,
+    register_method,
+)
+from advprune.models.layer_types import NORMS
 from advprune.training.method import TrainingMethod
 
 SCHEME = "layerwise"  # HYDRA's k is the same fraction in every layer
@@ -44,11 +57,6 @@ def scaled_scores(model: nn.Module) -> dict[str, Tensor]:
         peak = weight.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
         scores[name] = math.sqrt(6 / weight[0].numel()) * weight / peak
     return scores
-
-
-def pruned_count(size: int, sparsity: float) -> int:
-    """How many of `size` entries a layer loses: the count `select` prunes, round(sparsity·n)."""
-    return round(sparsity * size)
 
 
 def top_k_mask(scores: Tensor, pruned: int) -> Tensor:
@@ -107,31 +115,36 @@ def hydra_masks(scores: dict[str, Tensor], sparsity: float, *, seed: int = 0) ->
 
 
 class ScoreTraining(TrainingMethod):
-    """HYDRA's pruning phase: the trainer's optimizer and schedule update the scores only.
+    """HYDRA's pruning phase: the trainer's optimizer and schedule update the scores, and BN's
+    affine parameters as in the official code (`freeze_bn` off); every other weight is frozen.
 
-    The model's parameters are frozen (`requires_grad` off, never in the optimizer); BN running
-    statistics, if any, follow the masked network as in the official code. At the end the final
-    masks are saved as `masks.safetensors` and applied to the weights, so the phase's
-    model.safetensors is the pruned network before fine-tuning.
+    At the end the final masks are saved as `masks.safetensors` and applied to the weights, so the
+    phase's model.safetensors is the pruned network fine-tuning starts from.
     """
 
     name = "hydra-scores"
 
-    def __init__(self, sparsity: float, *, seed: int = 0) -> None:
+    def __init__(self, sparsity: float, *, seed: int = 0, train_batchnorm: bool = True) -> None:
         check_sparsity(sparsity)
         self.sparsity = sparsity
         self.seed = seed
+        self.train_batchnorm = train_batchnorm
         self.scores: dict[str, nn.Parameter] = {}
         self.network: ScoredNetwork | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(False)
+        if self.train_batchnorm:
+            for module in model.modules():
+                if isinstance(module, NORMS):
+                    module.requires_grad_(True)
         self.scores = {name: nn.Parameter(s) for name, s in scaled_scores(model).items()}
         self.network = ScoredNetwork(model, self.scores, self.sparsity)
         return self.network
 
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return list(self.scores.values())
+        trainable = [p for p in self.network.network.parameters() if p.requires_grad]
+        return [*self.scores.values(), *trainable]
 
     def before_update(self, model: nn.Module) -> None:
         """The scores are the method's tensors, not DDP's: average their gradients over ranks."""
@@ -164,3 +177,90 @@ class ScoreTraining(TrainingMethod):
         masks = hydra_masks(self.scores, self.sparsity, seed=self.seed)
         masks.save(Path(run_path) / "masks.safetensors", self.metadata())
         masks.apply(self.network.network)
+
+
+# The official configs.yml: every phase trains with TRADES β 6, SGD momentum 0.9, wd 1e-4, cosine.
+OFFICIAL_PHASE = {
+    "objective": "trades",
+    "beta": 6.0,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+}
+
+
+@dataclass
+class HydraSettings(MethodSettings):
+    """HYDRA's own settings; the defaults are the official code's (docs/fidelity.md)."""
+
+    score: PhaseSettings = group(
+        PhaseSettings,
+        "the score phase (official: 20 epochs, TRADES β 6, SGD lr 0.1, cosine, wd 1e-4)",
+        epochs=20,
+        lr=0.1,
+        **OFFICIAL_PHASE,
+    )
+    train_batchnorm: bool = setting(
+        True, "BN's affine parameters learn with the scores (official: freeze_bn off)"
+    )
+    finetune: PhaseSettings = group(
+        PhaseSettings,
+        "fine-tuning (official: 100 epochs, TRADES β 6, SGD lr 0.01, cosine, wd 1e-4)",
+        epochs=100,
+        lr=0.01,
+        **OFFICIAL_PHASE,
+    )
+
+
+@register_method(
+    "hydra", description="HYDRA (Sehwag et al., NeurIPS 2020): learnt layer-wise masks"
+)
+class Hydra(ScoredMethod):
+    """Scores learnt on the adversarial loss in RUN_DIR/scores, then fine-tuning under them.
+
+    Example: `advprune prune --method hydra --from runs/at --sparsity 0.99 --run-dir runs/h99`.
+    """
+
+    reference = "Sehwag et al., NeurIPS 2020; inspire-group/hydra"
+    origin = "published"
+    Settings = HydraSettings
+    default_scheme = SCHEME
+
+    def check(self, prune: PruneSettings) -> None:
+        """HYDRA's masks are layer-wise top-k of learnt scores on weights: no other choice fits."""
+        if prune.scheme not in (None, SCHEME):
+            raise ConfigError(
+                f"HYDRA prunes layer-wise (its top-k is per layer); drop --scheme {prune.scheme}"
+            )
+        if prune.order != "lowest" or prune.include_bias:
+            raise ConfigError(
+                "HYDRA keeps the highest scores of the weights only; drop --order and "
+                "--include-bias (use --method magnitude/random for the ablations)"
+            )
+
+    def masks(self, context: PruneContext) -> WeightMasks:
+        """Learn the scores in RUN_DIR/scores (resumed or reused); the network then carries the
+        phase's BN, learnt with the scores, into fine-tuning."""
+        config = self.settings.score.applied_to(
+            context.source, seed=context.settings.seed, **_where(context.settings)
+        )
+        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
+        method = ScoreTraining(
+            context.sparsity,
+            seed=context.settings.seed,
+            train_batchnorm=self.settings.train_batchnorm,
+        )
+        context.log(
+            f"hydra: the scores of a {context.sparsity:.0%} layer-wise mask, {config.epochs} "
+            f"epochs of {config.objective}, weights frozen"
+        )
+        phase = context.run_phase("scores", config, method, initial)
+        context.model.load_state_dict(phase.state_dict())
+        masks, _ = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
+        return masks
+
+
+def _where(prune: PruneSettings) -> dict[str, Any]:
+    """The pruning run's data limit and execution settings, for a phase of its own."""
+    return {key: getattr(prune, key) for key in PHASE_KEYS if getattr(prune, key) is not None}

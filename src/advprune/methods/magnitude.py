@@ -1,14 +1,15 @@
-"""Magnitude pruning: score = |w|, through the same selection as MAD — its obvious baseline.
+"""Magnitude pruning: score = |w|, through the same selection as every scored method.
 
-Random pruning is this module with `order="random"`: the scores are then ignored and replaced by
-seeded uniform noise, so every ablation goes through one code path.
+The obvious baseline, and with `--scheme layerwise` HYDRA's LWM baseline (every layer loses the
+same fraction). Biases are left dense, as in the magnitude and HYDRA baselines.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from advprune.masks import WeightMasks, prunable_parameters, select
+from advprune.masks import prunable_parameters
+from advprune.methods.base import PruneContext, ScoredMethod, register_method
 
 
 def magnitude_scores(model: nn.Module, *, include_bias: bool = False) -> dict[str, Tensor]:
@@ -17,19 +18,9 @@ def magnitude_scores(model: nn.Module, *, include_bias: bool = False) -> dict[st
     return {name: parameter.detach().abs() for name, parameter in parameters.items()}
 
 
-def magnitude_masks(
-    model: nn.Module,
-    sparsity: float,
-    *,
-    scheme: str = "global",
-    order: str = "lowest",
-    seed: int = 0,
-    include_bias: bool = False,
-) -> WeightMasks:
-    """Prune the `sparsity` fraction of smallest |w| by `scheme` ("global", "layerwise", "mad").
+@register_method("magnitude", description="prune the smallest |w| (global scheme by default)")
+class Magnitude(ScoredMethod):
+    """Example: `advprune.prune(model, data, method="magnitude", sparsity=0.9, eps=0.1)`."""
 
-    Biases are left dense by default, as in the magnitude (LWM) and HYDRA baselines; pass
-    `include_bias=True` to score them as MAD does.
-    """
-    scores = magnitude_scores(model, include_bias=include_bias)
-    return select(scores, sparsity, scheme=scheme, order=order, seed=seed)
+    def scores(self, context: PruneContext) -> dict[str, Tensor]:
+        return magnitude_scores(context.model, include_bias=self.include_bias(context.settings))

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from advprune.models.layer_types import NORMS, PRUNABLE
+
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -74,7 +74,7 @@ class _Dataflow:
         if not isinstance(output, Tensor):
             return
         name = self.names[module]
-        if isinstance(module, LAYERS):
+        if isinstance(module, PRUNABLE):
             self.chains[name] = _OpenChain(output)
             self.by_tensor[id(output)] = name
             self.order.append(name)
@@ -108,7 +108,7 @@ class _Dataflow:
 
     @contextmanager
     def attached(self) -> Iterator[_Dataflow]:
-        observed = (*LAYERS, *NORMS, *ACTIVATIONS)
+        observed = (*PRUNABLE, *NORMS, *ACTIVATIONS)
         handles = [
             module.register_forward_hook(self.observe)
             for module in self.model.modules()

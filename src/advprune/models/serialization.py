@@ -17,6 +17,7 @@ from torch import nn
 
 from advprune.core.errors import CheckpointError
 from advprune.core.tensor_files import load_tensors, save_tensors
+from advprune.models.layer_types import CONVS, NORMS
 
 ARCHITECTURE_KEYS = ("name", "num_classes", "in_channels", "image_size", "mean", "std")
 
@@ -49,7 +50,7 @@ def _resized(module: nn.Module, shape: list[int]) -> nn.Module:
     """A fresh layer like `module` (same kernel, stride, padding, …) with weight shape `shape`."""
     if isinstance(module, nn.Linear):
         return nn.Linear(shape[1], shape[0], bias=module.bias is not None)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1:
+    if isinstance(module, CONVS) and module.groups == 1:
         return type(module)(
             shape[1],
             shape[0],
@@ -60,7 +61,7 @@ def _resized(module: nn.Module, shape: list[int]) -> nn.Module:
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
         )
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+    if isinstance(module, NORMS):
         return type(module)(
             shape[0],
             eps=module.eps,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,10 +18,24 @@ def available_recipes() -> list[str]:
 
 
 def load_recipe(name: str) -> dict[str, Any]:
-    """The recipe's YAML as a dict; an unknown name lists the known ones."""
-    if name not in available_recipes():
+    """The recipe's YAML as a dict: a packaged recipe by name, or a path to a YAML file of
+    one's own (`./my.yaml`); an unknown name lists the known ones."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or os.sep in name:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(
+                f"recipe file {path} cannot be read ({err.strerror or err}); check the path"
+            ) from err
+    elif name in available_recipes():
+        text = resources.files(__package__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    else:
         raise ConfigError(
-            f"unknown recipe {name!r}; choose one of {', '.join(available_recipes())}"
+            f"unknown recipe {name!r}; choose one of {', '.join(available_recipes())}, or pass "
+            "the path of a YAML recipe of your own"
         )
-    text = resources.files(__package__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {name} is not valid YAML: {err}".splitlines()[0]) from err

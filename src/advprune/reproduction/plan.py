@@ -4,21 +4,23 @@ A recipe (src/advprune/recipes/NAME.yaml) is a list of steps, each a run directo
 
     title: what the recipe reproduces
     train: {...}      # defaults of every train step (TrainConfig keys)
-    prune: {...}      # defaults of every prune step (keys its method's settings have)
+    prune: {...}      # defaults of every prune step (PruneSettings keys and its method's own)
     evaluate: {...}   # how every step is evaluated (EvalConfig keys); a step's `evaluate:` adds
                       # to it, and `evaluate: false` skips the step's evaluation
     steps:
-      - {name: dense, train: {dataset: cifar10, model: vgg16, epochs: 100}}
+      - {name: dense, train: {dataset: cifar10, model: resnet18, epochs: 100}}
       - {name: mad-90, prune: {method: mad, from: dense, sparsity: 0.9}}
     paper: {source: ..., reference: STEP, rows: {STEP: {metric: value}}}   # see report.comparison
     anchors: {...}    # YAML anchors that steps merge in (`<<: *name`); not read otherwise
 
-`from: STEP` (and `init:`, `transfer_from:`) name an earlier step; the step gets that step's run
-directory. Everything is checked before the first step starts, so a long run never fails on a
-typo after hours; a method this build lacks is named with the steps that can run without it.
+`from: STEP` (and `transfer_from:`) name an earlier step; the step gets that step's run
+directory. A prune step's method is any registered one (`advprune list methods`); its settings
+are flat keys, a phase's with its prefix (`finetune_lr`, `score_epochs`). Everything is checked
+before the first step starts, so a long run never fails on a typo after hours; a method this
+build lacks is named with the steps that can run without it.
 
 `--scale F` (0 < F ≤ 1) shrinks a recipe for a smoke run, exactly as follows: every epoch count
-(epochs, finetune_epochs, score_epochs) becomes max(1, round(F·epochs)); the training examples
+(epochs, finetune_epochs, score_epochs, …) becomes max(1, round(F·epochs)); the training examples
 max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train);
 the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
 gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
@@ -36,73 +38,66 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advprune.core.config import Config
 from advprune.core.errors import ConfigError
-from advprune.core.run_dir import RunDir
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
-from advprune.gated_pruning import INHERITED_FROM_INIT, anpvs_configs, run_anpvs
-from advprune.methods.anpvs import ANPVSConfig
-from advprune.pruning import METHODS, PruneConfig, prune_run
+from advprune.methods import PruneSettings, get_method, method_names
+from advprune.pipelines import prune_run, train_phase
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
-from advprune.training import TrainConfig, train
+from advprune.training import TrainConfig
 
 
 @dataclass(frozen=True)
-class Method:
-    """How a reproduction builds and runs one kind of step.
+class StepKind:
+    """How a reproduction builds and runs one kind of step ("train", or "prune" with a method).
 
     A step's settings are one flat mapping (recipe defaults, the step's section, --set on top);
-    `build` turns it into the configs `run(*configs, run_dir, progress=, log=)` takes — by default
-    each dataclass of `settings` gets the keys it has and is validated. `inherits` names settings
-    a step takes from the step its `init`/`from` names when it does not set them itself.
+    `make` splits it over the kind's settings classes (each gets the keys it has, every key must
+    fit one) and validates each.
     """
 
-    settings: tuple[type, ...]
+    settings: tuple[type[Config], ...]
     run: Callable[..., Any]
-    build: Callable[[dict[str, Any], str], tuple[Any, ...]] | None = None
-    inherits: tuple[str, ...] = ()
 
     @property
     def fields(self) -> set[str]:
-        return set().union(*(_fields(cls) for cls in self.settings))
+        return set().union(*(cls.field_names() for cls in self.settings))
 
-    def make(self, values: dict[str, Any], where: str) -> tuple[Any, ...]:
+    def make(self, values: dict[str, Any], where: str) -> tuple[Config, ...]:
         unknown = sorted(set(values) - self.fields)
         if unknown:
             raise ConfigError(
                 f"{where}: unknown setting(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(self.fields))}"
             )
-        try:
-            if self.build is not None:
-                return tuple(self.build(values, where))
-            return tuple(_build(cls, _known(values, cls), where) for cls in self.settings)
-        except TypeError as err:
-            raise ConfigError(f"{where}: {err}") from err
+        return tuple(
+            cls.from_dict(_known(values, cls.field_names()), source=where) for cls in self.settings
+        )
 
 
 def _train(config: TrainConfig, run_dir: Path, *, progress: bool, log: Callable) -> None:
-    resume = RunDir(run_dir).checkpoint.exists()
-    train(config, str(run_dir), resume=resume, progress=progress, log=log)
+    train_phase(config, run_dir, progress=progress, log=log)
 
 
-TRAINING = Method((TrainConfig,), _train)
-# The pruning methods of this build: a method is one line here.
-PRUNE_METHODS: dict[str, Method] = {name: Method((PruneConfig,), prune_run) for name in METHODS}
-PRUNE_METHODS["anpvs"] = Method(
-    (TrainConfig, ANPVSConfig), run_anpvs, build=anpvs_configs, inherits=INHERITED_FROM_INIT
-)
+def _prune(settings: PruneSettings, method_settings: Config, run_dir: Path, **output: Any) -> None:
+    method = get_method(settings.method)(method_settings)
+    prune_run(settings, method, run_dir, **output)
 
+
+TRAINING = StepKind((TrainConfig,), _train)
 KINDS = ("train", "prune")
 RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
 STEP_KEYS = ("name", *KINDS, "evaluate")
 # Recipe keys that name an earlier step → the settings field that receives its run directory.
-REFERENCES = {"from": "from_run", "init": "init", "transfer_from": "transfer_from"}
-EPOCH_KEYS = ("epochs", "finetune_epochs", "score_epochs")
-# Where a run executes, not what it computes: these may differ when a stopped run is resumed.
-LOCATION_KEYS = ("device", "data_dir", "download")
+REFERENCES = {"from": "from_run", "transfer_from": "transfer_from"}
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def pruning(method: str) -> StepKind:
+    """The step kind of a prune step with `method`: the generic settings and the method's own."""
+    return StepKind((PruneSettings, get_method(method).Settings), _prune)
 
 
 @dataclass
@@ -119,14 +114,19 @@ class Step:
     needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
 
     def setting(self, name: str) -> Any:
-        """The value of setting `name` in the first of the step's configs that has it."""
-        return next((getattr(c, name) for c in self.configs if hasattr(c, name)), None)
+        """The value of flat setting `name` in the first of the step's configs that has it."""
+        return next((c.to_flat()[name] for c in self.configs if name in c.to_flat()), None)
 
     def _described(self, config: Any) -> dict[str, Any]:
+        if isinstance(config, Config):
+            values = config.computed()
+        else:
+            values = dataclasses.asdict(config)
+            for key in ("device", "data_dir", "download"):
+                values.pop(key, None)
         return {
             key: f"step {self.needs[key]}" if key in self.needs else value
-            for key, value in dataclasses.asdict(config).items()
-            if key not in LOCATION_KEYS
+            for key, value in values.items()
         }
 
     def record(self) -> dict[str, Any]:
@@ -134,13 +134,17 @@ class Step:
         settings = {type(c).__name__: self._described(c) for c in self.configs}
         return {"kind": self.kind, "method": self.method, "settings": settings}
 
+    @property
+    def step_kind(self) -> StepKind:
+        return TRAINING if self.kind == "train" else pruning(self.method)
+
     def evaluation_record(self) -> dict[str, Any] | None:
         """The evaluation settings that change what is measured under attack: a change of these
         drops a finished evaluation (latency_repeats changes none of it)."""
         if self.evaluate is None:
             return None
         record = self._described(self.evaluate)
-        record.pop("latency_repeats")
+        record.pop("latency_repeats", None)
         return record
 
     def describe(self) -> str:
@@ -177,11 +181,13 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _fields(cls: type) -> set[str]:
+    if issubclass(cls, Config):
+        return cls.field_names()
     return {f.name for f in dataclasses.fields(cls)}
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """`cls(**values)`, validated; an unknown key names the step and the known keys."""
+    """`cls` from `values`, validated; an unknown key names the step and the known keys."""
     unknown = sorted(set(values) - _fields(cls))
     if unknown:
         raise ConfigError(
@@ -191,6 +197,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     values = dict(values)
     if isinstance(values.get("attacks"), list):
         values["attacks"] = ",".join(values["attacks"])
+    if issubclass(cls, Config):
+        return cls.from_dict(values, source=where)
     try:
         return cls(**values).validate()
     except TypeError as err:
@@ -201,27 +209,34 @@ def _scaled_count(factor: float, full: int, minimum: int) -> int:
     return min(full, max(minimum, math.ceil(factor * full)))
 
 
+def _flat(settings: Any) -> dict[str, Any]:
+    return settings.to_flat() if isinstance(settings, Config) else dataclasses.asdict(settings)
+
+
 def scale_settings(settings: Any, factor: float, dataset: str) -> Any:
     """The settings shrunk by `factor` as the module docstring states; unchanged at 1."""
     if factor == 1:
         return settings
     spec = get_spec(dataset)
+    flat = _flat(settings)
     changes: dict[str, Any] = {}
-    names = _fields(type(settings))
-    for key in EPOCH_KEYS:
-        if key in names:
-            changes[key] = max(1, round(factor * getattr(settings, key)))
-    if "limit_train" in names and spec.train_size is not None:
-        full = settings.limit_train or spec.train_size
-        changes["limit_train"] = _scaled_count(factor, full, getattr(settings, "batch_size", 1))
+    for key, value in flat.items():
+        if (key == "epochs" or key.endswith("_epochs")) and value is not None:
+            changes[key] = max(1, round(factor * value))
+    if "limit_train" in flat and spec.train_size is not None:
+        full = flat["limit_train"] or spec.train_size
+        batch = flat.get("batch_size") or flat.get("finetune_batch_size") or 1
+        changes["limit_train"] = _scaled_count(factor, full, batch)
     for key in ("limit_test", "autoattack_limit"):
-        if key in names and spec.test_size is not None:
-            changes[key] = _scaled_count(factor, getattr(settings, key) or spec.test_size, 1)
+        if key in flat and spec.test_size is not None:
+            changes[key] = _scaled_count(factor, flat[key] or spec.test_size, 1)
     for key in ("monitor_examples", "sanity_examples"):
-        if key in names and getattr(settings, key) > 0:
-            changes[key] = _scaled_count(factor, getattr(settings, key), 1)
-    if "latency_repeats" in names:
+        if key in flat and flat[key] > 0:
+            changes[key] = _scaled_count(factor, flat[key], 1)
+    if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
+    if isinstance(settings, Config):
+        return settings.replace(**changes)
     return dataclasses.replace(settings, **changes).validate()
 
 
@@ -231,7 +246,7 @@ def check_scale(scale: float) -> None:
 
 
 def _prune_fields() -> set[str]:
-    return set().union(*(method.fields for method in PRUNE_METHODS.values()))
+    return set().union(*(pruning(name).fields for name in method_names()))
 
 
 def _all_fields() -> set[str]:
@@ -334,7 +349,7 @@ class _Recipe:
     def missing_feature(self, step: Mapping[str, Any]) -> str | None:
         """What this build lacks for the step (its method, a setting), or None."""
         method = step["prune"]["method"] if "prune" in step else None
-        if method is not None and method not in PRUNE_METHODS:
+        if method is not None and method not in method_names():
             return f"method {method}"
         for key in self.references(step):
             if REFERENCES[key] not in _all_fields():
@@ -424,8 +439,8 @@ def _plan_step(
     kind = next(kind for kind in KINDS if kind in raw)
     section = _mapping(raw[kind], f"{where}: {kind}")
     method_name = section.pop("method", None) if kind == "prune" else None
-    method = TRAINING if kind == "train" else PRUNE_METHODS[method_name]
-    names = method.fields
+    kind_of_step = TRAINING if kind == "train" else pruning(method_name)
+    names = kind_of_step.fields
     values = {
         **_known(recipe.defaults[kind], names),
         **section,
@@ -436,10 +451,7 @@ def _plan_step(
         values["method"] = method_name
     values, needs = _resolve_references(values, names, steps, where)
     source = steps[next(iter(needs.values()))] if needs else None
-    for key in method.inherits:
-        if source is not None and key not in values:
-            values[key] = source.setting(key)
-    configs = method.make(values, where)
+    configs = kind_of_step.make(values, where)
     dataset = next((c.dataset for c in configs if hasattr(c, "dataset")), None)
     dataset = dataset or source.dataset
     configs = tuple(scale_settings(config, scale, dataset) for config in configs)

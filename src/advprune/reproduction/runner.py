@@ -23,7 +23,7 @@ from advprune.core.run_dir import RunDir
 from advprune.evaluation import evaluate_run
 from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
-from advprune.reproduction.plan import PRUNE_METHODS, TRAINING, Plan, Step, make_plan
+from advprune.reproduction.plan import Plan, Step, make_plan
 
 STEP_RECORD = "step.yaml"
 AUTOATTACK_STATE = "autoattack.state"
@@ -87,8 +87,7 @@ def _train_or_prune(step: Step, run: RunDir, progress: bool, log: Callable[[str]
     if run.model.exists():
         log(f"  finished before: {run.model} exists")
         return
-    method = TRAINING if step.kind == "train" else PRUNE_METHODS[step.method]
-    method.run(*step.configs, run.path, progress=progress, log=log)
+    step.step_kind.run(*step.configs, run.path, progress=progress, log=log)
 
 
 def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> str | None:

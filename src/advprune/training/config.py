@@ -1,155 +1,133 @@
-"""The typed training configuration; round-trips to YAML, and CLI flags override its keys."""
+"""The typed training configuration: one `Config`, the same keys as flags, recipes and YAML."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
-
+from advprune.core.config import Config, closest, setting
 from advprune.core.device import PRECISIONS
 from advprune.core.distributed import BACKENDS
-from advprune.core.errors import ConfigError, check_choices
-from advprune.core.io import atomic_write_text
-from advprune.data import get_spec
+from advprune.core.errors import ConfigError
+from advprune.data import DATASETS, get_spec
 from advprune.models import MODELS
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-# Keys that say where and how a run executes, not what it computes: they may change on --resume.
-EXECUTION_KEYS = frozenset(
-    {"device", "data_dir", "download", "backend", "checkpoint_every", "tensorboard"}
-)
+# A dataset passed in Python (`advprune.adversarial_train(model, (x, y))`): no files, no
+# standard ε, so `eps` must be given.
+CUSTOM_DATASET = "custom"
+
+
+def _datasets() -> tuple[str, ...]:
+    return (*DATASETS, CUSTOM_DATASET)
+
+
+def check_eps(eps: float, flag: str = "--eps") -> None:
+    """ε is an L∞ radius in [0, 1] pixel units: 8 (meaning 8/255) would attack anything."""
+    if not (math.isfinite(eps) and 0 <= eps <= 1):
+        raise ConfigError(
+            f"ε = {eps:g} is outside [0, 1]: ε is in [0, 1] pixels; for 8/255 pass 0.0314 or "
+            f"{flag} 8/255"
+        )
+
+
+def check_positive_counts(config: Config, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"{key} must be ≥ 1, got {value}; pass --{key.replace('_', '-')} 1 or more"
+            )
+
+
+def check_milestones(milestones: list[float] | None) -> None:
+    if milestones is not None and any(not 0 < m < 1 for m in milestones):
+        raise ConfigError(
+            f"milestones are fractions of training in (0, 1), got {milestones}; pass e.g. "
+            "--milestones 0.5 0.75"
+        )
 
 
 @dataclass
-class TrainConfig:
-    """One training run. `eps=None` becomes the dataset's standard ε (objectives.md) on validation,
-    so a saved config always states the ε it trained at."""
+class TrainConfig(Config):
+    """One training run. `eps=None` becomes the dataset's standard ε on validation, so a saved
+    config always states the ε it trained at.
 
-    dataset: str = "fashion-mnist"
-    model: str = "lenet5-caffe"
-    objective: str = "pgd-at"
-    eps: float | None = None
-    attack_steps: int = 10
-    attack_step_size: float | None = None  # None: 2.5·ε/steps (Madry et al.)
-    beta: float = 6.0  # weight of the KL term of TRADES and MART
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    seed: int = 0
-    limit_train: int | None = None
-    limit_test: int | None = None
-    monitor_examples: int = 1000  # test examples attacked after every epoch (0: none)
-    data_dir: str | None = None
-    download: bool = False
-    device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0: epoch ends)
-    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
-    sync_batchnorm: bool = False  # under torchrun on GPUs: batch statistics over all ranks
-    backend: str | None = None  # torchrun process group: None picks nccl on GPUs, gloo on CPU
+    Example:
+        config = TrainConfig.from_dict({"dataset": "fashion-mnist", "eps": "8/255"})
+    """
+
+    EXECUTION_KEYS = frozenset(
+        {"device", "data_dir", "download", "backend", "checkpoint_every", "tensorboard"}
+        | {"allow_chance"}
+    )
+
+    dataset: str = setting("fashion-mnist", "dataset to train on", choices=_datasets)
+    model: str = setting(
+        "lenet5-caffe", "network: a zoo name (`advprune list models`) or module.path:Factory"
+    )
+    objective: str = setting("pgd-at", "training objective", choices=OBJECTIVES)
+    eps: float | None = setting(
+        None, "L∞ radius in [0, 1] pixels, e.g. 0.1 or 8/255 (default: the dataset's standard ε)"
+    )
+    attack_steps: int = setting(10, "PGD steps of the training attack")
+    attack_step_size: float | None = setting(None, "PGD step (default: 2.5·ε/steps)")
+    beta: float = setting(6.0, "weight of the KL term of TRADES and MART")
+    epochs: int = setting(10, "training epochs")
+    batch_size: int = setting(128, "global batch size (split over torchrun processes)")
+    optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = setting(0.1, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "L2 weight decay")
+    schedule: str = setting("step", "learning-rate schedule", choices=SCHEDULES)
+    milestones: list[float] = setting(
+        help="step schedule: decay points as fractions of training", factory=lambda: [0.5, 0.75]
+    )
+    gamma: float = setting(0.1, "step schedule: factor at each milestone")
+    seed: int = setting(0, "seed of the weights, the data order and the attacks")
+    limit_train: int | None = setting(None, "use only the first N training examples")
+    limit_test: int | None = setting(None, "use only the first N test examples")
+    monitor_examples: int = setting(1000, "test examples attacked (PGD-10) after each epoch")
+    data_dir: str | None = setting(None, "where the dataset files are (standard formats)")
+    download: bool = setting(False, "fetch a missing dataset (with checksums)")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = setting("fp32", "compute precision", choices=PRECISIONS)
+    channels_last: bool = setting(False, "channels-last memory layout (faster convs)")
+    compile: bool = setting(False, "torch.compile the model")
+    checkpoint_every: int = setting(500, "steps between mid-epoch checkpoints (0: epoch ends)")
+    tensorboard: bool = setting(False, "also write TensorBoard event files to RUN_DIR/tensorboard")
+    sync_batchnorm: bool = setting(False, "under torchrun on GPUs: BN statistics over all ranks")
+    backend: str | None = setting(
+        None, "torchrun process group (default: nccl on GPUs, gloo on CPU)", choices=BACKENDS
+    )
+    allow_chance: bool = setting(
+        False, "keep training when the first epoch ends at chance (default: stop with an error)"
+    )
 
     def validate(self) -> TrainConfig:
         """Reject values that cannot work, with the option name in the message; fill in ε."""
-        spec = get_spec(self.dataset)
-        check_choices(
-            self,
-            {
-                "objective": OBJECTIVES,
-                "optimizer": OPTIMIZERS,
-                "schedule": SCHEDULES,
-                "precision": PRECISIONS,
-                "backend": BACKENDS,
-                "model": tuple(MODELS),
-            },
-        )
+        super().validate()
         if self.eps is None:
-            self.eps = spec.default_eps
-        if not (math.isfinite(self.eps) and self.eps >= 0):
+            if self.dataset == CUSTOM_DATASET:
+                raise ConfigError("a dataset passed in Python has no standard ε; pass eps")
+            self.eps = get_spec(self.dataset).default_eps
+        check_eps(self.eps)
+        if ":" not in self.model and self.model not in MODELS:
             raise ConfigError(
-                f"eps must be a finite number ≥ 0, got {self.eps}; pass the L∞ radius in [0, 1] "
-                "pixel units, e.g. --eps 0.1 (Fashion-MNIST) or 0.031 (8/255, CIFAR)"
+                f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}, or name your "
+                "own as module.path:Factory" + closest(self.model, MODELS)
             )
-        positive = ("epochs", "batch_size", "attack_steps")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"{key} must be ≥ 1, got {getattr(self, key)}; pass --{_flag(key)} 1 or more"
-                )
-        for key in ("limit_train", "limit_test"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(
-                    f"{key} must be ≥ 1, got {value}; pass --{_flag(key)} 1 or more, or leave it "
-                    "out for the whole split"
-                )
+        check_positive_counts(
+            self, ("epochs", "batch_size", "attack_steps", "limit_train", "limit_test")
+        )
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every must be ≥ 0 steps, got {self.checkpoint_every}; pass e.g. "
                 "--checkpoint-every 500, or 0 to checkpoint at epoch ends only"
             )
-        if not self.lr > 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr}; pass e.g. --lr 0.1 (SGD)")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ConfigError(
-                f"milestones are fractions of training in (0, 1), got {self.milestones}; pass "
-                "e.g. --milestones 0.5 0.75"
-            )
+        check_milestones(self.milestones)
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def changed_for_resume(self, saved: TrainConfig) -> list[str]:
-        """Keys that differ from `saved` and change what a resumed run would compute."""
-        ours, theirs = self.to_dict(), saved.to_dict()
-        return [k for k in ours if k not in EXECUTION_KEYS and ours[k] != theirs[k]]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join(unknown)} in {source}; check the spelling against "
-                "`advprune train --help`"
-            )
-        return cls(**values).validate()
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainConfig:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise ConfigError(
-                f"config not found: {path}; pass the --run-dir of an existing run"
-            ) from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config {path} is not valid YAML: {err}".splitlines()[0]) from err
-        if not isinstance(values, dict):
-            raise ConfigError(
-                f"config {path} must be a mapping of keys to values; restore it or start a new run"
-            )
-        return cls.from_dict(values, source=str(path))
-
-
-def _flag(key: str) -> str:
-    return key.replace("_", "-")

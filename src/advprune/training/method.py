@@ -1,4 +1,4 @@
-"""How a method takes part in training, without owning the loop (DESIGN.md: methods plug in).
+"""How a method takes part in training, without owning the loop (docs/architecture.md).
 
 The trainer owns data order, learning-rate schedule, checkpoints, logging and resume. A method
 owns what one optimisation step does to the model and to its own parameters (gates, scores), and
@@ -106,8 +106,9 @@ class TrainingMethod:
             )
 
     def metadata(self) -> dict[str, Any]:
-        """Stored with the final model, so evaluation and reports can tell methods apart."""
-        return {"name": self.name}
+        """Stored with the final model (over {"name": the objective}), so evaluation and reports
+        can tell methods apart; plain training adds nothing."""
+        return {}
 
     def finish(self, model: nn.Module, run_path: Any) -> None:
         """Called once after the last epoch, with the final model in eval mode."""

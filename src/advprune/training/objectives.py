@@ -1,4 +1,4 @@
-"""Training objectives (objectives.md): the loss on the weights and the examples it is taken on.
+"""Training objectives (docs/methods.md): the loss on the weights and the examples it is taken on.
 
 Adversarial examples are generated with the model in eval mode (BN statistics frozen) and the loss
 is taken in train mode, as in Madry et al. and TRADES' reference code.

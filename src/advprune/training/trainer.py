@@ -16,6 +16,7 @@ logs. So N changes the result only by floating-point summation order (and throug
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -30,10 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advprune.attacks import pgd
-from advprune.core import distributed
+from advprune.core import distributed, interrupts
 from advprune.core.device import autocast, resolve_device
 from advprune.core.distributed import Distributed
-from advprune.core.errors import CheckpointError, ConfigError
+from advprune.core.errors import CheckpointError, ConfigError, TrainingError
 from advprune.core.run_dir import RunDir
 from advprune.core.seeding import rng_state, seed_everything, set_rng_state
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
@@ -49,6 +50,7 @@ from advprune.training.schedule import learning_rate
 MONITOR_ATTACK_STEPS = 10
 MONITOR_BATCH_SIZE = 512  # a global batch that 1, 2, 4 or 8 ranks split evenly
 PROGRESS_EVERY = 20  # steps between progress-bar and TensorBoard updates (each syncs the device)
+STOP_CHECK_EVERY = 10  # under torchrun: steps between the ranks' agreement on a stop request
 
 
 @dataclass
@@ -121,10 +123,11 @@ class EpochSums:
 
 def train(
     config: TrainConfig,
-    run_dir: str,
+    run_dir: str | Path,
     *,
     resume: bool = False,
     data: TrainingData | None = None,
+    model: nn.Module | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
     initial_weights: dict[str, torch.Tensor] | None = None,
@@ -134,10 +137,17 @@ def train(
 
     The run directory ends with config.yaml, metrics.jsonl (one JSON line per epoch),
     checkpoint.safetensors (training state) and model.safetensors (final weights + architecture).
-    Fine-tuning starts from `initial_weights`. `method` decides what one step does (plain
-    training by default; masked fine-tuning, gates, scores for the pruning methods); its state is
-    checkpointed with the training state and its metadata stored with the model. Launched by
-    torchrun, every rank calls this and rank 0 writes; the directory is locked while it does.
+    The network is `config.model` built from the zoo, or a copy of `model` (the caller's own
+    nn.Module, recorded under the name `config.model`); fine-tuning starts from
+    `initial_weights`. `method` decides what one step does (plain training by default; masked
+    fine-tuning, gates, scores for the pruning methods); its state is checkpointed with the
+    training state and its metadata stored with the model. A first epoch that ends at chance
+    stops the run with a `TrainingError` (its checkpoint kept) unless `config.allow_chance`.
+    Launched by torchrun, every rank calls this and rank 0 writes; the directory is locked while
+    it does.
+
+    Example:
+        model = train(TrainConfig(dataset="fashion-mnist", eps=0.1, epochs=2), "runs/at")
     """
     config.validate()
     device = resolve_device(config.device)
@@ -147,7 +157,7 @@ def train(
     run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
     with run.locked() if ddp.is_main else contextlib.nullcontext():
         training = _Training(config, run, ddp, device, progress, log)
-        training.prepare(resume, data, initial_weights, method or TrainingMethod())
+        training.prepare(resume, data, model, initial_weights, method or TrainingMethod())
         return training.run()
 
 
@@ -185,18 +195,13 @@ class _Training:
         self,
         resume: bool,
         data: TrainingData | None,
+        model: nn.Module | None,
         initial_weights: dict[str, torch.Tensor] | None,
         method: TrainingMethod,
     ) -> None:
         """Everything that can fail on bad input happens here, before the run writes a file."""
-        config, run = self.config, self.run_dir
-        if self.ddp.is_main and not resume and (run.checkpoint.exists() or run.model.exists()):
-            raise ConfigError(
-                f"{run.path} already holds a run; pass --resume to continue it or choose another "
-                "--run-dir"
-            )
-        if resume and not run.checkpoint.exists():
-            raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
+        self._check_run_dir(resume)
+        config = self.config
         self.data = data or load_training_data(config)
         # Whole global batches only: the loader pads shards to equal length by wrapping around,
         # and the padding must never reach a step.
@@ -208,15 +213,7 @@ class _Training:
             )
         self.method = method
         seed_everything(config.seed)
-        model = create_model(**architecture(config.model, self.data.spec))
-        if initial_weights is not None:
-            load_state_strict(model, initial_weights, "the initial weights")
-        model = model.to(self.device)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if config.sync_batchnorm and self.ddp.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = method.prepare(model)
+        self.model = method.prepare(self._build_model(model, initial_weights))
         self.attack_generator = torch.Generator(self.device)
         self.optimizer = build_optimizer(config, method.weight_parameters(self.model))
         self.loader = BatchLoader(
@@ -236,19 +233,38 @@ class _Training:
         step_model = torch.compile(self.model) if config.compile else self.model
         self.step_model = distributed.wrap(step_model, self.device, method.find_unused_parameters)
 
+    def _check_run_dir(self, resume: bool) -> None:
+        run = self.run_dir
+        if self.ddp.is_main and not resume and (run.checkpoint.exists() or run.model.exists()):
+            raise ConfigError(
+                f"{run.path} already holds a run; pass --resume to continue it or choose another "
+                "--run-dir"
+            )
+        if resume and not run.checkpoint.exists():
+            raise ConfigError(f"nothing to resume in {run.path}: no {run.checkpoint.name}")
+
+    def _build_model(
+        self, model: nn.Module | None, initial_weights: dict[str, torch.Tensor] | None
+    ) -> nn.Module:
+        """A copy of the caller's `model`, or the zoo's `config.model`, on the run's device."""
+        config = self.config
+        self.architecture = architecture(config.model, self.data.spec)
+        model = copy.deepcopy(model) if model is not None else create_model(**self.architecture)
+        if initial_weights is not None:
+            load_state_strict(model, initial_weights, "the initial weights")
+        model = model.to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.sync_batchnorm and self.ddp.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
     def _load_checkpoint(self) -> None:
         """Weights, optimizer and method state from the checkpoint; where and how to go on."""
         run, config = self.run_dir, self.config
         state = load_training_state(run.checkpoint, self.model, self.optimizer)
         saved = TrainConfig.from_dict(state.metadata["config"], source=str(run.checkpoint))
-        changed = config.changed_for_resume(saved)
-        if changed:
-            key = changed[0]
-            raise ConfigError(
-                f"--resume: the checkpoint in {run.path} was written with {key}="
-                f"{getattr(saved, key)!r}, not {getattr(config, key)!r}; resume with its settings "
-                "or start a new --run-dir"
-            )
+        config.check_resume(saved, f"--resume: the checkpoint in {run.path}")
         self.start_epoch = state.metadata["epoch"]
         self.start_batch = state.metadata.get("batch", 0)
         self.history = state.metadata["history"]
@@ -277,8 +293,9 @@ class _Training:
             resume_step=self.start_epoch * steps_per_epoch + self.start_batch,
         )
         try:
-            for epoch in range(self.start_epoch, config.epochs):
-                self._epoch(epoch)
+            with interrupts.deferred():
+                for epoch in range(self.start_epoch, config.epochs):
+                    self._epoch(epoch)
         finally:
             self.run_log.close()
         model = self.model.eval()
@@ -288,12 +305,10 @@ class _Training:
                 self.run_dir.model,
                 model,
                 {
-                    "architecture": architecture(config.model, self.data.spec),
+                    "architecture": self.architecture,
                     "config": config.to_dict(),
                     "eps": config.eps,
-                    "method": self.method.metadata()
-                    if self.method.name != "dense"
-                    else {"name": config.objective},
+                    "method": {"name": config.objective, **self.method.metadata()},
                 },
             )
         distributed.barrier()
@@ -314,17 +329,7 @@ class _Training:
             with autocast(self.device, config.precision):
                 return objective(net, x, y, attack, config.beta)
 
-        start_batch = 0
-        if epoch == self.start_epoch and self.resumed_rank is not None:
-            start_batch = self.start_batch
-            tensors, values = self.resumed_rank.tensors, self.resumed_rank.values
-            set_rng_state(tensors, values["rng"], self.device)
-            self.attack_generator.set_state(tensors["attack"])
-            sums = EpochSums.from_values(values["sums"], self.device)
-        else:
-            seed_everything(epoch_seed(config.seed, epoch, f"rank{self.ddp.rank}"))
-            self.attack_generator.manual_seed(epoch_seed(config.seed, epoch, "attack"))
-            sums = EpochSums.zeros(self.device)
+        start_batch, sums = self._start_epoch(epoch)
         self.model.train()
         started = time.perf_counter()
         bar = tqdm(
@@ -336,16 +341,9 @@ class _Training:
             leave=False,
             dynamic_ncols=True,
         )
+        lr = config.lr
         for step, (x, y) in enumerate(bar, start=start_batch):
-            lr = learning_rate(
-                config.lr,
-                config.schedule,
-                (epoch + step / steps_per_epoch) / config.epochs,
-                config.milestones,
-                config.gamma,
-            )
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = self._set_learning_rate(epoch, step)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             context = StepContext(
@@ -353,36 +351,83 @@ class _Training:
             )
             out = self.method.step(self.step_model, x, y, self.optimizer, context)
             sums.add(out, y)
-            global_step = epoch * steps_per_epoch + step + 1
-            if step % PROGRESS_EVERY == 0 and self.ddp.is_main:
-                bar.set_postfix(
-                    loss=f"{sums.loss.item() / sums.seen:.3f}",
-                    acc=f"{sums.correct.item() / sums.seen:.3f}",
-                )
-                self.run_log.step(global_step, {"batch_loss": out.loss.item(), "lr": lr})
-            every = config.checkpoint_every
-            if every and global_step % every == 0 and step + 1 < steps_per_epoch:
-                self._save_checkpoint(epoch, step + 1, sums)
+            self._after_step(epoch, step, out, lr, sums, bar)
         bar.close()
+        self._end_epoch(epoch, lr, sums, time.perf_counter() - started)
+
+    def _start_epoch(self, epoch: int) -> tuple[int, EpochSums]:
+        """The first batch and the running sums: from the checkpoint when resuming mid-epoch,
+        else fresh, with every generator seeded from (seed, epoch)."""
+        config = self.config
+        if epoch == self.start_epoch and self.resumed_rank is not None:
+            tensors, values = self.resumed_rank.tensors, self.resumed_rank.values
+            set_rng_state(tensors, values["rng"], self.device)
+            self.attack_generator.set_state(tensors["attack"])
+            return self.start_batch, EpochSums.from_values(values["sums"], self.device)
+        seed_everything(epoch_seed(config.seed, epoch, f"rank{self.ddp.rank}"))
+        self.attack_generator.manual_seed(epoch_seed(config.seed, epoch, "attack"))
+        return 0, EpochSums.zeros(self.device)
+
+    def _set_learning_rate(self, epoch: int, step: int) -> float:
+        config = self.config
+        progress = (epoch + step / self.steps_per_epoch) / config.epochs
+        lr = learning_rate(config.lr, config.schedule, progress, config.milestones, config.gamma)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _after_step(
+        self, epoch: int, step: int, out: ObjectiveOutput, lr: float, sums: EpochSums, bar: Any
+    ) -> None:
+        """Progress, TensorBoard and the periodic mid-epoch checkpoint."""
+        global_step = epoch * self.steps_per_epoch + step + 1
+        if step % PROGRESS_EVERY == 0 and self.ddp.is_main:
+            bar.set_postfix(
+                loss=f"{sums.loss.item() / sums.seen:.3f}",
+                acc=f"{sums.correct.item() / sums.seen:.3f}",
+            )
+            self.run_log.step(global_step, {"batch_loss": out.loss.item(), "lr": lr})
+        every = self.config.checkpoint_every
+        if step + 1 == self.steps_per_epoch:
+            return  # the epoch's end checkpoints, and stops if asked
+        if every and global_step % every == 0:
+            self._save_checkpoint(epoch, step + 1, sums)
+        if self._stop_requested(global_step):
+            self._save_checkpoint(epoch, step + 1, sums)
+            self.log(f"stopped at epoch {epoch + 1} step {step + 1}; checkpoint saved")
+            raise KeyboardInterrupt
+
+    def _stop_requested(self, global_step: int | None = None) -> bool:
+        """Ctrl-C or SIGTERM since the last step; under torchrun every rank stops at the same
+        step (they agree every STOP_CHECK_EVERY steps, and at epoch ends: `global_step` None),
+        or the checkpoint's gather would hang."""
+        if not self.ddp.enabled:
+            return interrupts.requested()
+        if global_step is not None and global_step % STOP_CHECK_EVERY:
+            return False
+        flag = torch.tensor(float(interrupts.requested()), device=self.device)
+        return distributed.all_reduce_sum(flag).item() > 0
+
+    def _end_epoch(self, epoch: int, lr: float, sums: EpochSums, seconds: float) -> None:
+        """Log the epoch, checkpoint it, and stop a run that is not learning."""
         train_loss, train_accuracy = sums.over_all_ranks()
         record = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
             "train_accuracy": train_accuracy,
-            "seconds": time.perf_counter() - started,
-            **monitor(self.model, self.data, config, self.device, epoch),
+            "seconds": seconds,
+            **monitor(self.model, self.data, self.config, self.device, epoch),
         }
-        if epoch == 0 and record["train_accuracy"] < 1.5 / self.data.spec.num_classes:
-            record["warning"] = "training accuracy is at chance after the first epoch"
-            self.log(
-                f"warning: {record['warning']} ({record['train_accuracy']:.3f}); the model is not "
-                "learning — try a lower --lr, a clean-trained start, or a smaller --eps"
-            )
         self.history.append(record)
         self.log(format_record(record))
-        self.run_log.epoch((epoch + 1) * steps_per_epoch, self.history)
+        self.run_log.epoch((epoch + 1) * self.steps_per_epoch, self.history)
         self._save_checkpoint(epoch + 1, 0, EpochSums.zeros(self.device))
+        if self._stop_requested():
+            self.log(f"stopped after epoch {epoch + 1}; checkpoint saved")
+            raise KeyboardInterrupt
+        if epoch == 0:
+            check_learning(record, self.data.spec.num_classes, self.config, self.run_dir)
 
     def _save_checkpoint(self, epoch: int, batch: int, sums: EpochSums) -> None:
         """Rank 0 writes the state after `batch` batches of `epoch`, with every rank's part."""
@@ -467,6 +512,23 @@ def sharded_accuracy(
     return distributed.all_reduce_sum(correct).item() / len(dataset)
 
 
+def check_learning(
+    record: dict[str, Any], num_classes: int, config: TrainConfig, run: RunDir
+) -> None:
+    """Stop a run whose first epoch ends at chance, on the training batches and on clean test
+    images alike (a PGD-AT run's adversarial train accuracy alone can be low while it learns)."""
+    chance = 1.5 / num_classes
+    at_chance = record["train_accuracy"] < chance and record["test_clean_accuracy"] < chance
+    if not at_chance or config.allow_chance:
+        return
+    raise TrainingError(
+        f"the first epoch ended at chance (train {record['train_accuracy']:.3f}, clean test "
+        f"{record['test_clean_accuracy']:.3f}): the model is not learning; try a lower --lr, a "
+        f"trained start, or a smaller --eps (the checkpoint in {run.path} is kept; "
+        "--allow-chance trains on anyway)"
+    )
+
+
 def format_record(record: dict) -> str:
     parts = [f"epoch {record['epoch']}"]
     parts += [
@@ -475,22 +537,3 @@ def format_record(record: dict) -> str:
     parts.append(f"loss {record['train_loss']:.4f}")
     parts.append(f"{record['seconds']:.0f}s")
     return "  ".join(parts)
-
-
-def train_or_reuse(
-    config: TrainConfig, run_dir: str, *, progress: bool = True, log: Callable[[str], None] = print
-) -> None:
-    """Train once: reuse a finished run with the same config, resume an unfinished one."""
-    run = RunDir.create(run_dir)
-    if run.config.exists():
-        saved = TrainConfig.load(run.config)
-        if saved != config:
-            changed = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v]
-            raise ConfigError(
-                f"{run.path} holds a run with other settings ({', '.join(changed)}); delete it or "
-                "choose another --run-dir"
-            )
-        if run.model.exists():
-            log(f"reusing the trained model in {run.path}")
-            return
-    train(config, run_dir, resume=run.checkpoint.exists(), progress=progress, log=log)

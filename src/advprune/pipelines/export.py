@@ -1,4 +1,4 @@
-"""`advprune export RUN_DIR`: the gated network of an ANP-VS run as a smaller plain network.
+"""`advprune export RUN_DIR`: a run whose units were removed, as a smaller plain network.
 
 Writes RUN_DIR/exported/model.safetensors — plain conv/linear/BN layers at their pruned widths,
 rebuilt by `load_model` from the zoo architecture and the recorded layer shapes, no gate code — and

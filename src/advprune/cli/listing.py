@@ -1,0 +1,81 @@
+"""`advprune list {methods,models,datasets,attacks,recipes} [PATTERN]`: what each registry holds,
+one line per entry (timm's `list_models`, with wildcards)."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from collections.abc import Callable
+
+KINDS = ("methods", "models", "datasets", "attacks", "recipes")
+
+
+def _methods() -> dict[str, str]:
+    from advprune.methods import get_method, method_names
+
+    entries = {}
+    for name in method_names():
+        cls = get_method(name)
+        entries[name] = f"{cls.description} [{cls.origin}]"
+    return entries
+
+
+def _models() -> dict[str, str]:
+    from advprune.models import MODELS
+
+    return {
+        name: (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+        for name, factory in MODELS.items()
+    }
+
+
+def _datasets() -> dict[str, str]:
+    from advprune.data import DATASETS
+
+    return {
+        name: f"{spec.num_classes} classes, {spec.in_channels}×{spec.image_size}×"
+        f"{spec.image_size}, standard ε {spec.default_eps:.4g}"
+        for name, spec in DATASETS.items()
+    }
+
+
+def _attacks() -> dict[str, str]:
+    from advprune.attacks import ATTACKS, CLEAN
+
+    return {CLEAN: "no attack: accuracy on the images themselves"} | {
+        name: spec.description for name, spec in ATTACKS.items()
+    }
+
+
+def _recipes() -> dict[str, str]:
+    from advprune.recipes import available_recipes, load_recipe
+
+    return {name: str(load_recipe(name).get("title", "")) for name in available_recipes()}
+
+
+LISTERS: dict[str, Callable[[], dict[str, str]]] = {
+    "methods": _methods,
+    "models": _models,
+    "datasets": _datasets,
+    "attacks": _attacks,
+    "recipes": _recipes,
+}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("list", help="list methods, models, datasets, attacks, recipes")
+    parser.add_argument("kind", choices=KINDS, help="which registry")
+    parser.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'vgg*'")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = {
+        name: text
+        for name, text in LISTERS[args.kind]().items()
+        if fnmatch.fnmatchcase(name, args.pattern)
+    }
+    width = max((len(name) for name in entries), default=0)
+    for name, text in entries.items():
+        print(f"{name:<{width}}  {text}")
+    return 0

@@ -1,0 +1,74 @@
+"""`advprune prune --method NAME`: any registered method, from a trained run, into a run directory.
+
+The method's own flags (`advprune prune --method mad --help`) come from its settings dataclass;
+the flags every method shares come from `PruneSettings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from advprune.cli.flags import add_config_flags, given, print_config
+from advprune.core import distributed
+from advprune.methods import PruneSettings, get_method, method_names
+
+
+def method_in(argv: Sequence[str]) -> str | None:
+    """The value of `--method` on a prune command line, read before the parser is built, so that
+    the method's own flags can be added."""
+    for index, arg in enumerate(argv):
+        if arg == "--method" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--method="):
+            return arg.partition("=")[2]
+    return None
+
+
+def methods_with_flag(flag: str) -> list[str]:
+    """The registered methods that have `--flag` among their own settings."""
+    name = flag.removeprefix("--").partition("=")[0].replace("-", "_")
+    return [m for m in method_names() if name in get_method(m).Settings.field_names()]
+
+
+def add_parser(commands: argparse._SubParsersAction, argv: Sequence[str]) -> None:
+    methods = method_names()
+    parser = commands.add_parser(
+        "prune",
+        help=f"prune a trained run with a registered method ({', '.join(methods)})",
+        epilog="Each method has its own options: advprune prune --method NAME --help. "
+        "advprune list methods describes them.",
+    )
+    parser.add_argument("--run-dir", required=True, help="directory for the pruned run")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and stop"
+    )
+    generic = parser.add_argument_group("settings of every method")
+    add_config_flags(generic, PruneSettings, exclude={"method", "from_run"})
+    generic.add_argument(
+        "--method", required=True, help=f"pruning method; choices: {', '.join(methods)}"
+    )
+    generic.add_argument(
+        "--from", "--from-run", dest="from_run", help="the trained run directory to prune"
+    )
+    name = method_in(argv)
+    if name in methods:
+        cls = get_method(name)
+        own = parser.add_argument_group(f"{name} options ({cls.description})")
+        add_config_flags(own, cls.Settings)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from advprune.pipelines import prune_run
+
+    cls = get_method(args.method)
+    settings = PruneSettings.from_dict(given(args, PruneSettings.field_names()), "flags")
+    own = cls.Settings.from_dict(given(args, cls.Settings.field_names()), "flags")
+    if args.print_config:
+        return print_config(settings, own)
+    prune_run(settings, cls(own), args.run_dir, progress=not args.quiet)
+    if distributed.current().is_main:
+        print(f"pruned model written to {Path(args.run_dir) / 'model.safetensors'}")
+    return 0

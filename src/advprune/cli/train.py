@@ -1,0 +1,59 @@
+"""`advprune train`: a dense run (standard, PGD-AT, TRADES, MART, fast AT) into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from advprune.cli.flags import add_config_flags, given, print_config
+from advprune.core import distributed
+from advprune.core.run_dir import RunDir
+from advprune.training import TrainConfig
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train", help="train a dense model (standard, PGD-AT, TRADES, MART, fast AT)"
+    )
+    parser.add_argument("--run-dir", required=True, help="directory for everything the run writes")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    parser.add_argument(
+        "--recipe", help="start from a recipe's train settings: a packaged name (demo) or a path"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and stop"
+    )
+    add_config_flags(parser.add_argument_group("training settings"), TrainConfig)
+    parser.set_defaults(handler=run)
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings: a resumed run's own (flags may change only where it runs), else the
+    recipe's `train:` section with the flags on top."""
+    from advprune.recipes import load_recipe
+
+    flags = given(args, TrainConfig.field_names())
+    if args.resume:
+        run = RunDir.existing(args.run_dir)
+        saved = TrainConfig.load(run.config)
+        config = saved.replace(**flags)
+        config.check_resume(saved, f"the run in {run.path}")
+        return config
+    base = load_recipe(args.recipe).get("train", {}) if args.recipe else {}
+    return TrainConfig.from_dict({**base, **flags}, source="--recipe and flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    from advprune.training import train
+
+    config = resolve(args)
+    if args.print_config:
+        return print_config(config)
+    run_dir = RunDir.at(args.run_dir)
+    if args.resume and run_dir.model.exists():
+        print(f"the run in {run_dir.path} is finished ({config.epochs} epochs); nothing to resume")
+        return 0
+    train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
+    if distributed.current().is_main:
+        print(f"trained model written to {Path(args.run_dir) / 'model.safetensors'}")
+    return 0
