@@ -87,5 +87,5 @@ def test_python_dash_m_entry_point(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "advprune: error: unknown model 'lenet6'; choose one of lenet300-100, lenet5-caffe, "
-        "vgg16, resnet18, wrn28-10, wrn34-10"
+        "resnet18, vgg16-bn, vgg16-anpvs, wrn28-10, wrn34-10"
     )
