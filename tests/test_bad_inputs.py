@@ -177,7 +177,11 @@ CASES = [
         [*TRAIN, "--dataset", "cifar10", "--data-dir", "nowhere"],
         "cifar10 train split not found",
     ),
-    Case("unknown-model", [*TRAIN, "--model", "lenet6"], "unknown model 'lenet6'; choose one of"),
+    Case(
+        "unknown-model",
+        [*TRAIN, "--model", "lenet6"],
+        "unknown model 'lenet6' (known: lenet300-100",
+    ),
     Case("unknown-objective", [*TRAIN, "--objective", "mart2"], "unknown objective 'mart2'"),
     Case("unknown-optimizer", [*TRAIN, "--optimizer", "lion"], "unknown optimizer 'lion'"),
     Case("no-examples", [*TRAIN, "--limit-train", "0"], "limit_train must be ≥ 1"),

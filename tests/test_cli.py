@@ -86,5 +86,5 @@ def test_python_dash_m_entry_point(tmp_path):
     )
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("advprune: error: unknown model 'lenet6'; choose one of lenet300-100")
-    assert "module.path:Factory" in line  # the fix for a model outside the zoo
+    assert line.startswith("advprune: error: unknown model 'lenet6'")
+    assert "lenet5-caffe" in line and "package.module:ClassOrFactory" in line  # the fixes

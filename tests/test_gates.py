@@ -84,10 +84,11 @@ def test_resnet18_gates_follow_its_residual_groups_and_come_out_cleanly():
     assert sorted(grouped) == sorted(convs)  # every conv is gated exactly once
     # Stage 1: the stem and both blocks' second convs add into one stream; later stages add
     # their shortcut conv too. Inner convs (conv1 of each block) are on their own.
-    stage1 = ["body.conv1", "body.layers.0.conv2", "body.layers.1.conv2"]
-    stage2 = ["body.layers.2.conv2", "body.layers.2.shortcut.0", "body.layers.3.conv2"]
+    stage1 = ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
+    stage2 = ["layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2"]
     assert grouped[stage1[0]].layers == stage1 and grouped[stage2[0]].layers == stage2
-    assert all(len(grouped[f"body.layers.{i}.conv1"].layers) == 1 for i in range(8))
+    inner = [f"layer{stage}.{block}.conv1" for stage in range(1, 5) for block in range(2)]
+    assert all(len(grouped[name].layers) == 1 for name in inner)
     for gate in channel_gates:
         widths = {model.get_submodule(name).out_channels for name in gate.layers}
         assert widths == {gate.units} and len(gate.norms) == len(gate.layers)

@@ -41,7 +41,7 @@ def recipe_methods(recipe: str) -> list[str]:
 
 
 def test_scale_shrinks_epochs_and_examples_as_documented():
-    train = TrainConfig(dataset="cifar10", model="vgg16", epochs=200, monitor_examples=1000)
+    train = TrainConfig(dataset="cifar10", model="vgg16-bn", epochs=200, monitor_examples=1000)
     scaled = scale_settings(train.validate(), 0.01, "cifar10")
     assert (scaled.epochs, scaled.limit_train, scaled.limit_test) == (2, 500, 100)
     assert scaled.monitor_examples == 10

@@ -21,12 +21,9 @@ def _methods() -> dict[str, str]:
 
 
 def _models() -> dict[str, str]:
-    from advprune.models import MODELS
+    from advprune.models import list_models, model_entry
 
-    return {
-        name: (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-        for name, factory in MODELS.items()
-    }
+    return {name: model_entry(name).description for name in list_models()}
 
 
 def _datasets() -> dict[str, str]:

@@ -50,6 +50,7 @@ from advprune.methods.base import (
     register_method,
 )
 from advprune.models.features import capture_features
+from advprune.models.vgg import BaseModeDropout
 from advprune.training.config import TrainConfig
 from advprune.training.method import StepContext, TrainingMethod, check_finite
 from advprune.training.objectives import ObjectiveOutput
@@ -161,6 +162,9 @@ class ANPVSTraining(TrainingMethod):
     def prepare(self, model: nn.Module) -> nn.Module:
         if not self.config.gates:
             return model
+        for module in model.modules():  # the official gated network skips the base dropouts
+            if isinstance(module, BaseModeDropout):
+                module.p = 0.0
         device = next(model.parameters()).device
         example = torch.zeros(2, *self.input_shape, device=device)
         self.gates = insert_gates(

@@ -2,7 +2,10 @@
 
 from torch import nn
 
+from advprune.models.registry import register_model
 
+
+@register_model("lenet300-100", description="fully connected 784-300-100-10, for 28×28 images")
 def lenet300_100(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 28
 ) -> nn.Sequential:
@@ -17,6 +20,9 @@ def lenet300_100(
     )
 
 
+@register_model(
+    "lenet5-caffe", description="conv 20-50, dense 500 (ANP-VS's MNIST network, 431,080 params)"
+)
 def lenet5_caffe(
     num_classes: int = 10, in_channels: int = 1, image_size: int = 28
 ) -> nn.Sequential:

@@ -20,6 +20,10 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def is_identity(self) -> bool:
+        """mean 0 and std 1 everywhere: the layer changes nothing and can be dropped."""
+        return bool((self.mean == 0).all() and (self.std == 1).all())
+
 
 def with_normalization(
     body: nn.Module, mean: Sequence[float], std: Sequence[float]

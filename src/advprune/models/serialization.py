@@ -1,4 +1,8 @@
-"""Save and load zoo models as safetensors with their architecture in the metadata.
+"""Save and load models as safetensors with their architecture in the metadata.
+
+The architecture is `create_model`'s arguments (`models.architecture`): a zoo name or the import
+path of a network outside the zoo ("package.module:ClassOrFactory", importable when loading),
+and mean/std, None for a network without normalisation.
 
 Two extensions of a zoo architecture can be recorded: `architecture["layer_shapes"]` (layer name →
 weight shape) for an exported pruned network, whose layers are narrower than the zoo model's, and
@@ -98,7 +102,8 @@ def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, An
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
-    """Rebuild a zoo model from a file written by `save_model`, in eval mode."""
+    """Rebuild a model (zoo name or import path) from a file written by `save_model`, in eval
+    mode."""
     from advprune.models import create_model
 
     tensors, metadata = load_tensors(path, what="model file")

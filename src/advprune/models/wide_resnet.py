@@ -1,9 +1,9 @@
 """Wide ResNets (Zagoruyko & Komodakis, 2016), pre-activation blocks: WRN-28-10 and WRN-34-10."""
 
-from functools import partial
-
 import torch
 from torch import nn
+
+from advprune.models.registry import register_model
 
 
 class WideBlock(nn.Module):
@@ -49,11 +49,11 @@ class WideResNet(nn.Module):
         return self.linear(torch.flatten(self.pool(out), 1))
 
 
-def wide_resnet(
-    depth: int, widen: int, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
-) -> WideResNet:
-    return WideResNet(depth, widen, num_classes, in_channels)
+@register_model("wrn28-10", description="Wide ResNet 28-10, pre-activation (36.5 M params)")
+def wrn28_10(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+    return WideResNet(28, 10, num_classes, in_channels)
 
 
-wrn28_10 = partial(wide_resnet, 28, 10)
-wrn34_10 = partial(wide_resnet, 34, 10)
+@register_model("wrn34-10", description="Wide ResNet 34-10, pre-activation (46.2 M params)")
+def wrn34_10(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> WideResNet:
+    return WideResNet(34, 10, num_classes, in_channels)

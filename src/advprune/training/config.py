@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from advprune.core.config import Config, closest, setting
+from advprune.core.config import Config, setting
 from advprune.core.device import PRECISIONS
 from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError
 from advprune.data import DATASETS, get_spec
-from advprune.models import MODELS
+from advprune.models import check_model_name
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
@@ -114,11 +114,7 @@ class TrainConfig(Config):
                 raise ConfigError("a dataset passed in Python has no standard ε; pass eps")
             self.eps = get_spec(self.dataset).default_eps
         check_eps(self.eps)
-        if ":" not in self.model and self.model not in MODELS:
-            raise ConfigError(
-                f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}, or name your "
-                "own as module.path:Factory" + closest(self.model, MODELS)
-            )
+        check_model_name(self.model)
         check_positive_counts(
             self, ("epochs", "batch_size", "attack_steps", "limit_train", "limit_test")
         )
