@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors, read from their standard files, batched on the device."""
+"""Datasets as in-memory tensors, read from their standard files, batched on the device."""
 
 from advprune.data.dataset import DATASETS, DatasetSpec, ImageDataset, get_spec
 from advprune.data.downloads import download

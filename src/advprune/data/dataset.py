@@ -1,4 +1,4 @@
-"""What a dataset is: uint8 images and labels in memory, plus the facts each dataset is known by."""
+"""What a dataset is: images and labels in memory, plus the facts each dataset is known by."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def check_limit(limit: int | None) -> None:
 
 @dataclass
 class ImageDataset:
-    """A whole split held as uint8 (N, C, H, W) images and int64 (N,) labels.
+    """A whole split held as (N, C, H, W) images and int64 (N,) labels.
 
-    Keeping uint8 costs a quarter of float32 memory, so even Tiny-ImageNet fits on a GPU and
-    batches are converted there (see `BatchLoader`).
+    The standard datasets are kept as uint8 (a quarter of float32 memory, so even Tiny-ImageNet
+    fits on a GPU; batches are converted there, see `BatchLoader`); images a user passes as float
+    tensors in [0, 1] are kept as they are (`from_tensors`).
     """
 
     name: str
@@ -32,9 +33,9 @@ class ImageDataset:
     num_classes: int
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4:
             raise DataError(
-                f"{self.name}: images must be a uint8 (N, C, H, W) tensor, got "
+                f"{self.name}: images must be a uint8 or float32 (N, C, H, W) tensor, got "
                 f"{self.images.dtype} {tuple(self.images.shape)}; convert them before building "
                 "an ImageDataset"
             )
@@ -43,6 +44,31 @@ class ImageDataset:
                 f"{self.name}: labels must be an int64 tensor of shape ({len(self.images)},), got "
                 f"{self.labels.dtype} {tuple(self.labels.shape)}; give one label per image"
             )
+
+    @classmethod
+    def from_tensors(
+        cls, images: torch.Tensor, labels: torch.Tensor, name: str = "custom"
+    ) -> ImageDataset:
+        """A dataset of the caller's own tensors: float images in [0, 1] (or uint8), as they are.
+
+        Example:
+            ImageDataset.from_tensors(torch.rand(100, 3, 32, 32), torch.randint(0, 10, (100,)))
+        """
+        if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise DataError("pass images and labels as torch tensors: (N, C, H, W) and (N,)")
+        if images.dim() == 3:  # (N, H, W): one channel
+            images = images[:, None]
+        if images.is_floating_point():
+            images = images.detach().float()
+            if images.numel() and (images.min() < 0 or images.max() > 1):
+                raise DataError(
+                    f"{name}: float images must be in [0, 1] (found {images.min().item():.3g} to "
+                    f"{images.max().item():.3g}); divide by 255, and leave normalisation to the "
+                    "model"
+                )
+        labels = labels.detach().long().flatten()
+        classes = int(labels.max().item()) + 1 if labels.numel() else 0
+        return cls(name, images.contiguous(), labels, classes)
 
     def __len__(self) -> int:
         return len(self.labels)

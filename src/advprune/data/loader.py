@@ -40,11 +40,17 @@ def crop_and_flip(
     return out.view(batch, channels, height, width)
 
 
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float in [0, 1]; float images are already there."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
 class BatchLoader:
     """(x, y) batches of an `ImageDataset`, replacing `torch.utils.data.DataLoader`.
 
-    The uint8 images move to `device` once; each batch is gathered, augmented and converted to
-    float in [0, 1] there, with no Python work per sample. Epoch e's order and augmentation come
+    The images (uint8, or float in [0, 1]) move to `device` once; each batch is gathered,
+    augmented and converted to float in [0, 1] there, with no Python work per sample. Epoch e's
+    order and augmentation come
     from a private generator seeded from (seed, e) alone, so epoch e yields the same batches
     whatever ran before, and `epoch(e, start_batch=k)` resumes mid-epoch by skipping k batches.
 
@@ -147,4 +153,4 @@ class BatchLoader:
                     None if offsets is None else offsets[batch],
                     None if flips is None else flips[batch],
                 )
-            yield images.float() / 255, self.labels[index]
+            yield _as_float(images), self.labels[index]

@@ -121,10 +121,12 @@ def prune_run(
     *,
     source: Source | None = None,
     data: TrainingData | None = None,
+    export: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> nn.Module:
     """Prune `source` (default: the `--from` run) with `method` into `run_dir`; resumable.
+    A method that removes units ends with `export_run` unless `export` is False.
 
     Example:
         prune_run(PruneSettings(method="mad", from_run="runs/at", sparsity=0.9),
@@ -166,7 +168,7 @@ def prune_run(
         initial_weights=initial,
         method=training,
     )
-    if method.exports and is_main:
+    if method.exports and export and is_main:
         export_run(run.path, log=log)
     return model
 
