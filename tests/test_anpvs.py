@@ -271,3 +271,32 @@ def test_the_paper_recipes_hold_the_papers_settings(recipe, dataset, beta, vs_la
     assert (config.beta, config.vs_lambda, config.gate_lr) == (beta, vs_lambda, 0.01)
     assert steps["anpvs"].needs["from_run"] == "base"
     assert config.finetune.epochs == 200 and config.finetune.lr == 1e-3
+
+
+def test_the_clean_and_adversarial_passes_draw_their_own_gates():
+    """As the official code: every pass of the step samples its gates anew (from the run's
+    attack generator, so torchrun ranks agree), not one draw shared by both."""
+    from advprune.methods.anpvs import ANPVSSettings, ANPVSTraining
+    from advprune.training.method import StepContext
+    from advprune.training.objectives import AttackSettings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    train = TrainConfig(eps=0.05, attack_steps=1, optimizer="adam", lr=1e-3).validate()
+    method = ANPVSTraining(ANPVSSettings(vs_lambda=0.1), train, (1, 4, 4))
+    method.prepare(model)
+    seen = []
+    gate = method.gates[0]
+
+    def record(*_):  # after the gate's own hook; the attack's eval-mode passes sample nothing
+        if gate._sample is not None:
+            seen.append(gate._sample.clone())
+
+    model[1].register_forward_pre_hook(record)
+    optimizer = torch.optim.Adam(method.weight_parameters(model), lr=1e-3)
+    attack = AttackSettings(0.05, 1, None, torch.Generator().manual_seed(0))
+    context = StepContext(None, 0, 0, 1, 1e-3, examples=100, attack=attack)
+    x, y = torch.rand(6, 1, 4, 4), torch.randint(0, 3, (6,))
+    model.train()
+    method.step(model, x, y, optimizer, context)
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])

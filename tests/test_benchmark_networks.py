@@ -296,3 +296,38 @@ def test_anpvs_vgg16_gates_sit_where_the_official_beta_bernoulli_dropout_does():
         assert norm == f"body.features.{index + 1}"
     inputs = [(gate.layers, gate.units) for gate in gates if gate.kind == "inputs"]
     assert inputs == [(["body.classifier.2"], 512), (["body.classifier.6"], 512)]
+
+
+# ------------------------------------------------------------------------------- MAD's VGG-16
+
+# ByungKwanLee/Masking-Adversarial-Damage, models/vgg.py: make_layers(defaultcfg[16], True) —
+# conv 3×3 (no bias, padding 1) → BN → ReLU, max-pools where cfg says 'M' (four) —, then in
+# forward an AvgPool2d(2) and classifier = nn.Linear(cfg[-1], num_classes).
+MAD_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+
+def mad_vgg16_layers(num_classes: int = 10) -> list[tuple]:
+    layers, channels = [], 3
+    for value in MAD_CFG:
+        if value == "M":
+            layers.append(("pool", 2))
+        else:
+            layers += [("conv", channels, value, 3, "same", "no bias"), ("bn",), RELU]
+            channels = value
+    return [*layers, ("avgpool", 2), ("dense", 512, num_classes)]
+
+
+def test_mad_vgg16_is_the_official_layer_sequence():
+    model = create_model("vgg16-mad", num_classes=10)
+    leaves = [m for m in model.body.modules() if not list(m.children())]
+    described = []
+    for leaf in leaves:
+        if isinstance(leaf, nn.AvgPool2d):
+            described.append(("avgpool", leaf.kernel_size))
+        elif isinstance(leaf, nn.BatchNorm2d):
+            described.append(("bn",))
+        else:
+            described.append(describe(leaf))
+    assert described == mad_vgg16_layers()
+    assert sum(p.numel() for p in model.body.parameters()) == 14_724_042
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

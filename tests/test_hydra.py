@@ -202,3 +202,25 @@ def test_hydra_settings_that_cannot_work(dense_run, tmp_path):
         hydra(dense_run, tmp_path / "run", log=stop_at_epoch(1))
     with pytest.raises(ConfigError, match=r"other settings \(sparsity\)"):
         hydra(dense_run, tmp_path / "run", sparsity=0.5)
+
+
+def test_the_score_phase_trains_scores_and_batchnorm_as_the_official_code():
+    """inspire-group/hydra: freeze_vars skips BatchNorm unless --freeze-bn (off by default)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 26 * 26, 10))  # fmt: skip
+    method = ScoreTraining(0.5)
+    network = method.prepare(model)
+    trained = {id(p) for p in method.weight_parameters(network)}
+    assert {id(p) for p in model[1].parameters()} <= trained  # BN's γ and β learn
+    assert not any(id(p) in trained for layer in (model[0], model[4]) for p in layer.parameters())
+    assert all(id(s) in trained for s in method.scores.values())
+    frozen = ScoreTraining(0.5, train_batchnorm=False)
+    frozen.prepare(copy_of(model))
+    assert len(frozen.weight_parameters(frozen.network)) == len(frozen.scores)
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).requires_grad_(True)

@@ -222,3 +222,15 @@ def test_masks_that_do_not_fit_the_model_or_file_are_clear_errors(tmp_path):
     save_tensors(not_masks, {"x": torch.zeros(1)}, {"kind": "checkpoint"})
     with pytest.raises(CheckpointError, match="not a mask file"):
         WeightMasks.load(not_masks)
+
+
+def test_the_official_rule_prunes_floor_counts_and_breaks_ties_by_position():
+    from advprune.masks import OFFICIAL, pruned_count
+
+    assert pruned_count(15, 0.9) == 14 and pruned_count(15, 0.9, OFFICIAL) == 13  # 13.5
+    scores = {"a": torch.zeros(4, 5), "b": torch.zeros(10)}
+    masks = select_global(scores, 0.5, rule=OFFICIAL)
+    flat = torch.cat([masks["a"].flatten(), masks["b"]])
+    assert (~flat[:15]).all() and flat[15:].all()  # the lowest flat indices go first
+    rows = select_per_row({"w": torch.zeros(3, 10)}, 0.35, rule=OFFICIAL)["w"]
+    assert (~rows[:, :3]).all() and rows[:, 3:].all()  # int(3.5) = 3 per row, leading columns

@@ -22,6 +22,7 @@ SHAPES = {
     "lenet300-100": (1, 28),
     "lenet5-caffe": (1, 28),
     "vgg16-bn": (3, 32),
+    "vgg16-mad": (3, 32),
     "vgg16-anpvs": (3, 32),
     "resnet18": (3, 32),
     "wrn28-10": (3, 32),
@@ -34,6 +35,7 @@ PARAMETERS = {
     "lenet5-caffe": 431_080,
     "resnet18": 11_173_962,
     "vgg16-bn": 15_311_818,
+    "vgg16-mad": 14_724_042,  # MAD's models/vgg.py: four pools, one Linear 512 → 10
     "vgg16-anpvs": 14_991_946,
     "wrn28-10": 36_479_194,
     "wrn34-10": 46_160_474,
@@ -110,7 +112,7 @@ def test_unknown_model_and_bad_normalisation_are_config_errors():
 
 def test_list_models_takes_shell_wildcards_and_each_name_has_a_description():
     assert list_models() == list(MODELS)
-    assert list_models("vgg16*") == ["vgg16-bn", "vgg16-anpvs"]
+    assert list_models("vgg16*") == ["vgg16-bn", "vgg16-mad", "vgg16-anpvs"]
     assert list_models("*net*") == ["lenet300-100", "lenet5-caffe", "resnet18"]
     assert list_models("lenet?-*") == ["lenet5-caffe"]
     assert list_models("alexnet*") == []

@@ -11,8 +11,11 @@ from advprune.masks.gated import find_gates, fold_gates, insert_gates, remove_ga
 from advprune.masks.gates import BetaBernoulliGate
 from advprune.masks.layers import PRUNABLE, layer_of, prunable_layers, prunable_parameters
 from advprune.masks.selection import (
+    OFFICIAL,
     ORDERS,
     SCHEMES,
+    SEEDED,
+    SelectionRule,
     check_sparsity,
     order_scores,
     pruned_count,
@@ -25,10 +28,13 @@ from advprune.masks.selection import (
 from advprune.masks.weight_masks import WeightMasks
 
 __all__ = [
+    "OFFICIAL",
     "ORDERS",
     "PRUNABLE",
     "SCHEMES",
+    "SEEDED",
     "BetaBernoulliGate",
+    "SelectionRule",
     "WeightMasks",
     "check_sparsity",
     "export_gated",

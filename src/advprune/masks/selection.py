@@ -5,7 +5,9 @@ selection, so methods differ only in their scores. Scores are dicts `parameter n
 shaped like the parameter; selection is exact — `round(sparsity · n)` entries of each group are
 pruned. Ties are broken by a random permutation drawn from `seed`, so two runs with the same
 scores and seed agree; breaking them by position instead would prune whole leading rows when many
-scores tie (MAD gives exactly 0 to every weight whose mask ended at 1).
+scores tie (MAD gives exactly 0 to every weight whose mask ended at 1). A published method keeps
+its own code's rule (`SelectionRule`): the official MAD and HYDRA code prune `int(sparsity · n)`
+entries and MAD breaks ties by position, lower flat index first (a stable `torch.sort`).
 
 Schemes:
 - "global": one ranking over all scores together;
@@ -17,6 +19,7 @@ Schemes:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -39,21 +42,39 @@ def check_sparsity(sparsity: float) -> None:
         )
 
 
-def pruned_count(size: int, sparsity: float) -> int:
-    """How many of `size` entries a selection prunes: round(sparsity · size), exactly."""
-    return round(sparsity * size)
+@dataclass(frozen=True)
+class SelectionRule:
+    """How an exact selection breaks ties and rounds its counts (module docstring)."""
+
+    ties: str = "seeded"  # or "position": lower flat index first, as a stable torch.sort
+    rounding: str = "round"  # or "floor": int(sparsity · n), as the official codes count
+
+    def count(self, size: int, sparsity: float) -> int:
+        return int(sparsity * size) if self.rounding == "floor" else round(sparsity * size)
 
 
-def _lowest_first(scores: Tensor, seed: int) -> Tensor:
-    """Column indices of each row of `scores` (2-D) from lowest to highest, ties in seeded order."""
+SEEDED = SelectionRule()
+OFFICIAL = SelectionRule(ties="position", rounding="floor")  # the MAD and HYDRA codes'
+
+
+def pruned_count(size: int, sparsity: float, rule: SelectionRule = SEEDED) -> int:
+    """How many of `size` entries a selection prunes (round(sparsity · size) by default)."""
+    return rule.count(size, sparsity)
+
+
+def _lowest_first(scores: Tensor, seed: int, rule: SelectionRule) -> Tensor:
+    """Column indices of each row of `scores` (2-D) from lowest to highest, ties in seeded order
+    (or by position)."""
+    if rule.ties == "position":
+        return torch.sort(scores, dim=1, stable=True).indices
     generator = torch.Generator().manual_seed(seed)
     shuffle = torch.randperm(scores.shape[1], generator=generator).to(scores.device)
     return shuffle[torch.sort(scores[:, shuffle], dim=1, stable=True).indices]
 
 
-def _prune_lowest(scores: Tensor, count: int, seed: int) -> Tensor:
-    """Keep-mask of a 2-D score matrix with the `count` lowest entries of each row pruned."""
-    pruned = _lowest_first(scores, seed)[:, :count]
+def _prune_lowest(scores: Tensor, sparsity: float, seed: int, rule: SelectionRule) -> Tensor:
+    """Keep-mask of a 2-D score matrix with the `sparsity` fraction of each row's lowest pruned."""
+    pruned = _lowest_first(scores, seed, rule)[:, : rule.count(scores.shape[1], sparsity)]
     return torch.ones_like(scores, dtype=torch.bool).scatter_(1, pruned, False)
 
 
@@ -71,13 +92,15 @@ def _flatten(scores: Scores) -> Tensor:
     return torch.cat([score.detach().reshape(-1).float().to(device) for score in scores.values()])
 
 
-def select_global(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightMasks:
+def select_global(
+    scores: Scores, sparsity: float, *, seed: int = 0, rule: SelectionRule = SEEDED
+) -> WeightMasks:
     """Prune the `sparsity` fraction of lowest scores across all tensors together."""
     check_sparsity(sparsity)
     if not scores:
         return WeightMasks({})
     flat = _flatten(scores)
-    keep = _prune_lowest(flat[None], pruned_count(flat.numel(), sparsity), seed)[0]
+    keep = _prune_lowest(flat[None], sparsity, seed, rule)[0]
     return WeightMasks(_split(keep, scores))
 
 
@@ -88,16 +111,20 @@ def _by_layer(scores: Scores) -> dict[str, dict[str, Tensor]]:
     return layers
 
 
-def select_layerwise(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightMasks:
+def select_layerwise(
+    scores: Scores, sparsity: float, *, seed: int = 0, rule: SelectionRule = SEEDED
+) -> WeightMasks:
     """Prune the `sparsity` fraction of lowest scores within each layer (weight and bias pooled)."""
     check_sparsity(sparsity)
     masks: dict[str, Tensor] = {}
     for layer_scores in _by_layer(scores).values():
-        masks.update(select_global(layer_scores, sparsity, seed=seed))
+        masks.update(select_global(layer_scores, sparsity, seed=seed, rule=rule))
     return WeightMasks(masks)
 
 
-def select_per_row(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightMasks:
+def select_per_row(
+    scores: Scores, sparsity: float, *, seed: int = 0, rule: SelectionRule = SEEDED
+) -> WeightMasks:
     """Prune the same number, `round(sparsity · columns)`, of lowest scores in every output row.
 
     Each layer's scores form its out × in matrix [W | b] (weight flattened per output, bias as a
@@ -113,7 +140,7 @@ def select_per_row(scores: Scores, sparsity: float, *, seed: int = 0) -> WeightM
                 "'global' or 'layerwise' scheme for it"
             )
         matrix = torch.cat([s.detach().reshape(rows, -1).float() for s in layer_scores.values()], 1)
-        keep = _prune_lowest(matrix, pruned_count(matrix.shape[1], sparsity), seed)
+        keep = _prune_lowest(matrix, sparsity, seed, rule)
         widths = [score[0].numel() for score in layer_scores.values()]
         for (name, score), part in zip(layer_scores.items(), keep.split(widths, 1), strict=True):
             masks[name] = part.reshape(score.shape)
@@ -152,10 +179,12 @@ def select(
     order: str = "lowest",
     seed: int = 0,
     classifier: str | None = None,
+    rule: SelectionRule = SEEDED,
 ) -> WeightMasks:
     """Masks pruning `sparsity` of the entries by `scheme` (see the module docstring) and `order`.
 
-    `seed` draws the tie-breaking order and, for `order="random"`, the scores themselves.
+    `seed` draws the tie-breaking order and, for `order="random"`, the scores themselves; `rule`
+    says how ties are broken and counts rounded.
     `classifier` names the layer the "mad" scheme prunes per row; by default the layer of the
     last score (scores follow the model's registration order, where the classifier comes last).
     """
@@ -164,9 +193,9 @@ def select(
     check_sparsity(sparsity)
     ranked = order_scores(scores, order, seed)
     if scheme == "global":
-        return select_global(ranked, sparsity, seed=seed)
+        return select_global(ranked, sparsity, seed=seed, rule=rule)
     if scheme == "layerwise":
-        return select_layerwise(ranked, sparsity, seed=seed)
+        return select_layerwise(ranked, sparsity, seed=seed, rule=rule)
     if classifier is None and ranked:
         classifier = layer_of(next(reversed(ranked)))
     rows = {name: score for name, score in ranked.items() if layer_of(name) == classifier}
@@ -176,7 +205,7 @@ def select(
         )
     rest = {name: score for name, score in ranked.items() if name not in rows}
     masks = {
-        **select_global(rest, sparsity, seed=seed),
-        **select_per_row(rows, sparsity, seed=seed),
+        **select_global(rest, sparsity, seed=seed, rule=rule),
+        **select_per_row(rows, sparsity, seed=seed, rule=rule),
     }
     return WeightMasks({name: masks[name] for name in ranked})

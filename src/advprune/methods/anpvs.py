@@ -4,10 +4,11 @@ Every minibatch, with x̃ = PGD(x) against the current network (deterministic ga
 - the gate parameters (a, b) take a step on  CE(f(x̃), y) + β·KL/N;
 - the weights W take a step on  (CE(f(x), y) + 2·CE(f(x̃), y))/3 + λ·VS  (+ weight decay, which the
   trainer's optimizer applies: the official 1e-4·‖W‖²/2 is Adam's weight_decay=1e-4).
-Both gradients come from the same forward passes, as in the official code, each with its own Adam
+Both gradients come from the same step and batch, as in the official code, each with its own Adam
 (gates lr 1e-2, weights lr 1e-3, on the same step schedule). VS = (1/L) Σ_l mean |z_l(x) − z_l(x̃)|
-over the latent features z_l of the gated layers; the clean and the adversarial pass share one gate
-draw, so VS measures the distortion the perturbation causes, not the gates' own noise.
+over the latent features z_l of the gated layers. The clean and the adversarial pass each draw
+their own gates, as in the official code (whose VS term runs two more passes with draws of their
+own; we take VS from the same two passes as the CE terms: the same expectation, half the cost).
 `ANPVS` below is the registered method: this training from a trained start, then the export.
 
 Ablations: `vs_lambda=0` is ANP (pruning on the adversarial loss, no VS); `gates=False` is AT-VS
@@ -203,12 +204,18 @@ class ANPVSTraining(TrainingMethod):
         finally:
             model.train()
 
-    def _forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.config.vs_lambda == 0:
-            return model(x), {}
-        with capture_features(model) as features:
-            logits = model(x)
-        return logits, features
+    def _forward(
+        self, model: nn.Module, x: Tensor, noise: tuple[Any, tuple[int, int]]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and latent features of one pass, with a gate draw of its own (drawn for the
+        global batch from the run's attack generator, so ranks agree)."""
+        sample = held_sample(self.gates, *noise) if self.gates else contextlib.nullcontext()
+        with sample:
+            if self.config.vs_lambda == 0:
+                return model(x), {}
+            with capture_features(model) as features:
+                logits = model(x)
+            return logits, features
 
     def step(
         self,
@@ -226,10 +233,9 @@ class ANPVSTraining(TrainingMethod):
         noise = (attack.generator, attack.noise_shard) if attack else (None, (0, 1))
         x_adv = self._adversarial(net, x, y, noise)
         weights = [p for group in optimizer.param_groups for p in group["params"]]
-        sample = held_sample(self.gates, *noise) if self.gates else contextlib.nullcontext()
-        with sample, autocast(x.device, self.train.precision):
-            logits, clean_features = self._forward(net, x)
-            logits_adv, adversarial_features = self._forward(net, x_adv)
+        with autocast(x.device, self.train.precision):
+            logits, clean_features = self._forward(net, x, noise)
+            logits_adv, adversarial_features = self._forward(net, x_adv, noise)
         adversarial_ce = F.cross_entropy(logits_adv.float(), y)
         weight = self.config.adversarial_weight
         loss = (F.cross_entropy(logits.float(), y) + weight * adversarial_ce) / (1 + weight)

@@ -45,7 +45,15 @@ from torch import nn
 from advprune.core.config import Config, closest, group, setting
 from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError
-from advprune.masks import ORDERS, SCHEMES, WeightMasks, check_sparsity, select
+from advprune.masks import (
+    ORDERS,
+    SCHEMES,
+    SEEDED,
+    SelectionRule,
+    WeightMasks,
+    check_sparsity,
+    select,
+)
 from advprune.training.config import (
     OBJECTIVES,
     OPTIMIZERS,
@@ -255,6 +263,11 @@ class PruningMethod:
             return self.name
         return f"{self.name} [{', '.join(f'{k}={v}' for k, v in departures.items())}]"
 
+    def resolved(self, prune: PruneSettings) -> dict[str, Any]:
+        """What this run of the method does, defaults resolved (e.g. the scheme MAD prunes by),
+        so that a run's files state it rather than leave it to the code's defaults."""
+        return {}
+
     def metadata(self, prune: PruneSettings) -> dict[str, Any]:
         """What the model file and results record about the method."""
         return {
@@ -262,6 +275,7 @@ class PruningMethod:
             "label": self.label(prune),
             "reference": self.reference,
             "departures": self.departures(prune),
+            "resolved": self.resolved(prune),
             "settings": self.settings.to_dict(),
             "prune": prune.to_dict(),
         }
@@ -276,9 +290,19 @@ class ScoredMethod(PruningMethod):
 
     default_scheme: ClassVar[str] = "global"
     scores_bias: ClassVar[bool] = False
+    rule: ClassVar[SelectionRule] = SEEDED  # ties and rounding (published methods: their code's)
 
     def published_prune_settings(self) -> dict[str, Any]:
         return {"scheme": self.default_scheme, "include_bias": self.scores_bias}
+
+    def resolved(self, prune: PruneSettings) -> dict[str, Any]:
+        return {
+            "sparsity": DEFAULT_SPARSITY if prune.sparsity is None else prune.sparsity,
+            "scheme": self.scheme(prune),
+            "include_bias": self.include_bias(prune),
+            "ties": self.rule.ties,
+            "rounding": self.rule.rounding,
+        }
 
     def scheme(self, prune: PruneSettings) -> str:
         return prune.scheme or self.default_scheme
@@ -297,6 +321,7 @@ class ScoredMethod(PruningMethod):
             scheme=self.scheme(prune),
             order=prune.order,
             seed=prune.seed,
+            rule=self.rule,
         )
 
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:

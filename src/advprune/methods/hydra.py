@@ -29,7 +29,14 @@ from torch.func import functional_call
 from advprune.core.config import group, setting
 from advprune.core.distributed import average_gradients
 from advprune.core.errors import CheckpointError, ConfigError
-from advprune.masks import WeightMasks, check_sparsity, prunable_parameters, pruned_count, select
+from advprune.masks import (
+    OFFICIAL,
+    WeightMasks,
+    check_sparsity,
+    prunable_parameters,
+    pruned_count,
+    select,
+)
 from advprune.methods.base import (
     PHASE_KEYS,
     MethodSettings,
@@ -85,7 +92,9 @@ class ScoredNetwork(nn.Module):
         super().__init__()
         self.network = network
         self.scores = scores  # a plain dict: the method's tensors, not the network's
-        self.pruned = {name: pruned_count(s.numel(), sparsity) for name, s in scores.items()}
+        self.pruned = {
+            name: pruned_count(s.numel(), sparsity, OFFICIAL) for name, s in scores.items()
+        }
         self.masks: dict[str, Tensor] = {}
         self.update_masks()
 
@@ -111,7 +120,7 @@ class ScoredNetwork(nn.Module):
 def hydra_masks(scores: dict[str, Tensor], sparsity: float, *, seed: int = 0) -> WeightMasks:
     """The fixed masks fine-tuning keeps: the `sparsity` fraction of lowest |s| of each layer."""
     magnitudes = {name: s.detach().abs() for name, s in scores.items()}
-    return select(magnitudes, sparsity, scheme=SCHEME, seed=seed)
+    return select(magnitudes, sparsity, scheme=SCHEME, seed=seed, rule=OFFICIAL)
 
 
 class ScoreTraining(TrainingMethod):
@@ -226,6 +235,7 @@ class Hydra(ScoredMethod):
     origin = "published"
     Settings = HydraSettings
     default_scheme = SCHEME
+    rule = OFFICIAL  # int(p·n) pruned per layer, as GetSubnet counts
 
     def check(self, prune: PruneSettings) -> None:
         """HYDRA's masks are layer-wise top-k of learnt scores on weights: no other choice fits."""

@@ -48,11 +48,19 @@ from advprune.core.distributed import all_reduce_sum
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.tensor_files import load_tensors, save_tensors
 from advprune.data import BatchLoader
-from advprune.masks import WeightMasks, layer_of, prunable_layers, prunable_parameters, select
+from advprune.masks import (
+    OFFICIAL,
+    WeightMasks,
+    layer_of,
+    prunable_layers,
+    prunable_parameters,
+    select,
+)
 from advprune.methods.base import (
     MethodSettings,
     PhaseSettings,
     PruneContext,
+    PruneSettings,
     ScoredMethod,
     register_method,
 )
@@ -325,16 +333,23 @@ def mad_masks(
     seed: int = 0,
     classifier: str | None = None,
 ) -> WeightMasks:
-    """Prune the lowest-saliency `sparsity` fraction (the official scheme: docs/fidelity.md).
-
-    `scheme` "mad" is the official code's: global across all layers but `classifier` (default:
-    the last layer), which is pruned per output row; "global" and "layerwise" are the
-    alternatives. `order` "largest" and "random" are the paper's ablations.
+    """Prune the lowest-saliency `sparsity` fraction as the official code does: `scheme` "mad"
+    (global across all layers but `classifier`, default the last, which is pruned per output
+    row), int(p·n) entries, ties by position. "global" and "layerwise" are the alternatives;
+    `order` "largest" and "random" are the paper's ablations.
 
     With the "paper" saliency form, expect damage before fine-tuning: entries are signed, the most
     negative go first, then every weight whose mask ended at 1 (saliency exactly 0).
     """
-    return select(saliency, sparsity, scheme=scheme, order=order, seed=seed, classifier=classifier)
+    return select(
+        saliency,
+        sparsity,
+        scheme=scheme,
+        order=order,
+        seed=seed,
+        classifier=classifier,
+        rule=OFFICIAL,
+    )
 
 
 @dataclass
@@ -387,7 +402,11 @@ class MAD(ScoredMethod):
     Settings = MADSettings
     default_scheme = "mad"
     scores_bias = True
+    rule = OFFICIAL  # int(p·n) pruned, ties by position: compute_saliency.py's sort
     form = "paper"
+
+    def resolved(self, prune: PruneSettings) -> dict[str, Any]:
+        return {**super().resolved(prune), "saliency_form": self.form}
 
     def scores(self, context: PruneContext) -> dict[str, Tensor]:
         settings, source = self.settings, context.source

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from advprune.core.config import group
+from advprune.masks import SEEDED
 from advprune.methods.base import PhaseSettings, register_method
 from advprune.methods.mad import MAD, MADSettings
 
@@ -40,4 +41,5 @@ class MadOBD(MAD):
     Settings = MadOBDSettings
     default_scheme = "global"
     scores_bias = False
+    rule = SEEDED
     form = "removal"

@@ -7,6 +7,10 @@
   ReLU, Linear 256 → C (no dropout, no BN); 15,311,818 parameters for C = 10. Module names and
   indices are the benchmark's (`features.N`, `avgpool`, `classifier.N`), so a state dict loads
   `strict=True` into its network. No input normalisation: the benchmark feeds [0, 1] images.
+- `vgg16-mad`: MAD's (ByungKwanLee/Masking-Adversarial-Damage, models/vgg.py, the network its
+  published checkpoints — and the benchmark's MAD rows — use): the same 13 bias-free conv-BN-ReLU
+  layers and four pools, then a 2×2 average pool (4×4 on 64×64 inputs) and one Linear 512 → C;
+  14,724,042 parameters for C = 10, input normalisation inside as in its `forward`.
 - `vgg16-anpvs`: ANP-VS's (divyam3897/ANP_VS, src/model/vgg.py): 13 blocks conv 3×3 with bias →
   BN → ReLU, each followed by dropout 0.3 / 0.4 or a max-pool (five pools), then flatten, dense
   512 → 512 → BN → ReLU, dense 512 → C; in the network trained without gates (mode "base") a
@@ -37,20 +41,53 @@ ANPVS_DENSE = 512
 TF_BATCH_NORM = {"eps": 1e-3, "momentum": 0.01}
 
 
+def _conv_bn_relu_layers(in_channels: int) -> tuple[list[nn.Module], int]:
+    """The 13 bias-free conv-BN-ReLU layers and four max-pools that MAD and the benchmark share."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for layer in BENCHMARK_LAYERS:
+        if layer == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        conv = nn.Conv2d(channels, layer, kernel_size=3, padding=1, bias=False)
+        layers += [conv, nn.BatchNorm2d(layer), nn.ReLU(inplace=True)]
+        channels = layer
+    return layers, channels
+
+
+class MADVGG(nn.Module):
+    """MAD's VGG-16: `feature`, a fixed average pool, `classifier` (one Linear 512 → C)."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        layers, channels = _conv_bn_relu_layers(in_channels)
+        self.feature = nn.Sequential(*layers)
+        # After four pools: 2×2 on 32×32 inputs (AvgPool2d(2)), 4×4 on Tiny-ImageNet's 64×64.
+        self.pool = nn.AvgPool2d(max(1, image_size // 16))
+        self.classifier = nn.Linear(channels, num_classes)
+        self._initialize()
+
+    @torch.no_grad()
+    def _initialize(self) -> None:
+        """models/vgg.py `_initialize_weights`: conv N(0, 2/(k²·in)), BN 1/0, linear N(0, 0.01)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+                module.weight.normal_(0, math.sqrt(2.0 / fan_in))
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0, 0.01)
+                module.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.feature(x)), 1))
+
+
 class BenchmarkVGG(nn.Module):
     """The benchmark's VGG: `features`, `avgpool` (2×2), `classifier` (2048 → 256 → 256 → C)."""
 
     def __init__(self, num_classes: int, in_channels: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for layer in BENCHMARK_LAYERS:
-            if layer == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-                continue
-            conv = nn.Conv2d(channels, layer, kernel_size=3, padding=1, bias=False)
-            layers += [conv, nn.BatchNorm2d(layer), nn.ReLU(inplace=True)]
-            channels = layer
+        layers, channels = _conv_bn_relu_layers(in_channels)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
         self.classifier = nn.Sequential(
@@ -132,6 +169,14 @@ class ANPVSVGG(nn.Module):
 )
 def vgg16_bn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> BenchmarkVGG:
     return BenchmarkVGG(num_classes, in_channels)
+
+
+@register_model(
+    "vgg16-mad",
+    description="VGG-16-BN of MAD's official code: four pools, one Linear 512 → C (14.7 M params)",
+)
+def vgg16_mad(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> MADVGG:
+    return MADVGG(num_classes, in_channels, image_size)
 
 
 @register_model(

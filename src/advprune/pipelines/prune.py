@@ -94,7 +94,11 @@ def run_record(settings: PruneSettings, method: PruningMethod, source: Source) -
     """What prune.yaml keeps: every setting that changes what the run computes."""
     computed = settings.computed()
     computed["from_run"] = str(source.run.resolve()) if source.run else source.key
-    return {"generic": computed, "method": method.settings.computed()}
+    return {
+        "generic": computed,
+        "method": {"name": method.name, **method.settings.computed()},
+        "resolved": method.resolved(settings),
+    }
 
 
 def check_same_run(run: RunDir, record: dict[str, Any]) -> None:
@@ -103,7 +107,7 @@ def check_same_run(run: RunDir, record: dict[str, Any]) -> None:
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     changed = [
         key
-        for part in ("generic", "method")
+        for part in ("generic", "method", "resolved")
         for key in sorted(record[part].keys() | (saved.get(part) or {}).keys())
         if record[part].get(key) != (saved.get(part) or {}).get(key)
     ]

@@ -13,7 +13,7 @@ A recipe (src/advprune/recipes/NAME.yaml) is a list of steps, each a run directo
     paper: {source: ..., reference: STEP, rows: {STEP: {metric: value}}}   # see report.comparison
     anchors: {...}    # YAML anchors that steps merge in (`<<: *name`); not read otherwise
 
-`from: STEP` (and `transfer_from:`) name an earlier step; the step gets that step's run
+`from: STEP` (and `init:`, `transfer_from:`) name an earlier step; the step gets that step's run
 directory. A prune step's method is any registered one (`advprune list methods`); its settings
 are flat keys, a phase's with its prefix (`finetune_lr`, `score_epochs`). Everything is checked
 before the first step starts, so a long run never fails on a typo after hours; a method this
@@ -91,7 +91,7 @@ KINDS = ("train", "prune")
 RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
 STEP_KEYS = ("name", *KINDS, "evaluate")
 # Recipe keys that name an earlier step → the settings field that receives its run directory.
-REFERENCES = {"from": "from_run", "transfer_from": "transfer_from"}
+REFERENCES = {"from": "from_run", "init": "init", "transfer_from": "transfer_from"}
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

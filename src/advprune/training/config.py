@@ -12,7 +12,7 @@ from advprune.core.errors import ConfigError
 from advprune.data import DATASETS, get_spec
 from advprune.models import check_model_name
 
-OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "fast-at")
+OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "mixed-at", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 # A dataset passed in Python (`advprune.adversarial_train(model, (x, y))`): no files, no
@@ -86,7 +86,13 @@ class TrainConfig(Config):
         help="step schedule: decay points as fractions of training", factory=lambda: [0.5, 0.75]
     )
     gamma: float = setting(0.1, "step schedule: factor at each milestone")
+    init: str | None = setting(
+        None, "start from the weights of this finished run (e.g. a standard-trained one)"
+    )
     seed: int = setting(0, "seed of the weights, the data order and the attacks")
+    flip: bool | None = setting(
+        None, "random horizontal flips in training (default: the dataset's; SVHN's is off)"
+    )
     limit_train: int | None = setting(None, "use only the first N training examples")
     limit_test: int | None = setting(None, "use only the first N test examples")
     monitor_examples: int = setting(1000, "test examples attacked (PGD-10) after each epoch")

@@ -107,9 +107,10 @@ def mart(
     """Wang et al. (2020): BCE(p(x̃), y) + β·KL(p(x) ‖ p(x̃))·(1 − p_y(x)), x̃ = PGD on CE.
 
     BCE = −log p_y(x̃) − log(1 − max_{k≠y} p_k(x̃)): the boosted CE also pushes down the
-    strongest wrong class. The KL term is weighted towards misclassified clean examples.
+    strongest wrong class. The KL term is weighted towards misclassified clean examples. The
+    attack starts from x + 0.001·N(0, 1), as MART's reference code and MAD's fine-tuning do.
     """
-    x_adv = _adversarial(model, x, y, attack)
+    x_adv = _adversarial(model, x, y, attack, init="normal")
     logits = model(x).float()
     logits_adv = model(x_adv).float()
     probabilities_adv = F.softmax(logits_adv, dim=1)
@@ -119,6 +120,19 @@ def mart(
     true_probability = probabilities.gather(1, y[:, None]).squeeze(1)
     kl = _kl_to_clean(logits_adv, probabilities)
     return ObjectiveOutput(boosted + beta * (kl * (1 - true_probability)).mean(), logits_adv)
+
+
+def mixed_at(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, beta: float
+) -> ObjectiveOutput:
+    """(CE(f(x), y) + 2·CE(f(x̃), y)) / 3, x̃ = PGD on CE: ANP-VS's adversarial-training
+    baseline (the official code's AT row: the weights' loss of ANP-VS without gates and VS)."""
+    x_adv = _adversarial(model, x, y, attack)
+    logits = model(x)
+    logits_adv = model(x_adv)
+    clean = F.cross_entropy(logits.float(), y)
+    loss = (clean + 2 * F.cross_entropy(logits_adv.float(), y)) / 3
+    return ObjectiveOutput(loss, logits_adv)
 
 
 def fast_at(
@@ -139,5 +153,6 @@ OBJECTIVE_FUNCTIONS: dict[str, Callable[..., ObjectiveOutput]] = {
     "pgd-at": pgd_at,
     "trades": trades,
     "mart": mart,
+    "mixed-at": mixed_at,
     "fast-at": fast_at,
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from advprune.core.run_dir import RunDir
 from advprune.core.seeding import rng_state, seed_everything, set_rng_state
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
 from advprune.models import architecture, create_model
-from advprune.models.serialization import load_state_strict, save_model
+from advprune.models.serialization import load_model, load_state_strict, save_model
 from advprune.training.checkpoint import RankState, load_training_state, save_training_state
 from advprune.training.config import TrainConfig
 from advprune.training.method import StepContext, TrainingMethod
@@ -62,6 +63,8 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig) -> TrainingData:
     spec = get_spec(config.dataset)
+    if config.flip is not None:  # a method's official code may flip where we would not (SVHN)
+        spec = dataclasses.replace(spec, flip=config.flip)
     load = partial(load_dataset, config.dataset, data_dir=config.data_dir, download=config.download)
     return TrainingData(
         spec, load("train", limit=config.limit_train), load("test", limit=config.limit_test)
@@ -161,6 +164,15 @@ def train(
         return training.run()
 
 
+def load_init_weights(init: str) -> dict[str, torch.Tensor]:
+    """The weights of the finished run `init` (a plain, ungated model)."""
+    run = RunDir.existing(init)
+    if not run.model.exists():
+        raise ConfigError(f"--init {run.path} has no model.safetensors; finish that run first")
+    model, _ = load_model(run.model)
+    return model.state_dict()
+
+
 def check_distributed(config: TrainConfig, ddp: Distributed, device: torch.device) -> None:
     if not ddp.enabled:
         return
@@ -250,6 +262,8 @@ class _Training:
         config = self.config
         self.architecture = architecture(config.model, self.data.spec)
         model = copy.deepcopy(model) if model is not None else create_model(**self.architecture)
+        if initial_weights is None and config.init is not None:
+            initial_weights = load_init_weights(config.init)
         if initial_weights is not None:
             load_state_strict(model, initial_weights, "the initial weights")
         model = model.to(self.device)

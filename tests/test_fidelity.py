@@ -1,0 +1,115 @@
+"""A method's name means the published method: its defaults are the official code's settings
+(docs/fidelity.md has the file:line of each), the paper recipes run them without departures, and
+a run's files say which method and settings it ran."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from advprune.masks import OFFICIAL, SEEDED
+from advprune.methods import PruneSettings, create_method, get_method
+from advprune.models.serialization import load_model
+from advprune.reproduction import make_plan
+from advprune.training import TrainConfig
+from conftest import prune_tiny
+
+MAD_FINETUNING = dict(
+    objective="mart", beta=0.5, epochs=60, optimizer="sgd", lr=0.1, momentum=0.9,
+    weight_decay=2e-4, schedule="step", milestones=[0.5, 0.75], gamma=0.1,
+)  # fmt: skip
+HYDRA_PHASE = dict(
+    objective="trades", beta=6.0, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
+    schedule="cosine",
+)  # fmt: skip
+
+
+def phase(settings) -> dict:
+    return {k: v for k, v in settings.to_dict().items() if v is not None}
+
+
+def test_mad_defaults_are_the_official_codes():
+    mad = get_method("mad")
+    settings = mad.Settings()
+    assert phase(settings.finetune) == MAD_FINETUNING
+    assert (settings.mask_steps, settings.mask_lr, settings.saliency_fraction) == (20, 0.1, 1.0)
+    assert settings.saliency_batch_size == 128
+    assert (mad.default_scheme, mad.scores_bias, mad.rule, mad.form) == (
+        "mad", True, OFFICIAL, "paper"
+    )  # fmt: skip
+
+
+def test_mad_obd_is_ours_and_says_so():
+    obd = get_method("mad-obd")
+    assert obd.reference is None and obd.origin == "advprune's own" and obd.form == "removal"
+    assert (obd.default_scheme, obd.scores_bias, obd.rule) == ("global", False, SEEDED)
+
+
+def test_hydra_defaults_are_the_official_codes():
+    hydra = get_method("hydra")
+    settings = hydra.Settings()
+    assert phase(settings.score) == {**HYDRA_PHASE, "epochs": 20, "lr": 0.1}
+    assert phase(settings.finetune) == {**HYDRA_PHASE, "epochs": 100, "lr": 0.01}
+    assert settings.train_batchnorm is True
+    assert (hydra.default_scheme, hydra.scores_bias, hydra.rule) == ("layerwise", False, OFFICIAL)
+
+
+def test_anpvs_defaults_are_the_official_codes():
+    settings = get_method("anpvs").Settings()
+    assert phase(settings.finetune) == dict(
+        objective="pgd-at", epochs=200, optimizer="adam", lr=1e-3, weight_decay=1e-4,
+        batch_size=64, schedule="step", milestones=[0.5, 0.7], gamma=0.1,
+    )  # fmt: skip
+    assert (settings.beta, settings.vs_lambda, settings.gate_lr) == (4.0, 1e-3, 1e-2)
+    assert (settings.gate_prior, settings.threshold, settings.temperature) == (1e-4, 1e-3, 0.1)
+    assert (settings.conv_gate_init, settings.dense_gate_init) == (-1.0, -1.0)
+
+
+@pytest.mark.parametrize("recipe", ["mad-cifar10", "mad-svhn"])
+def test_the_benchmark_recipes_run_each_method_as_published(recipe, tmp_path):
+    steps = {step.name: step for step in make_plan(recipe, tmp_path).steps}
+    for name, step in steps.items():
+        if step.kind != "prune":
+            continue
+        settings, own = step.configs
+        method = get_method(step.method)(own)
+        if step.method != "magnitude":
+            assert method.departures(settings) == {}, name  # nothing but budget keys set
+    standard, dense = steps["vgg16-mad-standard"].configs[0], steps["vgg16-mad-dense"].configs[0]
+    assert (standard.objective, standard.epochs, standard.model) == ("standard", 200, "vgg16-mad")
+    assert (dense.objective, dense.epochs, dense.eps, dense.attack_step_size) == (
+        "pgd-at", 60, 0.03, 0.0069
+    )  # fmt: skip
+    assert dense.init == str(tmp_path / "vgg16-mad-standard") and dense.weight_decay == 2e-4
+    hydra_dense = steps["resnet18-dense"].configs[0]
+    assert (hydra_dense.objective, hydra_dense.beta, hydra_dense.schedule) == (
+        "trades", 6.0, "cosine"
+    )  # fmt: skip
+    assert (hydra_dense.epochs, hydra_dense.weight_decay, hydra_dense.model) == (
+        100, 1e-4, "resnet18"
+    )  # fmt: skip
+    assert steps["vgg16-hydra-99"].needs["from_run"] == "vgg16-dense"
+    assert steps["vgg16-dense"].configs[0].model == "vgg16-bn"
+
+
+def test_a_departure_from_the_paper_is_recorded_and_shown(tmp_path):
+    mad = create_method("mad", {"saliency_fraction": 0.25, "finetune_lr": 0.01})
+    prune = PruneSettings(scheme="global", include_bias=False)
+    assert mad.label(prune) == (
+        "mad [finetune_lr=0.01, saliency_fraction=0.25, scheme=global, include_bias=False]"
+    )
+    assert create_method("mad", {"finetune_epochs": 3}).label(PruneSettings()) == "mad"  # budget
+
+
+def test_a_mad_run_states_its_saliency_form_and_scheme(dense_run, tmp_path):
+    settings = dict(sparsity=0.5, finetune_epochs=1, mask_steps=2, saliency_fraction=0.25)
+    prune_tiny(dense_run, tmp_path / "mad", "mad", **settings)
+    record = yaml.safe_load((tmp_path / "mad" / "prune.yaml").read_text())
+    assert record["resolved"]["saliency_form"] == "paper" and record["resolved"]["scheme"] == "mad"
+    _, metadata = load_model(tmp_path / "mad" / "model.safetensors")
+    assert metadata["method"]["resolved"]["saliency_form"] == "paper"
+    prune_tiny(dense_run, tmp_path / "hydra", "hydra", sparsity=0.5, score_epochs=1,
+               finetune_epochs=1)  # fmt: skip
+    for phase_dir in ("hydra", "hydra/scores"):
+        config = TrainConfig.load(tmp_path / phase_dir / "config.yaml")
+        assert (config.objective, config.beta) == ("trades", 6.0), phase_dir
