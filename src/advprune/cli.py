@@ -154,9 +154,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from advprune.report import format_results
 
     single_process("eval")
-    config = EvalConfig.from_dict(given(args, EvalConfig))
-    with RunDir.existing(args.run_dir).locked():
-        results = evaluate_run(args.run_dir, config, progress=not args.quiet)
+    config = EvalConfig.from_dict(given(args, EvalConfig), source="eval flags")
+    run = RunDir.existing(args.run_dir)
+    # With --out the run directory is only read: the lock goes where the results go.
+    writes_to = RunDir.create(args.out) if args.out else run
+    with writes_to.locked():
+        results = evaluate_run(run.path, config, out_dir=args.out, progress=not args.quiet)
     print(format_results([results]))
     return 0
 
@@ -302,22 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a run under attacks; writes results.json")
     evaluate.add_argument("run_dir", help="a run directory holding model.safetensors")
-    add_dataclass_flags(
-        evaluate,
-        EvalConfig,
-        {
-            "attacks": "comma-separated: clean,fgsm,pgd,cw,autoattack",
-            "autoattack_limit": "AutoAttack on the first N test examples (default: all)",
-            "sanity_examples": "test examples of the security curve / gradient-masking check",
-            "latency_repeats": "timed passes of the CPU latency at batch 1 and 128 (0: skip)",
-            "eps_curve": "security curve at these radii, e.g. 0,0.02,0.05,0.1 (0.5 is always "
-            "added: accuracy must reach ≈ 0 there)",
-            "curve_autoattack_examples": "with --eps-curve: AutoAttack at each radius on the "
-            "first N curve examples (0: PGD only)",
-            "transfer_from": "black-box accuracy: PGD-40 crafted on this separately trained run",
-        },
+    evaluate.add_argument(
+        "--out",
+        help="write results, plots and attack state to this folder instead of the run directory "
+        "(which is then only read)",
     )
-    evaluate.set_defaults(handler=cmd_eval)
+    eval_helps = {
+        field.name: field.metadata.get("help") for field in dataclasses.fields(EvalConfig)
+    }
+    add_dataclass_flags(evaluate, EvalConfig, eval_helps, exclude={"eps"})
+    # A string, so that the config parses "8/255" (and refuses 8, which is not in [0, 1]).
+    evaluate.add_argument("--eps", dest="eps", default=argparse.SUPPRESS, help=eval_helps["eps"])
+    evaluate.set_defaults(
+        handler=cmd_eval,
+        interrupt_hint="running the same `advprune eval` again keeps the attacks it finished",
+    )
 
     report = commands.add_parser(
         "report", help="report.md, report.csv and plots from run directories (nothing re-run)"
@@ -377,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"advprune: error{where}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        again = (
+        again = getattr(args, "interrupt_hint", None) or (
             "running the same command again continues it"
             if args.command == "reproduce"
             else "`advprune train --resume` continues a run"
