@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from advprune.core.io import atomic_write
-
-BENCHMARK_EPS = 8 / 255
+from advprune.evaluation.min_norm import BENCHMARK_EPS
 
 
 def _pyplot() -> Any:
