@@ -10,15 +10,18 @@ from torch import nn
 from advprune.attacks import (
     ATTACKS,
     AutoAttackWarning,
+    PGDTrace,
     autoattack,
     cw_margin_loss,
     fgsm,
+    fmn,
+    fmn_distances,
     parse_attacks,
     pgd,
     transfer,
 )
 from advprune.attacks.ball import Ball
-from advprune.core.errors import CheckpointError, ConfigError
+from advprune.core.errors import CheckpointError, ConfigError, GradientMaskingError
 
 EPS = 0.05  # the fixture model keeps ~40 % accuracy under PGD-20 here: attacks can be compared
 
@@ -101,7 +104,7 @@ def test_white_box_attacks_lower_accuracy(model, data, name):
     assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "cw", "autoattack"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "cw", "autoattack", "fmn"])
 def test_zero_eps_returns_x_exactly(model, data, name):
     x, y = data
     x_adv = ATTACKS[name].run(model, x, y, 0.0, seed=0)
@@ -390,3 +393,65 @@ def test_bad_settings_are_config_errors(model, data, call, match):
     x, y = data
     with pytest.raises(ConfigError, match=match):
         call(model, x[:4], y[:4])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fmn_finds_minimal_adversarial_examples(model, data, norm):
+    x, y = data
+    distances, best = fmn_distances(model, x, y, norm=norm, steps=100)
+    with torch.no_grad():
+        clean_wrong = model(x).argmax(1) != y
+        fooled = model(best).argmax(1) != y
+    found = torch.isfinite(distances)
+    assert found.float().mean() > 0.95  # an undefended model: almost every example breaks
+    assert fooled[found].all() and torch.equal(best[~found], x[~found])
+    assert (distances[clean_wrong] == 0).all() and (distances[~clean_wrong] > 0).all()
+    size = (best - x).flatten(1)
+    size = size.abs().amax(1) if norm == "linf" else size.norm(dim=1)
+    torch.testing.assert_close(size[found], distances[found], atol=1e-5, rtol=1e-5)
+    assert best.min() >= 0 and best.max() <= 1
+
+
+def test_fmn_accuracy_is_the_share_of_distances_beyond_eps_and_beats_pgd(model, data):
+    x, y = data
+    distances, _ = fmn_distances(model, x, y, steps=100)
+    for eps in (0.02, EPS, 0.1):
+        x_adv = fmn(model, x, y, eps, steps=100)
+        assert_valid(x_adv, x, eps)
+        assert accuracy(model, x_adv, y) == (distances > eps).float().mean().item()
+        pgd_accuracy = accuracy(model, pgd(model, x, y, eps, steps=50, generator=seeded()), y)
+        assert accuracy(model, x_adv, y) <= pgd_accuracy + 0.02
+    # The registry's FMN is the same attack in the shared call shape.
+    registry = ATTACKS["fmn"].run(model, x, y, EPS, seed=5, steps=100)
+    assert torch.equal(registry, fmn(model, x, y, EPS, steps=100))
+
+
+def test_pgd_trace_records_every_iterate_and_eot_averages_gradients(model, data):
+    x, y = data
+    trace = PGDTrace()
+    x_adv = pgd(model, x, y, EPS, steps=7, generator=seeded(), trace=trace)
+    assert trace.loss_history().shape == (8, len(x)) == trace.fooled_history().shape
+    with torch.no_grad():
+        assert torch.equal(trace.fooled_history()[-1], model(x_adv).argmax(1) != y)
+    # Unchanged result with the trace, and a deterministic model's EOT is plain PGD.
+    assert torch.equal(x_adv, pgd(model, x, y, EPS, steps=7, generator=seeded()))
+    eot = pgd(model, x, y, EPS, steps=7, generator=seeded(), eot_samples=3)
+    torch.testing.assert_close(eot, x_adv, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="restarts=1"):
+        pgd(model, x, y, EPS, restarts=2, trace=PGDTrace())
+
+
+class Detached(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.detach())
+
+
+@pytest.mark.parametrize("name", ["pgd", "cw", "fmn"])
+def test_a_model_without_input_gradients_is_gradient_masking(model, data, name):
+    x, y = data[0][:8], data[1][:8]
+    with pytest.raises(GradientMaskingError, match=r"no gradient w\.r\.t\. its input"):
+        ATTACKS[name].run(Detached(model).eval(), x, y, EPS, seed=0)

@@ -2,9 +2,9 @@
 traceback, and nothing written half.
 
 Every case is its own process running `advprune/__main__.py` exactly as `python -m advprune`
-does, with its own working folder (and file-size limit). To keep 31 cases fast on two cores, one
+does, with its own working folder (and file-size limit). To keep the cases fast on two cores, one
 helper process imports advprune once and forks a child per case (`LAUNCHER`), instead of paying
-the interpreter start and the imports 31 times; the helper never computes with torch, so
+the interpreter start and the imports once per case; the helper never computes with torch, so
 its children start clean. Besides its message, every case must leave its folder as it found it —
 no temporary file, no lock file, every file that was there unchanged — apart from the complete
 files it names in `written`.
@@ -313,6 +313,22 @@ CASES = [
     ),
     Case("locked-run-dir", TRAIN, f"run is in use by process {os.getpid()}"),
     Case("unknown-backend", [*TRAIN, "--backend", "mpi"], "unknown backend 'mpi'"),
+    Case(
+        "eval-eps-in-255ths",
+        ["eval", "run", "--eps", "8"],
+        "ε is in [0, 1] pixels; for 8/255 pass 0.0314 or --eps 8/255",
+    ),
+    Case("eval-eps-not-a-number", ["eval", "run", "--eps", "8/O"], "'8/O' is not a number"),
+    Case(
+        "eval-transfer-without-source",
+        ["eval", "run", "--attacks", "clean,transfer"],
+        "attack transfer needs a source model; pass --transfer-from RUN",
+    ),
+    Case(
+        "eval-unknown-protocol",
+        ["eval", "run", "--protocol", "robustbench"],
+        "unknown protocol 'robustbench'; choose one of ap-benchmark",
+    ),
 ]
 
 

@@ -61,7 +61,8 @@ def test_train_then_eval(tmp_path, capsys):
     )
     assert code == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["accuracy"]) == {"clean", "fgsm", "pgd"}
+    assert set(results["accuracy"]) == {"clean", "fgsm", "pgd", "worst_case"}
+    assert results["chance_check"]["passed"], results["accuracy"]
     assert all(0 <= v <= 1 for v in results["accuracy"].values())
     assert results["params"] == 266_610 and results["sparsity"] == 0.0
     assert results["flops"] > 0

@@ -77,9 +77,16 @@ def test_take_and_to():
         data.take(0)
 
 
-def test_image_dataset_rejects_float_images():
-    with pytest.raises(DataError, match="uint8"):
-        ImageDataset("x", torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64), 2)
+def test_image_dataset_takes_uint8_or_float_images_in_0_1_and_nothing_else():
+    labels = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(DataError, match="uint8 or float32"):
+        ImageDataset("x", torch.zeros(2, 1, 2, 2, dtype=torch.float64), labels, 2)
+    with pytest.raises(DataError, match=r"must be in \[0, 1\]"):
+        ImageDataset.from_tensors(torch.full((2, 1, 2, 2), 255.0), labels)
+    floats = ImageDataset.from_tensors(torch.rand(2, 2, 2), torch.tensor([0, 3]))
+    assert floats.images.shape == (2, 1, 2, 2) and floats.num_classes == 4
+    x, _ = next(BatchLoader(floats, None, 2, shuffle=False, augment=False).epoch(0))
+    assert torch.equal(x, floats.images)  # float images are used as they are
 
 
 # ------------------------------------------------------------------------------------------ IDX

@@ -6,7 +6,7 @@ from torch import nn
 
 from advprune.core.errors import GradientMaskingError
 from advprune.data import ImageDataset
-from advprune.evaluation import EvalConfig, evaluate_run
+from advprune.evaluation import EvalConfig, evaluate_model, evaluate_run
 from advprune.evaluation.complexity import model_complexity, weight_sparsity
 from advprune.evaluation.sanity import (
     default_eps_values,
@@ -29,7 +29,7 @@ def test_a_falling_curve_passes_and_a_rising_or_flat_one_fails():
     assert len(rising) == 1 and "rises" in rising[0]
     flat = gradient_masking_problems(curve((0, 0.9), (0.1, 0.85), (0.5, 0.8)))
     assert len(flat) == 1 and "still 0.800 at eps 0.5" in flat[0]
-    with pytest.raises(GradientMaskingError, match="gradient masking suspected"):
+    with pytest.raises(GradientMaskingError, match="cannot be trusted"):
         raise_on_gradient_masking(flat, "run")
 
 
@@ -119,22 +119,188 @@ def test_evaluate_run_writes_and_merges_results(tmp_path):
     )
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == second
-    # The model's CPU latency, measured once (the second evaluation keeps the first's).
+    # The model's CPU latency, measured once (the second evaluation keeps the first's): paired
+    # with the dense network of the same architecture, a ratio near 1 for an unpruned model.
     assert stored["latency"] == first["latency"]
     for batch in ("batch_1", "batch_128"):
-        assert stored["latency"][batch]["model"] > 0
-        assert stored["latency"][batch]["layout"] in ("nchw", "channels_last")
+        latency = stored["latency"][batch]
+        assert latency["model"] > 0 and latency["dense"] > 0
+        assert latency["ratio_range"][0] <= latency["ratio"] <= latency["ratio_range"][1]
+        assert set(latency["layout"].values()) <= {"nchw", "channels_last"}
     assert set(stored["accuracy"]) == {
         "clean",
         "pgd",
         "fgsm",
         "autoattack",
         "pgd_on_autoattack_examples",
+        "worst_case",
     }
     accuracy = stored["accuracy"]
     assert accuracy["clean"] >= accuracy["fgsm"] >= accuracy["pgd"] - 0.05
     assert accuracy["autoattack"] <= accuracy["pgd_on_autoattack_examples"] + 0.005
-    assert stored["examples"] == {"clean": 200, "pgd": 200, "fgsm": 200, "autoattack": 40}
+    # The worst case is over the 40 examples every attack saw, and no attack beats it there.
+    assert stored["examples"] == {
+        "clean": 200, "pgd": 200, "fgsm": 200, "autoattack": 40,
+        "pgd_on_autoattack_examples": 40, "worst_case": 40,
+    }  # fmt: skip
+    assert accuracy["worst_case"] <= min(
+        accuracy["autoattack"], accuracy["pgd_on_autoattack_examples"]
+    )
+    for name, (low, high) in stored["accuracy_interval"].items():
+        assert low <= accuracy[name] <= high
     assert stored["attacks"]["pgd"]["steps"] == 10
+    assert stored["provenance"]["settings"]["attacks"] == "fgsm,autoattack"
     table = format_results([stored])
     assert "autoattack" in table and "/40" in table and "–" in table  # cw was not run
+
+
+# ------------------------------------------------------------------ statistics and provenance
+
+
+@pytest.mark.parametrize(
+    ("correct", "total"), [(0, 10), (3, 10), (62, 100), (100, 100), (9990, 10000)]
+)
+def test_wilson_interval_matches_scipy_and_stays_in_the_unit_interval(correct, total):
+    from scipy.stats import binomtest
+
+    from advprune.evaluation.statistics import wilson_interval
+
+    low, high = wilson_interval(correct, total)
+    expected = binomtest(correct, total).proportion_ci(method="wilson")
+    assert low == pytest.approx(expected.low, abs=1e-9)
+    assert high == pytest.approx(expected.high, abs=1e-9)
+    assert 0 <= low <= correct / total <= high <= 1
+
+
+def test_more_examples_narrow_the_interval():
+    from advprune.evaluation.statistics import wilson_interval
+
+    widths = [high - low for low, high in (wilson_interval(n // 2, n) for n in (64, 256, 10000))]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.02
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 1000])
+def test_correctness_bits_round_trip(count):
+    from advprune.evaluation.statistics import pack_bits, unpack_bits
+
+    correct = torch.rand(count, generator=torch.Generator().manual_seed(count)) < 0.5
+    text = pack_bits(correct)
+    assert isinstance(text, str) and len(text) <= 4 * (count // 24 + 1)
+    assert torch.equal(unpack_bits(text, count), correct)
+
+
+def test_worst_case_and_mcnemar():
+    from scipy.stats import binomtest
+
+    from advprune.evaluation.statistics import mcnemar_p_value, worst_case
+
+    generator = torch.Generator().manual_seed(0)
+    first = torch.rand(200, generator=generator) < 0.6
+    second = first & (torch.rand(200, generator=generator) < 0.8)  # breaks some more
+    robust, names = worst_case({"a": first, "b": second[:120]})
+    assert torch.equal(robust, first[:120] & second[:120]) and set(names) == {"a", "b"}
+    only_first = int((first & ~second).sum())
+    expected = binomtest(0, only_first, 0.5).pvalue
+    assert mcnemar_p_value(first, second) == pytest.approx(expected)
+    assert mcnemar_p_value(second, first) == mcnemar_p_value(first, second) < 0.05
+    assert mcnemar_p_value(first, first) == 1.0
+
+
+def test_git_commit_is_recorded_in_a_checkout_and_absent_elsewhere(tmp_path):
+    from advprune.evaluation.provenance import git_commit
+
+    assert git_commit(tmp_path) == {}  # not a checkout: nothing, and no error
+    found = git_commit()  # advprune's own folder: this repository
+    assert len(found["git_commit"]) == 40 and isinstance(found["git_dirty"], bool)
+
+
+def test_results_of_another_model_or_settings_are_not_reused(tmp_path):
+    from advprune.evaluation.results import ResultsStore
+
+    path = tmp_path / "results.json"
+    store = ResultsStore(path, "model-a", log=lambda _: None)
+    settings = {"model_sha256": "model-a", "eps": 0.1, "steps": 10, "description": "PGD-10"}
+    store.record_attack("pgd", torch.tensor([True, False, True]), settings)
+    again = ResultsStore(path, "model-a", log=lambda _: None)
+    assert again.finished("pgd", {**settings, "description": "reworded"})
+    assert not again.finished("pgd", {**settings, "steps": 20})
+    assert again.data["accuracy"]["pgd"] == 2 / 3 and again.data["examples"]["pgd"] == 3
+    messages = []
+    other = ResultsStore(path, "model-b", log=messages.append)
+    assert "pgd" not in other.data["accuracy"] and "pgd" in messages[0]
+
+
+# ---------------------------------------------------------------------------- paired latency
+
+
+class Repeated(nn.Module):
+    """The same network run `times` times: a model that costs that many dense ones."""
+
+    def __init__(self, body: nn.Module, times: int) -> None:
+        super().__init__()
+        self.body, self.times = body, times
+
+    def forward(self, x):
+        for _ in range(self.times - 1):
+            self.body(x)
+        return self.body(x)
+
+
+def test_latency_is_a_paired_ratio_to_the_dense_network():
+    from advprune.evaluation.latency import paired_latency
+
+    dense = create_model("lenet300-100", 10, 1, image_size=28)
+    slower = paired_latency(Repeated(dense, 4), dense, (1, 28, 28), (16,), repeats=15)
+    same = paired_latency(dense, dense, (1, 28, 28), (16,), repeats=15)
+    for result in (slower, same):
+        entry = result["batch_16"]
+        low, high = entry["ratio_range"]
+        assert low <= entry["ratio"] <= high and entry["model"] > 0 and entry["dense"] > 0
+        assert result["device_name"] and result["ratio_of"] == "model / dense"
+    assert slower["batch_16"]["ratio"] > 2 > same["batch_16"]["ratio"] > 0.5
+
+
+# ---------------------------------------------------------------------------- sampled gates
+
+
+def test_sampled_gates_draw_seeded_noise_at_every_pass_and_leave_the_model_deterministic():
+    from advprune.evaluation.stochastic import sampled_gates
+    from advprune.masks.gated import find_gates, insert_gates
+
+    model = create_model("lenet300-100", 10, 1, image_size=28)
+    insert_gates(model, torch.zeros(2, 1, 28, 28), dense_a_init=0.0)
+    model.eval()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    rng = torch.get_rng_state()
+    with torch.no_grad(), sampled_gates(model, seed=3) as network:
+        network.eval()  # as AutoAttack does: the gates keep sampling
+        first, second = network(x), network(x)
+    with torch.no_grad(), sampled_gates(model, seed=3) as network:
+        repeated = network(x)
+    assert not torch.equal(first, second) and torch.equal(first, repeated)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is never drawn from
+    assert not model.training and all(gate.generator is None for gate in find_gates(model))
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # deterministic gates again
+
+
+def test_evaluate_model_on_any_module_in_memory_or_resumed_from_a_file(
+    fashion_slice, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    model = trained_mlp(fashion_slice("train", 400))
+    test = fashion_slice("test", 64)
+    config = EvalConfig(attacks="clean,pgd", pgd_steps=3)
+    results = evaluate_model(model, test, 0.1, config, device=torch.device("cpu"), log=print)
+    assert set(results["accuracy"]) == {"clean", "pgd", "worst_case"}
+    assert results["accuracy"]["worst_case"] == results["accuracy"]["pgd"] < 1
+    assert list(tmp_path.iterdir()) == []  # in memory: nothing written
+    path = tmp_path / "out" / "results.json"
+    messages: list[str] = []
+    for _ in range(2):
+        stored = evaluate_model(
+            model, test, 0.1, config, device=torch.device("cpu"), results_path=path,
+            log=messages.append,
+        )  # fmt: skip
+    assert stored["accuracy"] == results["accuracy"] == json.loads(path.read_text())["accuracy"]
+    assert sum("kept from before" in m for m in messages) == 2  # the second call: clean, pgd

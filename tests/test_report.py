@@ -98,13 +98,38 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
     with open(out / "report.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["run"] for row in rows] == ["dense", "anpvs"]
-    assert list(rows[0]) == [
-        "run", "method", "dataset", "model", "eps", "sparsity", "unit_sparsity", "params",
-        "nonzero_params", "flops", "latency_ms", "memory_fraction", "flops_speedup", "clean",
-        "fgsm", "pgd", "cw", "autoattack", "transfer", "clean_examples", "fgsm_examples",
-        "pgd_examples", "cw_examples", "autoattack_examples", "transfer_examples",
-        "vulnerability", "masking_check_passed",
-    ]  # fmt: skip
+    assert list(rows[0])[:27] == [
+        "run",
+        "method",
+        "dataset",
+        "model",
+        "eps",
+        "sparsity",
+        "unit_sparsity",
+        "params",
+        "nonzero_params",
+        "flops",
+        "latency_ms",
+        "memory_fraction",
+        "flops_speedup",
+        "clean",
+        "fgsm",
+        "pgd",
+        "cw",
+        "autoattack",
+        "transfer",
+        "clean_examples",
+        "fgsm_examples",
+        "pgd_examples",
+        "cw_examples",
+        "autoattack_examples",
+        "transfer_examples",
+        "vulnerability",
+        "masking_check_passed",
+    ]  # fmt: skip  (new columns come after these)
+    assert {"worst_case", "autoattack_ci_low", "latency_ratio_b128_max", "at_chance"} <= set(
+        rows[0]
+    )
     assert rows[0]["method"] == "pgd-at" and float(rows[0]["pgd"]) == 0.6635
     assert rows[0]["autoattack_examples"] == "64" and rows[0]["masking_check_passed"] == "True"
     assert rows[1]["dataset"] == "fashion-mnist"  # from config.yaml: results.json lacks it
@@ -117,10 +142,13 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
 
     table = markdown_rows(report.read_text())
     assert [row["run"] for row in table] == ["dense", "anpvs"]
-    assert table[0]["PGD"] == "66.35" and table[0]["AutoAttack"] == "60.00/64"
+    assert table[0]["PGD"] == "66.35"  # the whole test set: no interval shown
+    low, high = map(float, table[0]["AutoAttack"].removeprefix("60.00/64 [").rstrip("]").split(","))
+    assert low < 60 < high and high - low > 15  # 64 examples: a wide interval
     assert table[0]["params ≠ 0"] == "148k" and table[0]["masking check"] == "passed"
     assert table[1]["PGD"] == table[1]["CW"] == table[1]["AutoAttack"] == "–"
-    assert table[1]["FLOPs"] == "60k" and table[1]["latency"] == "0.25 ms"
+    assert table[1]["FLOPs"] == "60k" and table[1]["latency b1 × dense"] == "0.25"
+    assert table[0]["latency b1 × dense"] == "–"  # no latency in its results
     assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
     assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
 

@@ -64,7 +64,58 @@ def autoattack(
     global RNG that pyautoattack reseeds, are restored afterwards. `x` must be on the model's
     device. With `state_path`, progress is saved after every batch, and a rerun with the same
     model, data and settings continues where it stopped (a finished state returns at once).
+    `version="rand"` (APGD-CE and APGD-DLR with 20 EOT iterations) is for randomised models.
+
+    Example: `x_adv = autoattack(model, x, y, 8 / 255, batch_size=256, state_path="aa.state")`.
     """
+    _check_settings(eps, norm, version, batch_size)
+    if eps == 0:
+        return x.detach().clone()
+    x, y = x.detach(), y.detach()
+    state_path = None if state_path is None else Path(state_path)
+
+    with _deterministic(model, x.device), _pyautoattack_log() as log:
+        adversary = _adversary(model, x.device, eps, norm, version, seed)
+        attacks = list(adversary.attacks_to_run)
+        fingerprint = (
+            None if state_path is None else _fingerprint(model, x, y, eps, norm, version, seed)
+        )
+        progress = _start(model, x, y, batch_size, fingerprint, state_path)
+        started = time.monotonic()
+        while progress.attack_index < len(attacks):
+            attack = attacks[progress.attack_index]
+            _run_attack(adversary, attack, x, y, progress, batch_size, state_path)
+            if verbose:
+                print(
+                    f"autoattack {attack}: robust accuracy "
+                    f"{progress.robust.float().mean().item():.2%} "
+                    f"({time.monotonic() - started:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        autoattack_checks.check_square_sr(progress.accuracy, logger=adversary.logger)
+
+    for message in log.messages:
+        warnings.warn(f"AutoAttack: {message}", AutoAttackWarning, stacklevel=2)
+    return progress.x_adv
+
+
+def _adversary(
+    model: nn.Module, device: torch.device, eps: float, norm: str, version: str, seed: int
+) -> AutoAttack:
+    adversary = AutoAttack(
+        _Float32Logits(model),
+        device=device,
+        eps=eps,
+        norm=_PYAUTOATTACK_NORMS[norm],
+        seed=seed,
+        version=version,
+    )
+    adversary.verbose = False  # its progress lines count per batch, not per evaluation
+    return adversary
+
+
+def _check_settings(eps: float, norm: str, version: str, batch_size: int) -> None:
     check_eps(eps)
     check_norm(norm)
     if version not in VERSIONS:
@@ -73,62 +124,54 @@ def autoattack(
         )
     if batch_size < 1:
         raise ConfigError(f"AutoAttack batch_size={batch_size} must be ≥ 1")
-    if eps == 0:
-        return x.detach().clone()
-    x, y = x.detach(), y.detach()
-    state_path = None if state_path is None else Path(state_path)
 
-    with _deterministic(model, x.device), _pyautoattack_log() as log:
-        adversary = AutoAttack(
-            _Float32Logits(model),
-            device=x.device,
-            eps=eps,
-            norm=_PYAUTOATTACK_NORMS[norm],
-            seed=seed,
-            version=version,
+
+def _start(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    fingerprint: str | None,
+    state_path: Path | None,
+) -> _Progress:
+    """The saved progress of this evaluation, or a fresh one: the clean predictions decide which
+    examples the first attack runs on."""
+    if state_path is not None:
+        progress = _Progress.load(state_path, fingerprint, x.device)
+        if progress is not None:
+            return progress
+    robust = _predict(model, x, batch_size) == y
+    progress = _Progress(fingerprint, x.clone(), robust, robust.clone(), 0, {})
+    progress.accuracy["clean"] = robust.float().mean().item()
+    return progress
+
+
+def _run_attack(
+    adversary: AutoAttack,
+    attack: str,
+    x: Tensor,
+    y: Tensor,
+    progress: _Progress,
+    batch_size: int,
+    state_path: Path | None,
+) -> None:
+    """One of the version's attacks on the examples still robust, a batch at a time, saving the
+    progress after each batch; then the next attack starts from those still robust."""
+    adversary.attacks_to_run = [attack]
+    while progress.pending.any():
+        index = progress.pending.nonzero().squeeze(1)[:batch_size]
+        x_batch_adv, y_batch_adv = adversary.run_standard_evaluation(
+            x[index], y[index], batch_size=batch_size
         )
-        adversary.verbose = False  # its progress lines count per batch, not per evaluation
-        attacks = list(adversary.attacks_to_run)
-        fingerprint, progress = None, None
-        if state_path is not None:
-            fingerprint = _fingerprint(model, x, y, eps, norm, version, seed)
-            progress = _Progress.load(state_path, fingerprint, x.device)
-        if progress is None:
-            robust = _predict(model, x, batch_size) == y
-            progress = _Progress(fingerprint, x.clone(), robust, robust.clone(), 0, {})
-            progress.accuracy["clean"] = robust.float().mean().item()
-
-        started = time.monotonic()
-        while progress.attack_index < len(attacks):
-            attack = attacks[progress.attack_index]
-            adversary.attacks_to_run = [attack]
-            while progress.pending.any():
-                index = progress.pending.nonzero().squeeze(1)[:batch_size]
-                x_batch_adv, y_batch_adv = adversary.run_standard_evaluation(
-                    x[index], y[index], batch_size=batch_size
-                )
-                fooled = y_batch_adv != y[index]
-                progress.x_adv[index[fooled]] = x_batch_adv[fooled]
-                progress.robust[index[fooled]] = False
-                progress.pending[index] = False
-                progress.save(state_path)
-                if verbose:
-                    print(
-                        f"autoattack {attack}: {int(progress.pending.sum())} examples to go, "
-                        f"robust accuracy {progress.robust.float().mean().item():.2%} "
-                        f"({time.monotonic() - started:.0f} s)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            progress.accuracy[attack] = progress.robust.float().mean().item()
-            progress.attack_index += 1
-            progress.pending = progress.robust.clone()
-            progress.save(state_path)
-        autoattack_checks.check_square_sr(progress.accuracy, logger=adversary.logger)
-
-    for message in log.messages:
-        warnings.warn(f"AutoAttack: {message}", AutoAttackWarning, stacklevel=2)
-    return progress.x_adv
+        fooled = y_batch_adv != y[index]
+        progress.x_adv[index[fooled]] = x_batch_adv[fooled]
+        progress.robust[index[fooled]] = False
+        progress.pending[index] = False
+        progress.save(state_path)
+    progress.accuracy[attack] = progress.robust.float().mean().item()
+    progress.attack_index += 1
+    progress.pending = progress.robust.clone()
+    progress.save(state_path)
 
 
 @dataclass

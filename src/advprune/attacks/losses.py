@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advprune.core.errors import ConfigError
+from advprune.core.errors import ConfigError, GradientMaskingError
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 """`(logits, y) -> (B,)` loss to maximise; `y` is what the caller passes (labels, soft targets)."""
@@ -45,3 +45,22 @@ def resolve_loss(loss: str | Loss) -> Loss:
     if loss not in LOSSES:
         raise ConfigError(f"unknown attack loss {loss!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[loss]
+
+
+def input_gradient(objective: Tensor, x: Tensor) -> Tensor:
+    """∇_x of `objective` summed over the batch, for a gradient attack.
+
+    A model that detaches its input, takes an argmax or rounds to integers inside gives no
+    gradient at all, and its robust accuracy under a gradient attack would be its clean accuracy
+    (Athalye et al., 2018, "shattered gradients"): that is a GradientMaskingError, not a number.
+    """
+    grad = None
+    if objective.requires_grad:
+        (grad,) = torch.autograd.grad(objective.sum(), x, allow_unused=True)
+    if grad is None:
+        raise GradientMaskingError(
+            "the model's output has no gradient w.r.t. its input (a detach, argmax or integer "
+            "step inside), so gradient attacks cannot run; make it differentiable (e.g. a "
+            "straight-through estimator) or rely on transfer and AutoAttack's Square only"
+        )
+    return grad

@@ -1,18 +1,22 @@
-"""Evaluate a model or a run directory: accuracy under each attack, size, and sanity checks.
+"""Evaluate a model or a run directory: accuracy under each attack, size, cost and checks.
 
-`results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., "transfer": .., ...},
-"params", "flops", "sparsity", "vulnerability": {"overall": .., "per_layer": {..}},
-"gradient_masking_check": {"security_curve": [...], ...}, ...} with accuracies as fractions in
-[0, 1]; the latent vulnerability is measured on the PGD examples. A gated (ANP-VS) model is
-evaluated with its deterministic gates and also gets `unit_sparsity` and the sizes of its gated
-and exported networks. It is written before the gradient-masking verdict, so a failed check never
-loses the numbers; the check then fails loudly.
+`results.json` holds {"accuracy": {"clean": .., "fgsm": .., "pgd": .., "transfer": .., ...,
+"worst_case": ..}, "examples", "accuracy_interval", "attacks", "per_example", "params", "flops",
+"sparsity", "vulnerability", "gradient_masking_check", "attack_failure_indicators",
+"chance_check", "latency", "provenance", ...} with accuracies as fractions in [0, 1] (see
+`evaluation.results` for how it is written and resumed). The evaluator is a loop over the
+registry's attacks (`advprune.attacks.registry`): what an attack needs is what its spec says. A
+gated (ANP-VS) model is evaluated with its deterministic gates, and with `sampled_gates` also as
+the stochastic network (`evaluation.stochastic`). Every check runs after the numbers are written,
+so a failed check never loses them; `evaluate_run` then raises GradientMaskingError (exit 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,60 +24,207 @@ from typing import Any
 import torch
 from torch import nn
 
-from advprune.attacks import ATTACKS, CLEAN, parse_attacks
-from advprune.core.device import resolve_device
-from advprune.core.errors import CheckpointError
-from advprune.core.io import atomic_write_json, read_json
-from advprune.core.run_dir import RunDir
-from advprune.data import ImageDataset, get_spec, load_dataset
-from advprune.evaluation.complexity import gated_complexity, model_complexity
+from advprune.attacks import ATTACKS, CLEAN, SOURCE, AttackSpec, parse_attacks
+from advprune.data import ImageDataset
 from advprune.evaluation.config import EvalConfig
-from advprune.evaluation.latency import model_latency
-from advprune.evaluation.plots import plot_security_curve, plot_vulnerability
-from advprune.evaluation.robustness import accuracy
-from advprune.evaluation.sanity import (
-    curve_eps_values,
-    gradient_masking_problems,
-    raise_on_gradient_masking,
-    security_curve,
-)
-from advprune.evaluation.transfer import (
-    load_source,
-    transfer_accuracy,
-    transfer_problems,
-    transfer_settings,
-)
+from advprune.evaluation.min_norm import distance_summary, distances_over, save_distances
+from advprune.evaluation.plots import plot_distance_curve, plot_vulnerability
+from advprune.evaluation.provenance import model_sha256
+from advprune.evaluation.results import EvalOutput, ResultsStore
+from advprune.evaluation.robustness import correctness
+from advprune.evaluation.stochastic import sampled_gates
 from advprune.evaluation.vulnerability import VulnerabilityMeter
-from advprune.masks.gated import find_gates
-from advprune.models import input_shape
-from advprune.models.serialization import load_model
 
-AUTOATTACK_TOLERANCE = 0.005  # AutoAttack may beat PGD; exceeding it by more means a broken attack
+SAMPLED = "_sampled"  # suffix of the clean accuracy of the stochastic network
 
 
-STEPPED_LOSSES = {"pgd": "cross-entropy", "cw": "the CW margin loss"}
+@dataclass
+class Evaluation:
+    """What one evaluation works with: the model, its data and ε, and where results go."""
+
+    model: nn.Module
+    test: ImageDataset
+    eps: float
+    config: EvalConfig
+    device: torch.device
+    store: ResultsStore
+    output: EvalOutput
+    title: str
+    source: nn.Module | None = None
+    source_record: dict[str, Any] | None = None
+    progress: bool = False
+    log: Callable[[str], None] = print
 
 
-def attack_options(name: str, config: EvalConfig) -> dict[str, Any]:
-    """Overrides of the registry's protocol settings: the number of PGD steps."""
-    steps = {"pgd": config.pgd_steps, "cw": config.cw_steps}.get(name)
-    return {} if steps is None else {"steps": steps}
+@dataclass(frozen=True)
+class AttackJob:
+    """One accuracy to measure: under `spec` (None: clean), on the deterministic or the stochastic
+    network, stored under `key`, on the first `examples` test examples (None: the spec's limit)."""
+
+    key: str
+    spec: AttackSpec | None
+    stochastic: bool = False
+    examples: int | None = None
 
 
-def attack_settings(name: str, eps: float, config: EvalConfig) -> dict[str, Any]:
-    """What results.json records about an attack, so a table can state it."""
+def attack_jobs(config: EvalConfig) -> list[AttackJob]:
+    """The attacks of `config` in order, clean first; those that need a source model whenever
+    one is given (transfer); with sampled gates each attack's stochastic counterpart (the
+    registry's `sampled`) and the stochastic network's clean accuracy."""
+    names = [name for name in parse_attacks(config.attacks) if name != CLEAN]
+    if config.transfer_from:
+        names += [name for name, spec in ATTACKS.items() if SOURCE in spec.needs]
+    if config.sampled_gates:
+        names += [ATTACKS[name].sampled for name in names if ATTACKS[name].sampled]
+    jobs = [AttackJob(CLEAN, None)]
+    if config.sampled_gates:
+        jobs.append(AttackJob(CLEAN + SAMPLED, None, stochastic=True))
+    for name in dict.fromkeys(names):  # what each needs was checked by EvalConfig.validate
+        jobs.append(AttackJob(name, ATTACKS[name], stochastic=ATTACKS[name].stochastic))
+    return jobs
+
+
+def job_settings(evaluation: Evaluation, job: AttackJob, examples: int) -> dict[str, Any]:
+    """What `job` computes with, as results.json records it and a rerun compares."""
     settings: dict[str, Any] = {
-        "eps": eps,
-        "norm": "linf",
-        "description": ATTACKS[name].description,
+        "model_sha256": evaluation.store.model_sha256,
+        "network": "sampled gates" if job.stochastic else "deterministic",
+        "examples": examples,
     }
-    steps = attack_options(name, config).get("steps")
-    if steps is not None:
-        settings.update(steps=steps, step_size=2.5 * eps / steps, random_start=True)
-        settings["description"] = (
-            f"PGD-{steps} on {STEPPED_LOSSES[name]}, uniform random start, step 2.5·eps/{steps}"
-        )
+    config = evaluation.config
+    if job.stochastic:  # the gate noise is drawn from the seed
+        settings["seed"] = config.seed
+    if job.spec is None:
+        return settings
+    settings.update(job.spec.record(evaluation.eps, job_options(job.spec, config)))
+    settings.update(seed=config.seed, batch_size=config.batch_size)
+    if SOURCE in job.spec.needs:
+        settings.update(evaluation.source_record or {})
     return settings
+
+
+def job_options(spec: AttackSpec, config: EvalConfig) -> dict[str, Any]:
+    """The spec's options taken from evaluation settings (e.g. steps from pgd_steps)."""
+    return {option: getattr(config, name) for option, name in spec.settings.items()}
+
+
+def job_subset(evaluation: Evaluation, job: AttackJob) -> ImageDataset:
+    limit = job.examples
+    if limit is None and job.spec is not None and job.spec.limit:
+        limit = getattr(evaluation.config, job.spec.limit)
+    return evaluation.test.take(limit)
+
+
+@contextlib.contextmanager
+def network(evaluation: Evaluation, job: AttackJob) -> Iterator[nn.Module]:
+    """The model in eval mode, or its stochastic network (gate noise seeded by the seed)."""
+    evaluation.model.eval()
+    if not job.stochastic:
+        yield evaluation.model
+        return
+    with sampled_gates(evaluation.model, evaluation.config.seed) as stochastic:
+        yield stochastic
+
+
+def run_job(evaluation: Evaluation, job: AttackJob) -> float:
+    """Measure `job` unless results.json holds it for this model and these settings; returns the
+    accuracy. The results file is written as soon as it is measured."""
+    subset = job_subset(evaluation, job)
+    settings = job_settings(evaluation, job, len(subset))
+    store, started = evaluation.store, time.perf_counter()
+    if store.finished(job.key, settings):
+        evaluation.log(f"  {job.key:<16} {store.data['accuracy'][job.key]:.4f}  kept from before")
+        return store.data["accuracy"][job.key]
+    with network(evaluation, job) as model:
+        correct = measure(evaluation, job, model, subset, settings)
+    accuracy = store.record_attack(job.key, correct, settings)
+    low, high = store.data["accuracy_interval"][job.key]
+    evaluation.log(
+        f"  {job.key:<16} {accuracy:.4f} [{low:.3f}, {high:.3f}] on {len(subset)} examples "
+        f"({time.perf_counter() - started:.0f}s)"
+    )
+    return accuracy
+
+
+def measure(
+    evaluation: Evaluation,
+    job: AttackJob,
+    model: nn.Module,
+    subset: ImageDataset,
+    settings: dict[str, Any],
+) -> torch.Tensor:
+    """Per-example correctness under the job's attack, as its spec says to run it."""
+    spec, config = job.spec, evaluation.config
+    common = {"device": evaluation.device, "progress": evaluation.progress, "desc": job.key}
+    if spec is None:
+        return correctness(model, subset, None, batch_size=config.batch_size, **common)
+    if spec.distances is not None:
+        return minimum_norm(evaluation, job, model, subset, settings)
+    context: dict[str, Any] = {}
+    if SOURCE in spec.needs:
+        context[SOURCE] = evaluation.source
+    if spec.state_file:
+        context["state_path"] = evaluation.output.file(job.key, "state")
+    if spec.whole_subset:
+        context["batch_size"] = config.batch_size
+    attack = partial(
+        spec.run, eps=evaluation.eps, seed=config.seed, **job_options(spec, config), **context
+    )
+    # A whole-subset attack (AutoAttack) runs in one call so that its state file can resume it.
+    batch_size = len(subset) if spec.whole_subset else config.batch_size
+    meter = VulnerabilityMeter(model) if spec.vulnerability and not job.stochastic else None
+    correct = correctness(
+        model, subset, attack, batch_size=batch_size, observe=meter and meter.update, **common
+    )
+    if meter is not None:
+        record_vulnerability(evaluation, job, meter)
+    return correct
+
+
+def minimum_norm(
+    evaluation: Evaluation,
+    job: AttackJob,
+    model: nn.Module,
+    subset: ImageDataset,
+    settings: dict[str, Any],
+) -> torch.Tensor:
+    """A minimum-norm attack: distances saved beside results.json, their summary and security
+    curve under "min_norm", the curve drawn; correct at ε where the distance exceeds ε."""
+    spec, config, output = job.spec, evaluation.config, evaluation.output
+    distances = distances_over(
+        model,
+        subset,
+        spec.distances,
+        job_options(spec, config),
+        device=evaluation.device,
+        batch_size=config.batch_size,
+        progress=evaluation.progress,
+    )
+    summary = {
+        "attack": job.key,
+        "settings": settings,
+        **distance_summary(distances, evaluation.eps),
+    }
+    path, plot = (
+        output.file(f"{job.key}_distances", "safetensors"),
+        output.file(f"{job.key}_security_curve", "png"),
+    )
+    if path is not None and plot is not None:
+        save_distances(path, distances, settings)
+        chance = 1 / subset.num_classes
+        plot_distance_curve(distances, evaluation.eps, evaluation.title, plot, chance=chance)
+        summary.update(file=path.name, plot=plot.name)
+    evaluation.store.record("min_norm", summary)
+    return distances > evaluation.eps
+
+
+def record_vulnerability(evaluation: Evaluation, job: AttackJob, meter: VulnerabilityMeter) -> None:
+    result = meter.result()
+    settings = {"model_sha256": evaluation.store.model_sha256, "attack": job.key}
+    evaluation.store.record("vulnerability", {**result, "attack": job.key, "settings": settings})
+    path = evaluation.output.file("vulnerability", "png")
+    if path is not None and result["per_layer"]:
+        plot_vulnerability(result["per_layer"], f"{evaluation.title}: latent vulnerability", path)
 
 
 def evaluate_model(
@@ -83,232 +234,35 @@ def evaluate_model(
     config: EvalConfig,
     *,
     device: torch.device,
-    autoattack_state: Path | None = None,
+    results_path: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Accuracy under each attack of `config` (model in eval mode: deterministic, frozen BN)."""
-    model.eval()
-    results: dict[str, Any] = {"eps": eps, "accuracy": {}, "examples": {}, "attacks": {}}
-    for name in parse_attacks(config.attacks):
-        started = time.perf_counter()
-        subset = test
-        if name == CLEAN:
-            attack = None
-        elif name == "autoattack":
-            subset = test.take(min(config.autoattack_limit or len(test), len(test)))
-            attack = partial(
-                ATTACKS[name].run,
-                eps=eps,
-                seed=config.seed,
-                batch_size=config.batch_size,
-                state_path=autoattack_state,
-            )
-        else:
-            attack = partial(
-                ATTACKS[name].run, eps=eps, seed=config.seed, **attack_options(name, config)
-            )
-        if name != CLEAN:
-            results["attacks"][name] = attack_settings(name, eps, config)
-        # AutoAttack runs on the whole subset in one call so that its state file can resume it.
-        batch_size = len(subset) if name == "autoattack" else config.batch_size
-        meter = VulnerabilityMeter(model) if name == "pgd" else None
-        results["accuracy"][name] = accuracy(
-            model,
-            subset,
-            attack,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            desc=name,
-            observe=meter.update if meter else None,
-        )
-        if meter is not None:
-            results["vulnerability"] = {**meter.result(), "attack": name}
-        results["examples"][name] = len(subset)
-        log(
-            f"  {name:<11} {results['accuracy'][name]:.4f}  on {len(subset)} examples "
-            f"({time.perf_counter() - started:.0f}s)"
-        )
-    return results
-
-
-def autoattack_problems(
-    model: nn.Module, test: ImageDataset, results: dict, config: EvalConfig, device: torch.device
-) -> list[str]:
-    """AutoAttack ≤ PGD on the same examples, or one of the two attacks is broken."""
-    if "autoattack" not in results["accuracy"]:
-        return []
-    subset = test.take(results["examples"]["autoattack"])
-    pgd_accuracy = accuracy(
-        model,
-        subset,
-        partial(ATTACKS["pgd"].run, eps=results["eps"], seed=config.seed, steps=config.pgd_steps),
-        device=device,
-        batch_size=config.batch_size,
-    )
-    results["accuracy"]["pgd_on_autoattack_examples"] = pgd_accuracy
-    if results["accuracy"]["autoattack"] > pgd_accuracy + AUTOATTACK_TOLERANCE:
-        return [
-            f"AutoAttack accuracy {results['accuracy']['autoattack']:.3f} exceeds PGD's "
-            f"{pgd_accuracy:.3f} on the same examples"
-        ]
-    return []
-
-
-def curve_check(
-    model: nn.Module,
-    test: ImageDataset,
-    eps: float,
-    config: EvalConfig,
-    *,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    """The security curve on the first `sanity_examples` test examples and what is wrong with it.
-
-    With a requested `eps_curve`, AutoAttack joins PGD at each ε on the first
-    `curve_autoattack_examples`; the default curve is PGD only, a quick check on every evaluation.
-    """
-    examples = test.take(min(config.sanity_examples, len(test)))
-    autoattack_examples = (
-        min(config.curve_autoattack_examples, len(examples)) if config.eps_curve else 0
-    )
-    started = time.perf_counter()
-    curve = security_curve(
-        model,
-        examples,
-        curve_eps_values(config.eps_curve, eps),
-        steps=config.pgd_steps,
-        device=device,
-        batch_size=config.batch_size,
-        autoattack_examples=autoattack_examples,
-        seed=config.seed,
-    )
-    attacks = f"PGD-{config.pgd_steps}" + (
-        f" / AutoAttack on the first {autoattack_examples}" if autoattack_examples else ""
-    )
-    points = ", ".join(
-        f"{p['eps']:g}: {p['accuracy']:.3f}"
-        + (f" / {p['autoattack']:.3f}" if "autoattack" in p else "")
-        for p in curve
-    )
-    log(
-        f"  security curve, {attacks} of {len(examples)} examples "
-        f"({time.perf_counter() - started:.0f}s): {points}"
-    )
-    return {
-        "security_curve": curve,
-        "examples": len(examples),
-        "autoattack_examples": autoattack_examples,
-        "pgd_steps": config.pgd_steps,
-        "problems": gradient_masking_problems(curve),
-    }
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    config: EvalConfig,
-    *,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Evaluate `RUN_DIR/model.safetensors` and merge the results into `RUN_DIR/results.json`."""
-    config.validate()
-    run = RunDir.existing(run_dir)
-    device = resolve_device(config.device)
-    model, metadata = load_model(run.model, device=device)
-    architecture = metadata["architecture"]
-    trained = metadata.get("config", {})
-    dataset = trained.get("dataset")
-    if dataset is None:
-        raise CheckpointError(
-            f"{run.model} does not name its dataset; it was not written by `advprune train`"
-        )
-    spec = get_spec(dataset)
-    eps = config.eps if config.eps is not None else metadata.get("eps", spec.default_eps)
-    test = load_dataset(
-        dataset,
-        "test",
-        data_dir=config.data_dir or trained.get("data_dir"),
-        download=config.download,
-        limit=config.limit_test,
-    )
-    source, source_metadata = None, {}
-    if config.transfer_from:  # checked before any attack runs
-        source, source_metadata = load_source(config.transfer_from, run, metadata, device)
-    log(f"evaluating {run.path} ({architecture['name']}, {dataset}, eps {eps:g}) on {device}")
-
-    results = evaluate_model(
+    """Accuracy of any `model` under each attack of `config` (eval mode: deterministic, frozen
+    BN), kept in `results_path` (resumed from it) or in memory; returns the results."""
+    path = Path(results_path) if results_path is not None else None
+    output = EvalOutput(path.parent if path else None)
+    store = ResultsStore(path, model_sha256(model), log)
+    evaluation = Evaluation(
         model,
         test,
         eps,
-        config,
-        device=device,
+        config.validate(),
+        device,
+        store,
+        output,
+        "model",
         progress=progress,
         log=log,
-        autoattack_state=run.path / "autoattack.state",
     )
-    if source is not None:
-        started = time.perf_counter()
-        results["accuracy"]["transfer"] = transfer_accuracy(
-            model,
-            source,
-            test,
-            eps,
-            seed=config.seed,
-            device=device,
-            batch_size=config.batch_size,
-            progress=progress,
-        )
-        results["examples"]["transfer"] = len(test)
-        results["attacks"]["transfer"] = transfer_settings(
-            config.transfer_from, source_metadata, eps
-        )
-        log(
-            f"  {'transfer':<11} {results['accuracy']['transfer']:.4f}  on {len(test)} examples "
-            f"({time.perf_counter() - started:.0f}s)"
-        )
-    problems = autoattack_problems(model, test, results, config, device)
-    problems += transfer_problems(results["accuracy"])
-    if config.sanity_examples:
-        check = curve_check(model, test, eps, config, device=device, log=log)
-        problems += check["problems"]
-        check.update(problems=problems, passed=not problems)
-        plot_security_curve(
-            check["security_curve"],
-            eps,
-            f"{architecture['name']} on {dataset}",
-            run.path / "security_curve.png",
-        )
-        results["gradient_masking_check"] = check
-    shape = input_shape(architecture)
-    results.update(model_complexity(model, shape))
-    previous = read_json(run.results, "results") if run.results.exists() else {}
-    if config.latency_repeats and "latency" not in previous:  # an exported run has its own
-        results["latency"] = model_latency(model, shape, repeats=config.latency_repeats)
-    if find_gates(model):  # the exported network's sizes, as `advprune export` wrote it
-        exported_file = run.exported / "model.safetensors"
-        exported = load_model(exported_file, device=device)[0] if exported_file.exists() else None
-        results.update(gated_complexity(model, shape, exported))
-    if "vulnerability" in results:
-        plot_vulnerability(
-            results["vulnerability"]["per_layer"],
-            f"{architecture['name']} on {dataset}: latent vulnerability",
-            run.path / "vulnerability.png",
-        )
-    results.update(
-        run=str(run.path),
-        model=architecture["name"],
-        dataset=dataset,
-        method=metadata.get("method", {}).get("name", trained.get("objective")),
-    )
-    merged = previous
-    merged.update(
-        {k: v for k, v in results.items() if k not in ("accuracy", "examples", "attacks")}
-    )
-    for key in ("accuracy", "examples", "attacks"):
-        merged[key] = {**merged.get(key, {}), **results[key]}
-    atomic_write_json(run.results, merged)
-    raise_on_gradient_masking(problems, str(run.path))
-    return merged
+    run_attacks(evaluation)
+    return store.data
+
+
+def run_attacks(evaluation: Evaluation) -> None:
+    """Every job of the configuration in order, then the worst case over the deterministic
+    network's attacks."""
+    evaluation.store.data["eps"] = evaluation.eps
+    for job in attack_jobs(evaluation.config):
+        run_job(evaluation, job)
+    evaluation.store.update_worst_case()

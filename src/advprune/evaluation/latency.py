@@ -1,4 +1,12 @@
-"""Measured CPU latency: what a physically smaller network buys, as opposed to counted FLOPs."""
+"""Measured CPU latency: what a physically smaller network buys, as opposed to counted FLOPs.
+
+A latency in milliseconds says as much about the machine as about the network, and two runs timed
+minutes apart on a shared machine differ by more than many pruning methods gain. So every model is
+timed against its dense reference in the same process, interleaved — A B A B …, one pass of each
+per repeat — and what results.json keeps is the ratio: the median over repeats of the per-pair
+ratio model/dense, with its min–max range. A load change during the measurement slows both members
+of a pair alike and cancels in their ratio. Absolute times are kept beside the device name.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from advprune.evaluation.provenance import device_name
 
-def measure_latencies(
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def time_interleaved(
     models: dict[Any, nn.Module],
     input_shape: Sequence[int],
     batch_size: int,
@@ -20,21 +32,20 @@ def measure_latencies(
     threads: int = 1,
     warmup: int = 5,
     repeats: int = 30,
-) -> dict[str, dict[Any, float]]:
-    """Median milliseconds of one forward pass of each model on CPU, under `threads` threads:
-    {"wall": {name: ms}, "cpu": {name: ms}}.
+) -> dict[str, dict[Any, list[float]]]:
+    """Milliseconds of each forward pass of each model on CPU under `threads` threads, the models
+    taking turns within every repeat: {"wall": {name: [ms per repeat]}, "cpu": {…}}.
 
-    Wall-clock time is the latency; the process's CPU time is reported beside it because, on a
-    machine shared with other jobs, it is what preemption does not inflate. The models take
-    turns within each repeat, so load that changes during the measurement slows them alike;
-    inference mode, after `warmup` untimed passes.
+    Wall-clock time is the latency; the process's CPU time is kept beside it because, on a machine
+    shared with other jobs, it is what preemption does not inflate. Inference mode, after `warmup`
+    untimed passes of each model.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x = torch.rand((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
-        wall: dict[str, list[float]] = {name: [] for name in models}
-        cpu: dict[str, list[float]] = {name: [] for name in models}
+        wall: dict[Any, list[float]] = {name: [] for name in models}
+        cpu: dict[Any, list[float]] = {name: [] for name in models}
         with torch.inference_mode():
             for model in models.values():
                 model.eval()
@@ -44,79 +55,68 @@ def measure_latencies(
                 for name, model in models.items():
                     started, started_cpu = time.perf_counter(), time.process_time()
                     model(x)
-                    wall[name].append(time.perf_counter() - started)
-                    cpu[name].append(time.process_time() - started_cpu)
+                    wall[name].append(1000 * (time.perf_counter() - started))
+                    cpu[name].append(1000 * (time.process_time() - started_cpu))
     finally:
         torch.set_num_threads(previous)
-    return {
-        kind: {name: 1000 * statistics.median(samples) for name, samples in times.items()}
-        for kind, times in (("wall", wall), ("cpu", cpu))
-    }
+    return {"wall": wall, "cpu": cpu}
 
 
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def best_layout_latencies(
-    models: dict[str, nn.Module],
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int],
-    *,
-    threads: int = 1,
-    repeats: int = 30,
-) -> dict[int, dict[str, dict[str, Any]]]:
-    """Each model timed in both memory layouts and counted in its faster one, per batch size:
-    {batch_size: {name: {"wall": ms, "cpu": ms, "layout": "nchw" | "channels_last"}}}.
-
-    On CPU a layout can change a layer's time several-fold (NCHW max-pooling is ~7× slower than
-    channels_last here); a speed-up over a baseline left in its slow layout would be the
-    layout's, not the pruning's.
-    """
-    copies = {
-        (name, layout): copy.deepcopy(model).cpu().to(memory_format=memory_format)
-        for name, model in models.items()
-        for layout, memory_format in LAYOUTS.items()
-    }
-    best: dict[int, dict[str, dict[str, Any]]] = {}
-    for batch_size in batch_sizes:
-        ms = measure_latencies(copies, input_shape, batch_size, threads=threads, repeats=repeats)
-        best[batch_size] = {}
-        for name in models:
-            layout = min(LAYOUTS, key=lambda layout: ms["wall"][(name, layout)])
-            best[batch_size][name] = {
-                "wall": ms["wall"][(name, layout)],
-                "cpu": ms["cpu"][(name, layout)],
-                "layout": layout,
-            }
-    return best
-
-
-def _header(threads: int, repeats: int) -> dict[str, Any]:
-    return {"device": "cpu", "threads": threads, "repeats": repeats, "unit": "ms"}
-
-
-def model_latency(
+def paired_latency(
     model: nn.Module,
+    dense: nn.Module,
     input_shape: Sequence[int],
     batch_sizes: Sequence[int] = (1, 128),
     *,
     threads: int = 1,
-    repeats: int = 10,
-) -> dict:
-    """Median CPU latency (ms) of `model` per batch size, in its faster layout, so that every run
-    of a report has one (unstructured sparsity leaves it unchanged: dense kernels)."""
-    best = best_layout_latencies(
-        {"model": model}, input_shape, batch_sizes, threads=threads, repeats=repeats
-    )
+    repeats: int = 30,
+) -> dict[str, Any]:
+    """`model`'s latency as a multiple of `dense`'s, per batch size: {"batch_B": {"ratio": median
+    of model/dense over the pairs, "ratio_range": [min, max], "model": ms, "dense": ms, "layout":
+    {name: layout}, "cpu_time": {…}}} plus the device, its name, threads and repeats.
+
+    Each network is timed in both memory layouts and counted in its faster one: on CPU a layout
+    can change a layer's time several-fold (NCHW max-pooling is ~7× slower than channels_last
+    here), and a ratio against a baseline left in its slow layout would be the layout's.
+    """
+    names = {"model": model, "dense": dense}
+    copies = {
+        (name, layout): copy.deepcopy(network).cpu().to(memory_format=memory_format)
+        for name, network in names.items()
+        for layout, memory_format in LAYOUTS.items()
+    }
+    result: dict[str, Any] = {
+        "device": "cpu",
+        "device_name": device_name(torch.device("cpu")),
+        "threads": threads,
+        "repeats": repeats,
+        "unit": "ms",
+        "ratio_of": "model / dense",
+    }
+    for batch_size in batch_sizes:
+        times = time_interleaved(copies, input_shape, batch_size, threads=threads, repeats=repeats)
+        result[f"batch_{batch_size}"] = _pair_summary(times, list(names))
+    return result
+
+
+def _pair_summary(times: dict[str, dict[Any, list[float]]], names: list[str]) -> dict[str, Any]:
+    """Each network in its faster layout (by median wall time), and the per-repeat ratios of the
+    first network to the second, which were timed in the same repeats."""
+    median = {key: statistics.median(samples) for key, samples in times["wall"].items()}
+    layout = {name: min(LAYOUTS, key=lambda lay: median[(name, lay)]) for name in names}
+    first, second = ((name, layout[name]) for name in names)
+    ratios = [a / b for a, b in zip(times["wall"][first], times["wall"][second], strict=True)]
+    cpu_ratios = [
+        a / max(b, 1e-9) for a, b in zip(times["cpu"][first], times["cpu"][second], strict=True)
+    ]
     return {
-        **_header(threads, repeats),
-        **{
-            f"batch_{batch_size}": {
-                "model": times["model"]["wall"],
-                "layout": times["model"]["layout"],
-                "cpu_time": times["model"]["cpu"],
-            }
-            for batch_size, times in best.items()
+        "ratio": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        **{name: median[(name, layout[name])] for name in names},
+        "layout": layout,
+        "cpu_time": {
+            **{name: statistics.median(times["cpu"][(name, layout[name])]) for name in names},
+            "ratio": statistics.median(cpu_ratios),
         },
     }
 
@@ -130,19 +130,18 @@ def latency_comparison(
     threads: int = 1,
     repeats: int = 30,
 ) -> dict:
-    """Dense vs exported median latency (ms) per batch size, each in its faster layout (named
-    under "layout"), and the speed-up dense/exported in wall-clock time, with the same in CPU
-    time under "cpu_time"."""
-    models = {"dense": dense, "exported": exported}
-    best = best_layout_latencies(models, input_shape, batch_sizes, threads=threads, repeats=repeats)
-    result = _header(threads, repeats)
-    for batch_size, times in best.items():
-        wall = {name: times[name]["wall"] for name in models}
-        cpu = {name: times[name]["cpu"] for name in models}
-        result[f"batch_{batch_size}"] = {
-            **wall,
-            "speedup": wall["dense"] / wall["exported"],
-            "layout": {name: times[name]["layout"] for name in models},
-            "cpu_time": {**cpu, "speedup": cpu["dense"] / max(cpu["exported"], 1e-9)},
-        }
+    """Dense vs exported, as `advprune export` records it: `paired_latency` of the exported
+    network (its keys "exported" and "dense"), with the speed-up dense/exported beside the ratio
+    exported/dense."""
+    result = paired_latency(
+        exported, dense, input_shape, batch_sizes, threads=threads, repeats=repeats
+    )
+    result["ratio_of"] = "exported / dense"
+    for key, value in result.items():
+        if key.startswith("batch_"):
+            value["exported"] = value.pop("model")
+            value["layout"]["exported"] = value["layout"].pop("model")
+            value["cpu_time"]["exported"] = value["cpu_time"].pop("model")
+            value["speedup"] = 1 / value["ratio"]
+            value["cpu_time"]["speedup"] = 1 / max(value["cpu_time"]["ratio"], 1e-9)
     return result

@@ -1,10 +1,14 @@
-"""Gradient-masking checks (Athalye et al., 2018; Carlini et al., 2019).
+"""Gradient-masking checks (Athalye et al., 2018; Carlini et al., 2019) and the chance check.
 
 A robust-accuracy number is only trustworthy if the attack behind it works: PGD accuracy must not
 rise as ε grows, and at ε = 0.5 (where every image can be moved to uniform grey) it must be near
 zero. A model that fails these is masking gradients, and its robust accuracy is inflated. The
 security curve (accuracy against ε) that the check reads is also a result of its own (the
 Adversarial Pruning Benchmark's); on request AutoAttack joins PGD at every ε, on a subset.
+
+A model at chance (clean accuracy ≤ 1.5/classes), or one with every unit of a layer removed (its
+output no longer depends on its input), passes every attack check vacuously; it fails the chance
+check instead, so that its row is never read as a robust one.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from torch import nn
 from advprune.attacks import autoattack, pgd
 from advprune.core.errors import GradientMaskingError
 from advprune.data import ImageDataset
+from advprune.evaluation.complexity import PRUNABLE
 from advprune.evaluation.robustness import accuracy
+from advprune.masks.gated import find_gates
 
 LARGE_EPS = 0.5
 MAX_ACCURACY_AT_LARGE_EPS = 0.10
 MONOTONICITY_TOLERANCE = 0.01
+CHANCE_FACTOR = 1.5  # clean accuracy ≤ 1.5/classes is at chance
 
 
 def default_eps_values(eps: float) -> list[float]:
@@ -103,9 +110,46 @@ def _curve_problems(curve: Sequence[dict[str, float]], key: str, attack: str) ->
     return problems
 
 
+def empty_layers(model: nn.Module) -> list[str]:
+    """Layers every unit of which is removed: a gate that keeps none, or a conv/linear layer whose
+    weights are all zero (its output is a constant)."""
+    empty = [f"{gate.layers[0]} (gate)" for gate in find_gates(model) if not gate.keep().any()]
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE) and module.weight.numel() and not module.weight.any():
+            empty.append(name)
+    return empty
+
+
+def chance_check(clean_accuracy: float | None, classes: int, model: nn.Module) -> dict:
+    """{"passed", "clean_accuracy", "chance", "limit", "empty_layers", "problems"}: fails on a
+    model at chance or with a layer emptied (see the module docstring)."""
+    limit = CHANCE_FACTOR / classes
+    empty = empty_layers(model)
+    problems = []
+    if clean_accuracy is not None and clean_accuracy <= limit:
+        problems.append(
+            f"clean accuracy {clean_accuracy:.3f} is at chance (≤ 1.5/{classes} = {limit:.3f}), "
+            "so every robust accuracy is vacuous"
+        )
+    if empty:
+        problems.append(
+            f"every unit of {', '.join(empty[:3])} is removed, so the output ignores the input"
+        )
+    return {
+        "passed": not problems,
+        "clean_accuracy": clean_accuracy,
+        "chance": 1 / classes,
+        "limit": limit,
+        "empty_layers": empty,
+        "problems": problems,
+    }
+
+
 def raise_on_gradient_masking(problems: Sequence[str], where: str) -> None:
+    """A failed check, after the results are written: exit code 3 from the CLI."""
     if problems:
         raise GradientMaskingError(
-            f"gradient masking suspected in {where}: {'; '.join(problems)} — its robust accuracy "
-            "cannot be trusted (evaluate a deterministic model, look for non-smooth layers)"
+            f"the robust accuracy of {where} cannot be trusted: {'; '.join(problems)} (results "
+            "written; look for non-smooth or random layers, a model at chance, or attack "
+            "settings too weak)"
         )

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from advprune.attacks import transfer
+from advprune.attacks import ATTACKS
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.run_dir import RunDir
-from advprune.data import ImageDataset
-from advprune.evaluation.robustness import accuracy
+from advprune.evaluation.provenance import file_sha256
 from advprune.models.serialization import load_model
 
-TRANSFER_STEPS = 40
+TRANSFER_STEPS = ATTACKS["transfer"].defaults["steps"]
 TRANSFER_TOLERANCE = 0.01  # black-box may trail white-box by sampling noise, not by more
 
 
@@ -62,49 +61,16 @@ def load_source(
     return model, metadata
 
 
-def transfer_accuracy(
-    model: nn.Module,
-    source: nn.Module,
-    test: ImageDataset,
-    eps: float,
-    *,
-    seed: int,
-    device: torch.device,
-    batch_size: int,
-    progress: bool = False,
-) -> float:
-    """Accuracy of `model` on PGD-40 examples crafted on `source` (eval mode, seeded starts)."""
-
-    def attack(_target: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        return transfer(source, x, y, eps, steps=TRANSFER_STEPS, generator=generator)
-
-    source.eval()
-    return accuracy(
-        model,
-        test,
-        attack,
-        device=device,
-        batch_size=batch_size,
-        progress=progress,
-        desc="transfer",
-    )
-
-
-def transfer_settings(source_dir: str | Path, metadata: dict[str, Any], eps: float) -> dict:
-    """What results.json records about the transfer attack and its source."""
+def transfer_settings(source_dir: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What results.json records about the transfer source beside the attack's own settings; its
+    file's sha256 is what a rerun compares."""
+    source = RunDir.existing(source_dir)
     trained = metadata.get("config", {})
     return {
-        "eps": eps,
-        "norm": "linf",
-        "steps": TRANSFER_STEPS,
-        "step_size": 2.5 * eps / TRANSFER_STEPS,
-        "random_start": True,
-        "source": str(Path(source_dir).resolve()),
+        "source": str(source.path.resolve()),
+        "source_sha256": file_sha256(source.model),
         "source_method": metadata.get("method", {}).get("name", trained.get("objective")),
         "source_eps": metadata.get("eps"),
-        "description": f"black-box: PGD-{TRANSFER_STEPS} on cross-entropy crafted on the source "
-        "model, uniform random start",
     }
 
 

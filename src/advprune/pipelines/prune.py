@@ -113,7 +113,8 @@ def check_same_run(run: RunDir, record: dict[str, Any]) -> None:
     ]
     if changed:
         raise ConfigError(
-            f"{run.path} holds a pruning run with other settings ({', '.join(changed)}); resume it "
+            f"{run.path} holds a pruning run with other settings "
+            f"({', '.join(dict.fromkeys(changed))}); resume it "
             "with the same flags or choose another --run-dir"
         )
 

@@ -34,6 +34,24 @@ def save_figure(figure: Any, path: str | Path) -> Path:
         pyplot().close(figure)
 
 
+def draw_chance(axes: Any, summaries: Sequence[RunSummary]) -> None:
+    """A dotted line at chance accuracy when the runs agree on their number of classes."""
+    classes = {s.num_classes for s in summaries if s.num_classes}
+    if len(classes) == 1:
+        chance = 1 / classes.pop()
+        axes.axhline(
+            100 * chance, color="black", linestyle=":", linewidth=1, label=f"chance ({chance:.0%})"
+        )
+
+
+def examples_label(counts: Sequence[int | None]) -> str:
+    """ "N=10000", "N=500–10000" or "" : how many test examples a curve's points rest on."""
+    known = sorted({n for n in counts if n})
+    if not known:
+        return ""
+    return f"N={known[0]}" if len(known) == 1 else f"N={known[0]}–{known[-1]}"
+
+
 def is_dense(summary: RunSummary) -> bool:
     """A run whose method is a training objective (pgd-at, trades…) rather than a pruning method."""
     return summary.method in OBJECTIVES
@@ -54,21 +72,21 @@ def plot_robust_vs_sparsity(
     )
     for axes, attack in zip(panels[0], attacks, strict=True):
         for method in sorted({s.method for s in pruned}):
-            points = sorted(
-                (100 * s.sparsity, 100 * s.accuracy[attack])
-                for s in pruned
-                if s.method == method and attack in s.accuracy
-            )
+            runs = [s for s in pruned if s.method == method and attack in s.accuracy]
+            points = sorted((100 * s.sparsity, 100 * s.accuracy[attack]) for s in runs)
             if points:
-                axes.plot(*zip(*points, strict=True), marker="o", label=method)
+                n = examples_label([s.examples.get(attack) for s in runs])
+                axes.plot(*zip(*points, strict=True), marker="o", label=f"{method} ({n})")
         for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
+            n = examples_label([dense.examples.get(attack)])
             axes.axhline(
                 100 * dense.accuracy[attack],
                 color="grey",
                 linestyle="--",
                 linewidth=1,
-                label=f"dense ({dense.method})",
+                label=f"dense ({dense.method}, {n})",
             )
+        draw_chance(axes, summaries)
         axes.set(
             xlabel="weight sparsity (%)",
             ylabel=f"{ATTACK_HEADERS[attack]} accuracy (%)",
@@ -108,17 +126,24 @@ def plot_layer_values(
 
 
 def plot_security_curves(
-    curves: Mapping[str, Sequence[dict[str, float]]],
+    runs: Mapping[str, RunSummary],
     train_eps: float | None,
     title: str,
     path: str | Path,
 ) -> Path:
-    """The runs' PGD accuracy against ε on one axes, a line per run; `train_eps` marked if set."""
+    """The runs' PGD accuracy against ε on one axes, a line per run with its number of examples,
+    the chance level and `train_eps` (if set) marked."""
     figure, axes = pyplot().subplots(figsize=(5.5, 3.8), dpi=120)
-    for label, curve in curves.items():
+    for label, summary in runs.items():
+        curve = summary.security_curve
+        n = examples_label([summary.curve_examples])
         axes.plot(
-            [p["eps"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o", label=label
+            [p["eps"] for p in curve],
+            [100 * p["accuracy"] for p in curve],
+            marker="o",
+            label=f"{label} ({n})" if n else label,
         )
+    draw_chance(axes, list(runs.values()))
     if train_eps is not None:
         axes.axvline(
             train_eps, color="grey", linestyle="--", linewidth=1, label=f"ε = {train_eps:g}"

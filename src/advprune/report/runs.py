@@ -4,15 +4,23 @@ A run directory holds config.yaml (the training settings), results.json (what `a
 the methods measured) and model.safetensors (weights, with the architecture and the method in its
 header). A report reads only these; a field none of them holds is None and shows as "–".
 
-results.json fields read (all optional): "accuracy" {clean, fgsm, pgd, cw, autoattack, transfer}
-as fractions, "examples" {attack: count}, "attacks" {attack: {"description"}}, "eps", "method",
-"dataset", "model", "sparsity", "unit_sparsity", "params", "nonzero_params", "flops",
-"vulnerability" (a number or {"overall": number, "per_layer": {layer: number} or [numbers]}),
-"gradient_masking_check" {"passed", "security_curve"}, and from an exported (ANP-VS) run
-"complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts for the
-run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and "latency"
-(milliseconds of one forward pass: a number, {"ms": number} or {"batch_1": {"exported" or
-"model": ms}}).
+results.json fields read (all optional): "accuracy" {clean, fgsm, pgd, cw, autoattack, transfer,
+fmn, pgd_eot, autoattack_rand, worst_case} as fractions, "examples" {attack: count},
+"accuracy_interval" {attack: [low, high]} (else computed from the accuracy and the count),
+"attacks" {attack: {"description"}}, "eps", "method", "dataset", "model", "sparsity",
+"unit_sparsity", "params", "nonzero_params", "flops", "vulnerability" (a number or {"overall":
+number, "per_layer": {layer: number} or [numbers]}), "gradient_masking_check" {"passed",
+"security_curve", "examples"}, "attack_failure_indicators" {"passed", "indicators"},
+"chance_check" {"passed", "chance", "problems"}, "protocol" {"name"}, and from an exported
+(ANP-VS) run "complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts
+for the run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and
+"latency": the paired ratio to the dense network per batch ({"batch_1": {"ratio", "ratio_range",
+"model" or "exported": ms, "dense": ms}, "device_name"}), or in older files milliseconds (a
+number, {"ms": number} or {"batch_1": {"exported" or "model": ms}}).
+
+A run's own results.json is the evaluation at the run's own ε; evaluations at another ε or under
+a protocol (results-eps0.05.json, results-ap-benchmark.json) sit beside it and are not read
+unless asked for by `results_name`.
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ from advprune.core.errors import ConfigError
 from advprune.core.io import read_json
 from advprune.core.run_dir import RunDir
 from advprune.core.tensor_files import load_tensors, read_metadata
+from advprune.evaluation.statistics import wilson_interval
 
 ACCURACY_KEYS = ("clean", "fgsm", "pgd", "cw", "autoattack", "transfer")
+EXTRA_ACCURACY_KEYS = ("fmn", "pgd_eot", "autoattack_rand", "worst_case")  # shown when present
+LATENCY_BATCHES = (1, 128)
 RUN_FILES = ("config.yaml", "results.json", "model.safetensors")
 
 
@@ -59,6 +70,18 @@ class RunSummary:
     security_curve: list[dict[str, float]] = field(default_factory=list)
     masking_check_passed: bool | None = None
     attack_descriptions: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # Wilson 95 %
+    latency_ratio: dict[int, tuple[float, float | None, float | None]] = field(
+        default_factory=dict
+    )  # batch → (ratio to dense, range low, range high)
+    latency_absolute: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
+    latency_device: str | None = None
+    curve_examples: int | None = None
+    num_classes: int | None = None
+    indicators_passed: bool | None = None
+    failed_indicators: list[str] = field(default_factory=list)
+    at_chance: bool | None = None
+    protocol: str | None = None
 
 
 def number(value: Any) -> float | None:
@@ -96,6 +119,44 @@ def _latency_ms(value: Any) -> float | None:
         number(batch_1.get("model")),
         number(batch_1.get("dense")),
     )
+
+
+def _latency_ratio(value: Any, batch: int) -> tuple[float, float | None, float | None] | None:
+    """(ratio, low, high) of the model's latency to its dense network's at `batch`; from the
+    paired measurement, or the ratio of the two medians of an older export record."""
+    entry = mapping(mapping(value).get(f"batch_{batch}"))
+    ratio = number(entry.get("ratio"))
+    if ratio is not None:
+        low, high = [*list(entry.get("ratio_range") or []), None, None][:2]
+        return ratio, number(low), number(high)
+    timed, dense = (
+        first(number(entry.get("exported")), number(entry.get("model"))),
+        number(entry.get("dense")),
+    )
+    return (timed / dense, None, None) if timed is not None and dense else None
+
+
+def _latency_absolute(value: Any, batch: int) -> tuple[float | None, float | None] | None:
+    entry = mapping(mapping(value).get(f"batch_{batch}"))
+    timed = first(number(entry.get("exported")), number(entry.get("model")))
+    if timed is None:
+        return None
+    return timed, number(entry.get("dense"))
+
+
+def _intervals(results: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Each accuracy's Wilson 95 % interval: as results.json holds it, or from its count."""
+    stored = mapping(results.get("accuracy_interval"))
+    examples = mapping(results.get("examples"))
+    intervals = {}
+    for name, value in mapping(results.get("accuracy")).items():
+        pair = stored.get(name)
+        if isinstance(pair, list) and len(pair) == 2 and all(number(v) is not None for v in pair):
+            intervals[name] = (float(pair[0]), float(pair[1]))
+        elif number(value) is not None and count(examples.get(name)):
+            total = count(examples[name])
+            intervals[name] = wilson_interval(round(float(value) * total), total)
+    return intervals
 
 
 def _vulnerability(value: Any) -> tuple[float | None, dict[str, float]]:
@@ -168,13 +229,49 @@ def summarize(
         vulnerability=vulnerability,
         layer_vulnerability=layer_vulnerability,
         security_curve=_curve(masking.get("security_curve")),
-        masking_check_passed=passed if isinstance(passed, bool) else None,
+        masking_check_passed=_flag(passed),
         attack_descriptions={
             name: settings["description"]
             for name, settings in mapping(results.get("attacks")).items()
             if text(mapping(settings).get("description"))
         },
+        **_checks_and_costs(results, architecture),
     )
+
+
+def _checks_and_costs(results: Mapping[str, Any], architecture: Mapping[str, Any]) -> dict:
+    """The summary's fields from the checks, the intervals and the paired latency."""
+    indicators = mapping(results.get("attack_failure_indicators"))
+    chance = mapping(results.get("chance_check"))
+    latency = results.get("latency")
+    chance_level = number(chance.get("chance"))
+    return {
+        "intervals": _intervals(results),
+        "latency_ratio": {
+            b: r for b in LATENCY_BATCHES if (r := _latency_ratio(latency, b)) is not None
+        },
+        "latency_absolute": {
+            b: t for b in LATENCY_BATCHES if (t := _latency_absolute(latency, b)) is not None
+        },
+        "latency_device": text(mapping(latency).get("device_name")),
+        "curve_examples": count(mapping(results.get("gradient_masking_check")).get("examples")),
+        "num_classes": first(
+            count(architecture.get("num_classes")),
+            round(1 / chance_level) if chance_level else None,
+        ),
+        "indicators_passed": _flag(indicators.get("passed")),
+        "failed_indicators": [
+            name.replace("_", " ")
+            for name, entry in mapping(indicators.get("indicators")).items()
+            if mapping(entry).get("passed") is False
+        ],
+        "at_chance": None if _flag(chance.get("passed")) is None else not chance["passed"],
+        "protocol": text(mapping(results.get("protocol")).get("name")),
+    }
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -191,10 +288,14 @@ def _read_config(path: Path) -> Mapping[str, Any]:
         raise ConfigError(f"{path} is not valid YAML ({first_line}); repair or delete it") from err
 
 
-def read_run(path: str | os.PathLike) -> RunSummary:
-    """Summarise the run directory `path` from its files; missing files leave fields empty."""
+def read_run(path: str | os.PathLike, results_name: str = "results.json") -> RunSummary:
+    """Summarise the run directory `path` from its files; missing files leave fields empty.
+
+    `results_name` picks an evaluation beside the run's own, e.g. "results-ap-benchmark.json".
+    """
     run = RunDir.existing(path)
-    results = read_json(run.results, "results file") if run.results.is_file() else {}
+    results_file = run.path / results_name
+    results = read_json(results_file, "results file") if results_file.is_file() else {}
     metadata = read_metadata(run.model, "model file") if run.model.is_file() else {}
     return summarize(mapping(results), run.path, metadata, _read_config(run.config))
 

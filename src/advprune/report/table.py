@@ -2,6 +2,12 @@
 
 Markdown shows "–" where a run's files lack a field; CSV leaves the cell empty, so that numeric
 columns stay numeric for a spreadsheet or pandas. CSV holds the raw values (fractions, counts).
+
+An accuracy measured on the first N test examples only reads "62.00/100 [52.2, 70.9]": the
+accuracy in %, N, and its Wilson 95 % interval in %, since on a subset the interval is what tells
+two rows apart. Latency reads "0.48 (0.45–0.52)": the model's time as a multiple of its dense
+network's, timed in pairs in one process (median ratio, min–max); absolute times are listed
+under the table with the device they were measured on.
 """
 
 from __future__ import annotations
@@ -11,7 +17,13 @@ import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from advprune.report.runs import ACCURACY_KEYS, RunSummary, summarize
+from advprune.report.runs import (
+    ACCURACY_KEYS,
+    EXTRA_ACCURACY_KEYS,
+    LATENCY_BATCHES,
+    RunSummary,
+    summarize,
+)
 
 MISSING = "–"
 ATTACK_HEADERS = {
@@ -21,6 +33,10 @@ ATTACK_HEADERS = {
     "cw": "CW",
     "autoattack": "AutoAttack",
     "transfer": "transfer",
+    "fmn": "FMN",
+    "pgd_eot": "EOT-PGD (sampled gates)",
+    "autoattack_rand": "AutoAttack rand (sampled gates)",
+    "worst_case": "worst case",
 }
 CONSOLE_ATTACKS = ("clean", "fgsm", "pgd", "cw", "autoattack")
 
@@ -57,6 +73,29 @@ def masking_check(summary: RunSummary) -> str:
     return "passed" if summary.masking_check_passed else "FAILED"
 
 
+def indicators(summary: RunSummary) -> str:
+    if summary.indicators_passed is None:
+        return MISSING
+    return (
+        "passed" if summary.indicators_passed else "FAILED: " + ", ".join(summary.failed_indicators)
+    )
+
+
+def at_chance(summary: RunSummary) -> str:
+    return MISSING if summary.at_chance is None else "AT CHANCE" if summary.at_chance else "no"
+
+
+def latency_ratio(summary: RunSummary, batch: int) -> str:
+    """ "0.48 (0.45–0.52)": the model's latency over its dense network's, median and range."""
+    entry = summary.latency_ratio.get(batch)
+    if entry is None:
+        return MISSING
+    ratio, low, high = entry
+    return f"{ratio:.2f}" + (
+        f" ({low:.2f}–{high:.2f})" if low is not None and high is not None else ""
+    )
+
+
 def _or_missing(value: Any, form: Callable[[Any], str]) -> str:
     return MISSING if value is None else form(value)
 
@@ -64,12 +103,20 @@ def _or_missing(value: Any, form: Callable[[Any], str]) -> str:
 MarkdownColumn = tuple[str, Callable[[RunSummary], str]]
 
 
-def _accuracy_column(attack: str) -> MarkdownColumn:
-    def cell(summary: RunSummary) -> str:
-        value = summary.accuracy.get(attack)
-        return _or_missing(value, lambda v: f"{100 * v:.2f}{subset_suffix(summary, attack)}")
+def accuracy_cell(summary: RunSummary, attack: str) -> str:
+    """ "66.35", or on a subset "60.00/64 [47.8, 71.1]" (the Wilson 95 % interval in %)."""
+    value = summary.accuracy.get(attack)
+    if value is None:
+        return MISSING
+    suffix = subset_suffix(summary, attack)
+    interval = summary.intervals.get(attack)
+    if suffix and interval is not None:
+        suffix += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return f"{100 * value:.2f}{suffix}"
 
-    return ATTACK_HEADERS[attack], cell
+
+def _accuracy_column(attack: str) -> MarkdownColumn:
+    return ATTACK_HEADERS[attack], lambda summary: accuracy_cell(summary, attack)
 
 
 MARKDOWN_COLUMNS: list[MarkdownColumn] = [
@@ -81,11 +128,29 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
     ("unit sparsity", lambda s: percent(s.unit_sparsity)),
     ("params ≠ 0", lambda s: _or_missing(s.nonzero_params, human)),
     ("FLOPs", lambda s: _or_missing(s.flops, human)),
-    ("latency", lambda s: _or_missing(s.latency_ms, lambda v: f"{v:.3g} ms")),
+    *(
+        (f"latency b{batch} × dense", lambda s, b=batch: latency_ratio(s, b))
+        for batch in LATENCY_BATCHES
+    ),
     *(_accuracy_column(attack) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: _or_missing(s.vulnerability, lambda v: f"{v:.3f}")),
     ("masking check", masking_check),
+    ("indicators", indicators),
+    ("at chance", at_chance),
 ]
+
+
+def markdown_columns(summaries: Sequence[RunSummary]) -> list[MarkdownColumn]:
+    """The fixed columns, with the accuracies of the extra attacks (FMN, sampled gates, worst
+    case) after the others where some run has them."""
+    extra = [a for a in EXTRA_ACCURACY_KEYS if any(a in s.accuracy for s in summaries)]
+    position = next(
+        i for i, (header, _) in enumerate(MARKDOWN_COLUMNS) if header == "vulnerability"
+    )
+    columns = list(MARKDOWN_COLUMNS)
+    columns[position:position] = [_accuracy_column(attack) for attack in extra]
+    return columns
+
 
 CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
     ("method", lambda s: s.method),
@@ -104,7 +169,37 @@ CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
     *((f"{attack}_examples", lambda s, a=attack: s.examples.get(a)) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: s.vulnerability),
     ("masking_check_passed", lambda s: s.masking_check_passed),
+    # Added after the columns above, so that scripts reading columns by position keep working.
+    *((attack, lambda s, a=attack: s.accuracy.get(a)) for attack in EXTRA_ACCURACY_KEYS),
+    *(
+        (f"{attack}_examples", lambda s, a=attack: s.examples.get(a))
+        for attack in EXTRA_ACCURACY_KEYS
+    ),
+    *(
+        (f"{attack}_ci_{end}", lambda s, a=attack, i=i: _interval_end(s, a, i))
+        for attack in (*ACCURACY_KEYS, *EXTRA_ACCURACY_KEYS)
+        for i, end in enumerate(("low", "high"))
+    ),
+    *(
+        (f"latency_ratio_b{batch}{part}", lambda s, b=batch, i=i: _ratio_part(s, b, i))
+        for batch in LATENCY_BATCHES
+        for i, part in enumerate(("", "_min", "_max"))
+    ),
+    ("latency_device", lambda s: s.latency_device),
+    ("indicators_passed", lambda s: s.indicators_passed),
+    ("at_chance", lambda s: s.at_chance),
+    ("protocol", lambda s: s.protocol),
 ]
+
+
+def _interval_end(summary: RunSummary, attack: str, end: int) -> float | None:
+    interval = summary.intervals.get(attack)
+    return None if interval is None else interval[end]
+
+
+def _ratio_part(summary: RunSummary, batch: int, part: int) -> float | None:
+    entry = summary.latency_ratio.get(batch)
+    return None if entry is None else entry[part]
 
 
 def _escape(cell: str) -> str:
@@ -112,11 +207,13 @@ def _escape(cell: str) -> str:
 
 
 def markdown_table(summaries: Sequence[RunSummary], labels: Sequence[str]) -> str:
-    """One row per run: accuracies in %, '/N' for an attack run on the first N test examples."""
-    headers = ["run", *(header for header, _ in MARKDOWN_COLUMNS)]
+    """One row per run: accuracies in %, '/N [low, high]' for an attack run on the first N test
+    examples (with its 95 % interval)."""
+    columns = markdown_columns(summaries)
+    headers = ["run", *(header for header, _ in columns)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for label, summary in zip(labels, summaries, strict=True):
-        cells = [label, *(cell(summary) for _, cell in MARKDOWN_COLUMNS)]
+        cells = [label, *(cell(summary) for _, cell in columns)]
         lines.append("| " + " | ".join(map(_escape, cells)) + " |")
     return "\n".join(lines)
 

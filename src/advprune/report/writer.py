@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from advprune.core.errors import ConfigError
@@ -51,7 +51,7 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
     """(caption, file or None, why it is missing) for each figure of one (dataset, model)."""
     slug = _slug(group_name)
     summaries = [summary for _, summary in group]
-    curves = {label: s.security_curve for label, s in group if s.security_curve}
+    curves = {label: s for label, s in group if s.security_curve}
     sparsities = {label: layer_sparsity(s.path) for label, s in group}
     sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
     vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
@@ -111,12 +111,18 @@ def _markdown(
         f"# {title}",
         "",
         f"{len(summaries)} run(s), read from their run directories: config.yaml, results.json and "
-        "model.safetensors. Accuracies in % at the run's ε; '/N': on the first N test examples "
-        "only; sparsity: zero conv/linear weights; unit sparsity: units/channels removed; "
-        "params ≠ 0: parameters that are not zero; '–': not in the run's files.",
+        "model.safetensors. Accuracies in % at the run's ε; '/N [low, high]': on the first N "
+        "test examples only, with the Wilson 95 % interval in %; worst case: examples every "
+        "attack left correct; sparsity: zero conv/linear weights; unit sparsity: "
+        "units/channels removed; params ≠ 0: parameters that are not zero; latency × dense: the "
+        "model's time over its dense network's, timed in pairs (median, min–max); indicators: "
+        "the attack-failure indicators (Pintor et al., 2022); at chance: clean accuracy ≤ "
+        "1.5/classes or a layer with every unit removed, so robust accuracies mean nothing; "
+        "'–': not in the run's files.",
         "",
         markdown_table(summaries, labels),
         "",
+        *_absolute_latency(labels, summaries),
     ]
     descriptions = {}
     for summary in summaries:
@@ -140,13 +146,34 @@ def _markdown(
     return "\n".join(lines)
 
 
+def _absolute_latency(labels: Sequence[str], summaries: Sequence[RunSummary]) -> list[str]:
+    """Absolute latencies, each beside the device it was measured on: they compare only there."""
+    lines = []
+    for label, summary in zip(labels, summaries, strict=True):
+        parts = []
+        for batch, (timed, dense) in summary.latency_absolute.items():
+            against = f" (dense {dense:.3g} ms)" if dense is not None else ""
+            parts.append(f"batch {batch} {timed:.3g} ms{against}")
+        if parts:
+            lines.append(f"- {label}: {', '.join(parts)} on {summary.latency_device or 'cpu'}")
+    return (
+        ["Absolute latency (comparable only on the same device):", "", *lines, ""] if lines else []
+    )
+
+
 def write_report(
-    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str = "advprune report"
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    title: str = "advprune report",
+    results_names: Mapping[Path, str] | None = None,
 ) -> Path:
     """Write OUT/report.md, OUT/report.csv and the figures for the runs in (or below) `run_dirs`;
-    returns the path of report.md."""
+    returns the path of report.md. A run reads results.json, or the results file that
+    `results_names` gives for its directory (an evaluation at another ε or under a protocol)."""
     runs = find_runs(list(run_dirs))
-    summaries = [read_run(run) for run in runs]
+    names = {Path(path).resolve(): name for path, name in (results_names or {}).items()}
+    summaries = [read_run(run, names.get(Path(run).resolve(), "results.json")) for run in runs]
     labels = run_labels(runs)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():

@@ -30,7 +30,6 @@ timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -117,16 +116,10 @@ class Step:
         """The value of flat setting `name` in the first of the step's configs that has it."""
         return next((c.to_flat()[name] for c in self.configs if name in c.to_flat()), None)
 
-    def _described(self, config: Any) -> dict[str, Any]:
-        if isinstance(config, Config):
-            values = config.computed()
-        else:
-            values = dataclasses.asdict(config)
-            for key in ("device", "data_dir", "download"):
-                values.pop(key, None)
+    def _described(self, config: Config) -> dict[str, Any]:
         return {
             key: f"step {self.needs[key]}" if key in self.needs else value
-            for key, value in values.items()
+            for key, value in config.computed().items()
         }
 
     def record(self) -> dict[str, Any]:
@@ -180,13 +173,11 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _fields(cls: type) -> set[str]:
-    if issubclass(cls, Config):
-        return cls.field_names()
-    return {f.name for f in dataclasses.fields(cls)}
+def _fields(cls: type[Config]) -> set[str]:
+    return cls.field_names()
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type[Config], values: Mapping[str, Any], where: str) -> Config:
     """`cls` from `values`, validated; an unknown key names the step and the known keys."""
     unknown = sorted(set(values) - _fields(cls))
     if unknown:
@@ -194,31 +185,19 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
             f"{where}: unknown setting(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(_fields(cls)))}"
         )
-    values = dict(values)
-    if isinstance(values.get("attacks"), list):
-        values["attacks"] = ",".join(values["attacks"])
-    if issubclass(cls, Config):
-        return cls.from_dict(values, source=where)
-    try:
-        return cls(**values).validate()
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
+    return cls.from_dict(values, source=where)
 
 
 def _scaled_count(factor: float, full: int, minimum: int) -> int:
     return min(full, max(minimum, math.ceil(factor * full)))
 
 
-def _flat(settings: Any) -> dict[str, Any]:
-    return settings.to_flat() if isinstance(settings, Config) else dataclasses.asdict(settings)
-
-
-def scale_settings(settings: Any, factor: float, dataset: str) -> Any:
+def scale_settings(settings: Config, factor: float, dataset: str) -> Config:
     """The settings shrunk by `factor` as the module docstring states; unchanged at 1."""
     if factor == 1:
         return settings
     spec = get_spec(dataset)
-    flat = _flat(settings)
+    flat = settings.to_flat()
     changes: dict[str, Any] = {}
     for key, value in flat.items():
         if (key == "epochs" or key.endswith("_epochs")) and value is not None:
@@ -235,9 +214,7 @@ def scale_settings(settings: Any, factor: float, dataset: str) -> Any:
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
-    if isinstance(settings, Config):
-        return settings.replace(**changes)
-    return dataclasses.replace(settings, **changes).validate()
+    return settings.replace(**changes)
 
 
 def check_scale(scale: float) -> None:

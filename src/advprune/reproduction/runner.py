@@ -8,7 +8,6 @@ computes in RUN_DIR/step.yaml; a rerun with other settings is refused instead of
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,9 +17,9 @@ import yaml
 
 from advprune.attacks import parse_attacks
 from advprune.core.errors import ConfigError, GradientMaskingError
-from advprune.core.io import atomic_write_json, atomic_write_text, read_json
+from advprune.core.io import atomic_write_text, read_json
 from advprune.core.run_dir import RunDir
-from advprune.evaluation import evaluate_run
+from advprune.evaluation import evaluate_run, results_file
 from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
 from advprune.reproduction.plan import Plan, Step, make_plan
@@ -28,7 +27,6 @@ from advprune.reproduction.plan import Plan, Step, make_plan
 STEP_RECORD = "step.yaml"
 AUTOATTACK_STATE = "autoattack.state"
 # What `evaluate_run` measures under the attacks; other results (sizes, a method's own) stay.
-EVALUATION_KEYS = ("accuracy", "examples", "attacks", "eps", "gradient_masking_check")
 
 
 def default_root(recipe: str, scale: float) -> Path:
@@ -37,11 +35,13 @@ def default_root(recipe: str, scale: float) -> Path:
     return Path("runs") / "reproduce" / f"{recipe}{suffix}"
 
 
-def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> None:
+def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> bool:
     """Write the step's record, or check it against the one there. Other training settings are
-    refused; other evaluation settings drop the old evaluation, so that no table mixes the two."""
+    refused; other evaluation settings are evaluated again (each attack's entry in results.json
+    records its settings, so no table mixes the two). Returns whether those changed."""
     path = run.path / STEP_RECORD
     wanted = {**step.record(), "evaluate": step.evaluation_record()}
+    changed = False
     if path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if any(saved.get(key) != wanted[key] for key in ("kind", "method", "settings")):
@@ -51,15 +51,16 @@ def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> None:
                 f"({', '.join(changed) or 'its kind or method'}); delete it or pass another "
                 "--runs-dir"
             )
-        if saved.get("evaluate") != wanted["evaluate"] and run.results.exists():
-            log("  the evaluation settings changed: evaluating again")
-            _forget_evaluation(run)
+        changed = saved.get("evaluate") != wanted["evaluate"] and run.results.exists()
+        if changed:
+            log("  the evaluation settings changed: evaluating again what they change")
     elif any(p.exists() for p in (run.config, run.checkpoint, run.model, run.results)):
         raise ConfigError(
             f"{run.path} holds a run that this recipe did not start; delete it or pass another "
             "--runs-dir"
         )
     atomic_write_text(path, yaml.safe_dump(wanted, sort_keys=False))
+    return changed
 
 
 def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -76,13 +77,6 @@ def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(flat[0]) | set(flat[1]) if flat[0].get(k) != flat[1].get(k))
 
 
-def _forget_evaluation(run: RunDir) -> None:
-    results = read_json(run.results, "results file")
-    kept = {key: value for key, value in results.items() if key not in EVALUATION_KEYS}
-    atomic_write_json(run.results, kept)
-    (run.path / AUTOATTACK_STATE).unlink(missing_ok=True)
-
-
 def _train_or_prune(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> None:
     if run.model.exists():
         log(f"  finished before: {run.model} exists")
@@ -90,26 +84,28 @@ def _train_or_prune(step: Step, run: RunDir, progress: bool, log: Callable[[str]
     step.step_kind.run(*step.configs, run.path, progress=progress, log=log)
 
 
-def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> str | None:
-    """Evaluate what results.json lacks; returns a gradient-masking warning rather than stopping
-    the reproduction on it (the report shows the failed check)."""
+def _finished(step: Step, run: RunDir) -> bool:
+    """The step's results file has every attack and check its evaluation asks for."""
     config = step.evaluate
-    results = read_json(run.results, "results file") if run.results.exists() else {}
+    path = results_file(run.path, config)
+    results = read_json(path, "results file") if path.exists() else {}
     done = set(results.get("accuracy", {}))
-    missing = [attack for attack in parse_attacks(config.attacks) if attack not in done]
-    # The black-box accuracy is measured whenever a transfer source is set, not named in attacks.
-    transfer_missing = bool(getattr(config, "transfer_from", None)) and "transfer" not in done
-    check_missing = config.sanity_examples > 0 and "gradient_masking_check" not in results
-    if not missing and not transfer_missing and not check_missing:
+    wanted = set(parse_attacks(config.attacks)) | ({"transfer"} if config.transfer_from else set())
+    checked = config.sanity_examples == 0 or "gradient_masking_check" in results
+    return wanted <= done and checked
+
+
+def _evaluate(
+    step: Step, run: RunDir, changed: bool, progress: bool, log: Callable[[str], None]
+) -> str | None:
+    """Evaluate the step unless an earlier evaluation with the same settings finished it;
+    `evaluate_run` keeps the attacks finished with the same model and settings. Returns a
+    gradient-masking warning rather than stopping the reproduction (the report shows it)."""
+    if not changed and _finished(step, run):
         log("  evaluated before: results.json has every attack")
         return None
-    config = dataclasses.replace(
-        config,
-        attacks=",".join(missing or ["clean"]),
-        sanity_examples=config.sanity_examples if check_missing else 0,
-    )
     try:
-        evaluate_run(run.path, config, progress=progress, log=log)
+        evaluate_run(run.path, step.evaluate, progress=progress, log=log)
     except GradientMaskingError as err:
         log(f"  warning: {err}")
         return f"{step.name}: {err}"
@@ -123,10 +119,10 @@ def run_plan(plan: Plan, *, progress: bool = True, log: Callable[[str], None] = 
         started = time.perf_counter()
         log(f"[reproduce] step {index}/{len(plan.steps)} {step.name}: {step.describe()}")
         run = RunDir.create(step.run_dir)
-        _check_record(step, run, log)
+        evaluation_changed = _check_record(step, run, log)
         _train_or_prune(step, run, progress, log)
         if step.evaluate is not None:
-            warning = _evaluate(step, run, progress, log)
+            warning = _evaluate(step, run, evaluation_changed, progress, log)
             if warning:
                 warnings.append(warning)
         log(f"[reproduce] step {step.name} done in {time.perf_counter() - started:.0f}s")
@@ -144,10 +140,14 @@ def write_outputs(plan: Plan, warnings: Sequence[str]) -> tuple[Path | None, str
         [step.run_dir for step in evaluated],
         out,
         title=f"{plan.title}{scale_note}",
+        results_names={s.run_dir: results_file(s.run_dir, s.evaluate).name for s in evaluated},
     )
     if not plan.paper:
         return report, None
-    runs = {step.name: read_run(step.run_dir) for step in evaluated}
+    runs = {
+        step.name: read_run(step.run_dir, results_file(step.run_dir, step.evaluate).name)
+        for step in evaluated
+    }
     comparisons = compare(plan.paper["rows"], runs, plan.paper["reference"])
     table = comparison_markdown(comparisons)
     notes = [
