@@ -2,24 +2,18 @@
 traceback, and nothing written half.
 
 Every case is its own process running `advprune/__main__.py` exactly as `python -m advprune`
-does, with its own working folder (and file-size limit). To keep the cases fast on two cores, one
-helper process imports advprune once and forks a child per case (`LAUNCHER`), instead of paying
-the interpreter start and the imports once per case; the helper never computes with torch, so
-its children start clean. Besides its message, every case must leave its folder as it found it —
-no temporary file, no lock file, every file that was there unchanged — apart from the complete
-files it names in `written`.
+does, with its own working folder (and file-size limit), through the harness in
+bad_input_harness.py. Besides its message, every case must leave its folder as it found it — no
+temporary file, no lock file, no new folder, every file that was there unchanged — apart from the
+complete files it names in `written`. tests/test_bad_inputs_two.py has the second round.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,34 +22,20 @@ import numpy as np
 import pytest
 import torch
 
-from advprune.core.run_dir import LOCK_NAME, RunDir
+from advprune.core.run_dir import RunDir
 from advprune.core.tensor_files import load_tensors
 from advprune.models import create_model
 from advprune.models.serialization import save_model
 from advprune.training import TrainConfig
 from advprune.training.checkpoint import save_training_state
-
-SRC = Path(__file__).parents[1] / "src"
-
-TRAIN = [
-    "train",
-    "--model",
-    "lenet300-100",
-    "--epochs",
-    "1",
-    "--limit-train",
-    "64",
-    "--limit-test",
-    "64",
-    "--batch-size",
-    "64",
-    "--attack-steps",
-    "1",
-    "--monitor-examples",
-    "0",
-    "--run-dir",
-    "run",
-]
+from bad_input_harness import (
+    TRAIN,
+    Command,
+    Outcome,
+    assert_left_as_found,
+    assert_one_line_error,
+    run_commands,
+)
 
 
 @dataclass
@@ -332,131 +312,25 @@ CASES = [
 ]
 
 
-# Reads cases as JSON from stdin; forks a child per case (a few at a time) that runs
-# advprune/__main__.py like `python -m advprune` (an uncaught exception prints its traceback and
-# exits 1, as the interpreter does); prints each child's exit code as JSON.
-LAUNCHER = r"""
-import json, os, resource, runpy, sys, traceback
-import scipy.io, torch._dynamo  # what SVHN and the first optimizer import
-import advprune.cli
-advprune.cli.build_parser()  # and the commands' imports
-
-def child(case):
-    os.chdir(case["cwd"])
-    if case["file_size_limit_kb"] is not None:
-        limit = case["file_size_limit_kb"] * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.argv = ["advprune", *case["args"]]
-    code = 1
-    try:
-        runpy.run_module("advprune", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-cases, running, codes = json.load(sys.stdin), {}, {}
-for case in cases + [None] * 4:
-    while len(running) >= 4 or (case is None and running):
-        pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-        if case is not None and len(running) < 4:
-            break
-    if case is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            child(case)
-        running[pid] = case["id"]
-print(json.dumps(codes))
-"""
-
-
-@dataclass
-class Outcome:
-    folder: Path
-    returncode: int
-    stderr: str
-    before: dict[str, str]
-    after: dict[str, str]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` with a hash of its contents."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     folders = {case.id: tmp_path_factory.mktemp(case.id) for case in CASES}
-    logs = tmp_path_factory.mktemp("logs")
     with RunDir.create(folders["locked-run-dir"] / "run").locked():  # as another run would
-        specs, before = [], {}
         for case in CASES:
             if case.setup is not None:
                 case.setup(folders[case.id])
-            before[case.id] = snapshot(folders[case.id])
-            specs.append(
-                {
-                    "id": case.id,
-                    "cwd": str(folders[case.id]),
-                    "args": ["--quiet", *case.args],
-                    "file_size_limit_kb": case.file_size_limit_kb,
-                    "stdout": str(logs / f"{case.id}.out"),
-                    "stderr": str(logs / f"{case.id}.err"),
-                }
-            )
-        env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(
-            [sys.executable, "-c", LAUNCHER],
-            input=json.dumps(specs),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr
-        codes = json.loads(done.stdout)
-        return {
-            case.id: Outcome(
-                folders[case.id],
-                codes[case.id],
-                (logs / f"{case.id}.err").read_text(),
-                before[case.id],
-                snapshot(folders[case.id]),
-            )
+        commands = [
+            Command(case.id, folders[case.id], case.args, {}, case.file_size_limit_kb)
             for case in CASES
-        }
+        ]
+        return run_commands(commands, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_one_line_and_writes_nothing_half(case, outcomes):
     outcome = outcomes[case.id]
-    assert outcome.returncode == 2, outcome.stderr
-    assert "Traceback" not in outcome.stderr
-    assert outcome.stderr.startswith("advprune: error: ") and outcome.stderr.count("\n") == 1, (
-        outcome.stderr
-    )
-    assert case.message in outcome.stderr
-    assert ";" in outcome.stderr or "—" in outcome.stderr  # the fix follows the problem
-
-    changed = {name for name in outcome.after if outcome.before.get(name) != outcome.after[name]}
-    assert changed == case.written - set(outcome.before), changed
-    assert not set(outcome.before) - set(outcome.after)  # nothing deleted either
-    new = set(outcome.after) - set(outcome.before)
-    assert not any(name.endswith(".tmp") or name.endswith(LOCK_NAME) for name in new)
+    assert_one_line_error(outcome, case.message)
+    assert_left_as_found(outcome, case.written)
 
 
 def test_what_a_failed_run_keeps_is_complete(outcomes):

@@ -17,6 +17,7 @@ from advprune import __version__
 from advprune.cli import evaluate, export, listing, prune, report, reproduce, train
 from advprune.cli.flags import Parser
 from advprune.core import distributed
+from advprune.core.config import closest
 from advprune.core.errors import AdvpruneError
 
 # What to run after Ctrl-C (or SIGTERM), by subcommand.
@@ -50,25 +51,34 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def unrecognized(command: str, extra: Sequence[str]) -> str:
-    """One line for flags the command does not have, naming the methods that have them."""
+def options_of(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """Every `--flag` of subcommand `command`."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [flag for action in commands.choices[command]._actions for flag in action.option_strings]
+
+
+def unrecognized(command: str, extra: Sequence[str], options: Sequence[str] = ()) -> str:
+    """One line for flags the command does not have, naming the methods that have them, or the
+    flag meant (abbreviations are off: `--epoch` is not taken for `--epochs`)."""
     message = f"advprune: error: unrecognized arguments: {' '.join(extra)}"
-    flags = [arg for arg in extra if arg.startswith("--")]
+    flags = [arg.partition("=")[0] for arg in extra if arg.startswith("--")]
     if command == "prune" and flags:
         owners = prune.methods_with_flag(flags[0])
         if owners:
             return f"{message} ({flags[0]} is an option of --method {' or '.join(owners)})"
-    return f"{message} (see advprune {command} --help)"
+    meant = closest(flags[0], options) if flags else ""
+    return f"{message}{meant or f' (see advprune {command} --help)'}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     try:
-        args, extra = build_parser(argv).parse_known_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as stop:  # --help, --version, or a usage error already printed
         return int(stop.code or 0)
     if extra:
-        print(unrecognized(args.command, extra), file=sys.stderr)
+        print(unrecognized(args.command, extra, options_of(parser, args.command)), file=sys.stderr)
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)

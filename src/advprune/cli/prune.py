@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     own = cls.Settings.from_dict(given(args, cls.Settings.field_names()), "flags")
     if args.print_config:
         return print_config(settings, own)
+    model_file = Path(args.run_dir) / "model.safetensors"
+    finished_before = model_file.exists()  # then prune_run says there is nothing to do
     prune_run(settings, cls(own), args.run_dir, progress=not args.quiet)
-    if distributed.current().is_main:
-        print(f"pruned model written to {Path(args.run_dir) / 'model.safetensors'}")
+    if distributed.current().is_main and not finished_before:
+        print(f"pruned model written to {model_file}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from advprune.cli.flags import add_config_flags, given, print_config
 from advprune.core import distributed
+from advprune.core.errors import ConfigError
 from advprune.core.run_dir import RunDir
 from advprune.training import TrainConfig
 
@@ -39,8 +40,16 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         config = saved.replace(**flags)
         config.check_resume(saved, f"the run in {run.path}")
         return config
-    base = load_recipe(args.recipe).get("train", {}) if args.recipe else {}
-    return TrainConfig.from_dict({**base, **flags}, source="--recipe and flags")
+    if not args.recipe:
+        return TrainConfig.from_dict(flags, source="flags")
+    base = load_recipe(args.recipe).get("train")
+    if not isinstance(base, dict):
+        raise ConfigError(
+            f"recipe {args.recipe} has no train section to start from; put the training "
+            "settings under `train:` (e.g. `train: {epochs: 10}`)"
+        )
+    # The flags are known keys of the right types: an unknown or mistyped key is the file's.
+    return TrainConfig.from_dict({**base, **flags}, source=f"recipe {args.recipe}: train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return print_config(config)
     run_dir = RunDir.at(args.run_dir)
     if args.resume and run_dir.model.exists():
-        print(f"the run in {run_dir.path} is finished ({config.epochs} epochs); nothing to resume")
+        epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+        print(f"the run in {run_dir.path} is finished ({epochs}); nothing to resume")
         return 0
     train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
     if distributed.current().is_main:

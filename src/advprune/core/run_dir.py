@@ -3,7 +3,11 @@
 While a run writes to a directory it holds an exclusive lock on a file inside it, so a second run
 pointed at the same directory stops with a clear error instead of interleaving checkpoints. The
 lock is `flock`: the operating system drops it when the process dies, even by SIGKILL, so a crashed
-run never leaves the directory locked.
+run never leaves the directory locked; the lock file such a process leaves behind is harmless (the
+next run locks it, and rewrites who holds it).
+
+A run that fails before it wrote anything of its own leaves no trace (`undone_on_failure`): a
+corrected command can use the same --run-dir.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +130,28 @@ class RunDir:
     def exported(self) -> Path:
         """A gated run's physically smaller network (`advprune export`), a run directory itself."""
         return self.path / "exported"
+
+
+@contextlib.contextmanager
+def undone_on_failure(path: str | os.PathLike, records: Collection[str] = ()) -> Iterator[None]:
+    """If the body fails before the run in `path` wrote a file of its own, take back what the body
+    created there: the `records` (names of files in `path`, such as prune.yaml) that were not there
+    before, and the folders it made. A run that wrote anything else (a checkpoint, its config) is
+    kept as it is, for --resume."""
+    path = Path(path)
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
+    new_records = {path / name for name in records if not (path / name).exists()}
+    try:
+        yield
+    except BaseException:
+        files = {file for file in path.rglob("*") if not file.is_dir()} if path.is_dir() else set()
+        if files <= new_records:
+            for record in files:
+                record.unlink()
+            for folder in created:
+                with contextlib.suppress(OSError):  # not empty: something else is in it
+                    folder.rmdir()
+        raise
 
 
 def _command() -> str:

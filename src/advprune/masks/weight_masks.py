@@ -86,6 +86,19 @@ class WeightMasks(Mapping[str, Tensor]):
             counts[1] += mask.numel()
         return {layer: pruned / total for layer, (pruned, total) in totals.items()}
 
+    def emptied_layers(self) -> dict[str, int]:
+        """Layers whose every masked weight is pruned, with their number of weights (biases do
+        not count: a bias alone is a constant, and nothing of the input passes the layer)."""
+        weights: dict[str, list[Tensor]] = {}
+        for name, mask in self._masks.items():
+            if name.rpartition(".")[2] != "bias":
+                weights.setdefault(layer_of(name), []).append(mask)
+        return {
+            layer: sum(mask.numel() for mask in masks)
+            for layer, masks in weights.items()
+            if not any(bool(mask.any()) for mask in masks)
+        }
+
     def state_dict(self) -> dict[str, Tensor]:
         """The masks as bool tensors, for a checkpoint that stores them under its own prefix."""
         return dict(self._masks)

@@ -5,11 +5,14 @@ the method's own refusals, the source run, that the run directory is writable), 
 record the run's settings (prune.yaml), ask the method for the `TrainingMethod` of its phase
 (a scored method computes its masks here: MAD's saliency pass, HYDRA's score phase), train the
 phase, and export the smaller network when the method removes units. A run that stopped resumes
-with the same command; other settings are refused. Nothing is written before the run starts.
+with the same command, and the same command on a finished run has nothing to do; other settings
+are refused. Nothing is written before the run starts, and a start that fails takes back what it
+wrote (prune.yaml, the folders it made).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -25,13 +28,15 @@ from advprune.core import distributed
 from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
-from advprune.core.run_dir import RunDir
+from advprune.core.run_dir import RunDir, undone_on_failure
+from advprune.masks import WeightMasks
 from advprune.masks.gated import find_gates
 from advprune.methods.base import PruneContext, PruneSettings, PruningMethod
 from advprune.models.serialization import load_model
 from advprune.pipelines.export import export_run
 from advprune.pipelines.train import train_phase
 from advprune.training import TrainConfig, train
+from advprune.training.method import MaskedTraining
 from advprune.training.trainer import TrainingData, load_training_data
 
 SETTINGS_FILE = "prune.yaml"
@@ -81,13 +86,39 @@ def load_source(settings: PruneSettings, method: PruningMethod) -> Source:
     return Source(model, config, key, run.path)
 
 
-def check_writable(path: Path) -> None:
-    """Fail before hours of work, not after: the nearest existing folder must be writable."""
+def unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written (its nearest existing folder is a file, or not writable by
+    this user, as `os.access` says for the real user id), or None."""
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"cannot write into {existing}; choose a writable --run-dir")
+    if not existing.is_dir():
+        return f"cannot create {path}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write into {existing}"
+    return None
+
+
+def check_writable(path: Path) -> None:
+    """Fail before hours of work, not after: the nearest existing folder must be writable."""
+    problem = unwritable(path)
+    if problem:
+        raise ConfigError(f"{problem}; choose a writable --run-dir")
+
+
+def check_connected(masks: WeightMasks) -> None:
+    """Refuse masks that remove every weight of a layer: nothing of the input passes it, so the
+    network predicts a constant — a global ranking does this to a layer of small weights (a
+    classifier, a barely trained layer). No scheme makes that worth fine-tuning; the first-epoch
+    check's --allow-chance lets it through, as it lets a run at chance go on."""
+    emptied = masks.emptied_layers()
+    if emptied:
+        layer, size = next(iter(emptied.items()))
+        raise ConfigError(
+            f"the masks remove all {size} weights of layer {layer!r}, which disconnects the "
+            "network; prune with --scheme layerwise (every layer keeps the same share) or a "
+            "lower --sparsity (--allow-chance fine-tunes it anyway)"
+        )
 
 
 def run_record(settings: PruneSettings, method: PruningMethod, source: Source) -> dict[str, Any]:
@@ -140,42 +171,59 @@ def prune_run(
     settings.validate()
     method.check(settings)
     run = RunDir.at(run_dir)
-    if run.model.exists():
-        raise ConfigError(f"{run.path} already holds a finished run; choose another --run-dir")
-    check_writable(run.path)
+    if not run.model.exists():
+        check_writable(run.path)
     source = source or load_source(settings, method)
+    record = run_record(settings, method, source)
+    if (run.path / SETTINGS_FILE).exists():
+        check_same_run(run, record)
     phase = method.phase(source.config, settings)
     device = resolve_device(phase.device)
     is_main = distributed.initialize(phase.backend, device).is_main
     progress, log = distributed.main_output(progress, log)
+    if run.model.exists():
+        return _finished(run, device, log)
     data = data or load_training_data(phase)
-    record = run_record(settings, method, source)
-    if (run.path / SETTINGS_FILE).exists():
-        check_same_run(run, record)
-    elif is_main:
-        atomic_write_text(run.path / SETTINGS_FILE, yaml.safe_dump(record, sort_keys=False))
-    resume = run.checkpoint.exists()
-    context = _context(settings, source, data, device, run.path, progress, log)
-    training = method.training_method(context, resume=resume)
-    log(
-        f"{method.label(settings)}: {'resuming' if resume else 'training'} {phase.epochs} "
-        f"epoch(s) of {phase.objective} in {run.path}"
-    )
-    initial = None if resume else {k: v.cpu() for k, v in context.model.state_dict().items()}
-    model = train(
-        phase,
-        run.path,
-        resume=resume,
-        data=data,
-        model=context.model,
-        progress=progress,
-        log=log,
-        initial_weights=initial,
-        method=training,
-    )
+    # Until the run writes a file of its own, a failure takes prune.yaml back: the corrected
+    # command can start in the same --run-dir.
+    with undone_on_failure(run.path, [SETTINGS_FILE]) if is_main else contextlib.nullcontext():
+        if is_main and not (run.path / SETTINGS_FILE).exists():
+            atomic_write_text(run.path / SETTINGS_FILE, yaml.safe_dump(record, sort_keys=False))
+        resume = run.checkpoint.exists()
+        context = _context(settings, source, data, device, run.path, progress, log)
+        training = method.training_method(context, resume=resume)
+        if isinstance(training, MaskedTraining) and training.masks and not phase.allow_chance:
+            check_connected(training.masks)
+        log(
+            f"{method.label(settings)}: {'resuming' if resume else 'training'} {phase.epochs} "
+            f"epoch(s) of {phase.objective} in {run.path}"
+        )
+        initial = None if resume else {k: v.cpu() for k, v in context.model.state_dict().items()}
+        model = train(
+            phase,
+            run.path,
+            resume=resume,
+            data=data,
+            model=context.model,
+            progress=progress,
+            log=log,
+            initial_weights=initial,
+            method=training,
+        )
     if method.exports and export and is_main:
         export_run(run.path, log=log)
     return model
+
+
+def _finished(run: RunDir, device: torch.device, log: Callable[[str], None]) -> nn.Module:
+    """The same command again on a finished pruning run: nothing to do, as `train --resume`."""
+    if not (run.path / SETTINGS_FILE).exists():
+        raise ConfigError(
+            f"{run.path} already holds a finished run that is not a pruning run; choose another "
+            "--run-dir"
+        )
+    log(f"the pruning run in {run.path} is finished; nothing to do")
+    return load_model(run.model, device=device)[0]
 
 
 def _context(
@@ -201,7 +249,11 @@ def _context(
             log=log,
         )
 
-    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    cache: Path | None = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    problem = unwritable(cache)
+    if problem:
+        log(f"{problem}: passes shared between runs are not cached (pass a writable --cache-dir)")
+        cache = None
     return PruneContext(
         model=model,
         data=data,

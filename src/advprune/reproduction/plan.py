@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from advprune.core.config import Config
+from advprune.core.config import Config, closest
 from advprune.core.errors import ConfigError
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
@@ -67,10 +67,7 @@ class StepKind:
     def make(self, values: dict[str, Any], where: str) -> tuple[Config, ...]:
         unknown = sorted(set(values) - self.fields)
         if unknown:
-            raise ConfigError(
-                f"{where}: unknown setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.fields))}"
-            )
+            raise _unknown_settings(unknown, self.fields, where)
         return tuple(
             cls.from_dict(_known(values, cls.field_names()), source=where) for cls in self.settings
         )
@@ -87,7 +84,6 @@ def _prune(settings: PruneSettings, method_settings: Config, run_dir: Path, **ou
 
 TRAINING = StepKind((TrainConfig,), _train)
 KINDS = ("train", "prune")
-RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper")
 STEP_KEYS = ("name", *KINDS, "evaluate")
 # Recipe keys that name an earlier step → the settings field that receives its run directory.
 REFERENCES = {"from": "from_run", "init": "init", "transfer_from": "transfer_from"}
@@ -165,6 +161,12 @@ class Plan:
     paper: dict[str, Any] | None
 
 
+def _unknown_settings(unknown: Sequence[str], known: set[str], where: str) -> ConfigError:
+    """The error for settings that do not exist: the nearest known one, or else all of them."""
+    meant = closest(unknown[0], known) or f"; known: {', '.join(sorted(known))}"
+    return ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}{meant}")
+
+
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -181,10 +183,7 @@ def _build(cls: type[Config], values: Mapping[str, Any], where: str) -> Config:
     """`cls` from `values`, validated; an unknown key names the step and the known keys."""
     unknown = sorted(set(values) - _fields(cls))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_fields(cls)))}"
-        )
+        raise _unknown_settings(unknown, _fields(cls), where)
     return cls.from_dict(values, source=where)
 
 
@@ -242,9 +241,6 @@ class _Recipe:
                 f"recipe {name} has no steps, so it is not a reproduction; run it with "
                 f"`advprune {name}` or `advprune train --recipe {name}`"
             )
-        unknown = sorted(set(raw) - set(RECIPE_KEYS))
-        if unknown:
-            raise ConfigError(f"recipe {name}: unknown key(s) {', '.join(unknown)}")
         self.title = str(raw.get("title", name))
         self.defaults = {kind: _mapping(raw.get(kind), f"recipe {name}: {kind}") for kind in KINDS}
         self.evaluate = raw.get("evaluate")
@@ -260,6 +256,7 @@ class _Recipe:
         if unknown:
             raise ConfigError(
                 f"recipe {self.name}: {where}: no step has a setting {', '.join(unknown)}"
+                + (closest(unknown[0], known) or "; check its spelling")
             )
 
     def _steps(self, steps: Any) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from advprune.core.errors import ConfigError, GradientMaskingError
 from advprune.core.io import atomic_write_text, read_json
 from advprune.core.run_dir import RunDir
 from advprune.evaluation import evaluate_run, results_file
+from advprune.recipes import recipe_name
 from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
 from advprune.reproduction.plan import Plan, Step, make_plan
@@ -30,9 +31,10 @@ AUTOATTACK_STATE = "autoattack.state"
 
 
 def default_root(recipe: str, scale: float) -> Path:
-    """runs/reproduce/RECIPE, or RECIPE-scaleF for a shrunk run, so the two never mix."""
+    """runs/reproduce/RECIPE, or RECIPE-scaleF for a shrunk run, so the two never mix; a recipe
+    file's runs go under its stem (`./my.yaml`: runs/reproduce/my), never beside the file."""
     suffix = "" if scale == 1 else f"-scale{scale:g}"
-    return Path("runs") / "reproduce" / f"{recipe}{suffix}"
+    return Path("runs") / "reproduce" / f"{recipe_name(recipe)}{suffix}"
 
 
 def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> bool:

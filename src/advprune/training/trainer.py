@@ -36,7 +36,7 @@ from advprune.core import distributed, interrupts
 from advprune.core.device import autocast, resolve_device
 from advprune.core.distributed import Distributed
 from advprune.core.errors import CheckpointError, ConfigError, TrainingError
-from advprune.core.run_dir import RunDir
+from advprune.core.run_dir import RunDir, undone_on_failure
 from advprune.core.seeding import rng_state, seed_everything, set_rng_state
 from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
 from advprune.models import architecture, create_model
@@ -157,11 +157,13 @@ def train(
     ddp = distributed.initialize(config.backend, device)
     check_distributed(config, ddp, device)
     progress, log = distributed.main_output(progress, log)
-    run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
-    with run.locked() if ddp.is_main else contextlib.nullcontext():
-        training = _Training(config, run, ddp, device, progress, log)
-        training.prepare(resume, data, model, initial_weights, method or TrainingMethod())
-        return training.run()
+    # A start that fails (bad data, a batch larger than it) leaves no empty folder behind.
+    with undone_on_failure(run_dir) if ddp.is_main else contextlib.nullcontext():
+        run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
+        with run.locked() if ddp.is_main else contextlib.nullcontext():
+            training = _Training(config, run, ddp, device, progress, log)
+            training.prepare(resume, data, model, initial_weights, method or TrainingMethod())
+            return training.run()
 
 
 def load_init_weights(init: str) -> dict[str, torch.Tensor]:
