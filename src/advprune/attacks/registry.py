@@ -62,9 +62,13 @@ class AttackSpec:
         """What results.json states about a run of this attack with `options`."""
         settings = {**self.defaults, **options}
         record: dict[str, Any] = {"eps": eps, "norm": "linf", **settings}
+        description = self.description.format(**settings)
         if self.stepped:
-            record.update(step_size=2.5 * eps / settings["steps"], random_start=True)
-        return {**record, "description": self.description.format(**settings)}
+            step = settings.get("alpha") or 2.5 * eps / settings["steps"]
+            record.update(step_size=step, random_start=True)
+            if settings.get("alpha"):
+                description = description.replace(f"2.5·eps/{settings['steps']}", f"{step:g}")
+        return {**record, "description": description}
 
 
 def _fgsm(
@@ -123,7 +127,7 @@ ATTACKS: dict[str, AttackSpec] = {
             "PGD-{steps} on cross-entropy, " + STEPPED,
             _seeded(pgd, steps=20, loss="ce"),
             MappingProxyType({"steps": 20}),
-            MappingProxyType({"steps": "pgd_steps"}),
+            MappingProxyType({"steps": "pgd_steps", "alpha": "pgd_step_size"}),
             sampled="pgd_eot",
             vulnerability=True,
             stepped=True,
@@ -169,7 +173,9 @@ ATTACKS: dict[str, AttackSpec] = {
             + STEPPED,
             _seeded(pgd, steps=20, loss="ce", eot_samples=20),
             MappingProxyType({"steps": 20, "eot_samples": 20}),
-            MappingProxyType({"steps": "pgd_steps", "eot_samples": "eot_samples"}),
+            MappingProxyType(
+                {"steps": "pgd_steps", "alpha": "pgd_step_size", "eot_samples": "eot_samples"}
+            ),
             stochastic=True,
             stepped=True,
         ),

@@ -74,7 +74,10 @@ class EvalConfig(Config):
     eps: float | None = setting(
         None, "L∞ radius in [0, 1] pixels, e.g. 0.031 or 8/255 (default: the run's ε)"
     )
-    pgd_steps: int = setting(20, "PGD steps (step 2.5·ε/steps, uniform random start)")
+    pgd_steps: int = setting(20, "PGD steps (uniform random start)")
+    pgd_step_size: float | None = setting(
+        None, "PGD step (default 2.5·ε/steps; ANP-VS's PGD-40: 0.01 MNIST, 0.007 CIFAR)"
+    )
     cw_steps: int = setting(30, "CW-∞ steps (PGD on the CW margin loss)")
     fmn_steps: int = setting(200, "FMN steps (minimum-norm attack; the benchmark's 200)")
     limit_test: int | None = setting(None, "evaluate on the first N test examples only")

@@ -134,7 +134,8 @@ def describe(evaluation: Evaluation, run: RunDir, metadata: dict[str, Any]) -> N
         run=str(run.path),
         model=metadata["architecture"]["name"],
         dataset=trained.get("dataset"),
-        method=metadata.get("method", {}).get("name", trained.get("objective")),
+        method=metadata.get("method", {}).get("label")
+        or metadata.get("method", {}).get("name", trained.get("objective")),
         eps=evaluation.eps,
         run_eps=metadata["run_eps"],
         provenance=provenance(

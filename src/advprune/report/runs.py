@@ -200,8 +200,11 @@ def summarize(
     passed = masking.get("passed")
     return RunSummary(
         path=Path(path),
+        # The label names every setting that departs from the published method: mad [scheme=…]
         method=first(
-            text(results.get("method")), text(mapping(metadata.get("method")).get("name"))
+            text(mapping(metadata.get("method")).get("label")),
+            text(results.get("method")),
+            text(mapping(metadata.get("method")).get("name")),
         ),
         dataset=first(
             text(results.get("dataset")), text(trained.get("dataset")), text(config.get("dataset"))
