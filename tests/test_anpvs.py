@@ -17,8 +17,9 @@ from advprune.models.features import capture_features
 from advprune.models.serialization import load_model
 from advprune.pipelines import prune_run
 from advprune.reproduction import make_plan
-from advprune.training import TrainConfig, train
+from advprune.training import TrainConfig
 from advprune.training import trainer as trainer_module
+from conftest import train_tiny
 
 
 def features(model, x):
@@ -45,22 +46,7 @@ def test_vs_is_zero_when_the_adversarial_example_is_the_clean_one():
 
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("dense")
-    config = TrainConfig(
-        model="lenet300-100",
-        eps=0.1,
-        attack_steps=2,
-        epochs=1,
-        batch_size=64,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        limit_train=512,
-        limit_test=64,
-        monitor_examples=0,
-    )
-    train(config, str(run_dir), progress=False, log=lambda _: None)
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("dense"), weight_decay=0.0)
 
 
 def anpvs_flags(dense_run, run_dir, *extra: str) -> list[str]:

@@ -44,7 +44,7 @@ from bad_input_harness import (
     assert_one_line_error,
     run_commands,
 )
-from conftest import prune_tiny, quiet, train_tiny
+from conftest import TINY_TRAINING, prune_tiny, quiet, train_tiny
 
 # A network outside the zoo, as a user writes one (row 12).
 MY_NETS = """
@@ -583,22 +583,8 @@ def test_a_stale_lock_file_is_harmless_and_a_live_holder_is_the_one_named(runs, 
 
 # 128 steps an epoch, a checkpoint every 8 of them: the test waits for the first, so the SIGTERM
 # reaches a training that is inside its epoch loop.
-STOPPED = dict(
-    dataset="fashion-mnist",
-    model="lenet300-100",
-    objective="pgd-at",
-    eps=0.1,
-    attack_steps=2,
-    epochs=2,
-    batch_size=32,
-    optimizer="sgd",
-    lr=0.05,
-    limit_train=4096,
-    limit_test=256,
-    monitor_examples=64,
-    seed=1,
-    checkpoint_every=8,
-)
+STOPPED = {**TINY_TRAINING, "epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.05}
+STOPPED.update(limit_train=4096, limit_test=256, monitor_examples=64, seed=1, checkpoint_every=8)
 
 
 def checkpoint_position(path: Path) -> tuple[int, int] | None:

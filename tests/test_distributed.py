@@ -26,26 +26,12 @@ from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, train
 from advprune.training.method import MaskedTraining
 from advprune.training.trainer import load_training_data
-from conftest import prune_tiny
+from conftest import TINY_TRAINING, prune_tiny
 
 SRC = Path(__file__).parents[1] / "src"
 
-PGD_AT = dict(
-    dataset="fashion-mnist",
-    model="lenet300-100",
-    objective="pgd-at",
-    eps=0.1,
-    attack_steps=2,
-    epochs=2,
-    batch_size=64,
-    optimizer="adam",
-    lr=1e-3,
-    limit_train=512,
-    limit_test=1000,
-    monitor_examples=200,
-    seed=5,
-    checkpoint_every=3,
-)
+PGD_AT = {**TINY_TRAINING, "epochs": 2, "limit_test": 1000, "monitor_examples": 200}
+PGD_AT.update(seed=5, checkpoint_every=3)
 
 
 def flags(settings: dict) -> list[str]:

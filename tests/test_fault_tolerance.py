@@ -14,26 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from advprune.core.run_dir import LOCK_NAME
 from advprune.core.tensor_files import load_tensors
 from advprune.training import TrainConfig, train
+from conftest import TINY_TRAINING
 
 SRC = Path(__file__).parents[1] / "src"
 
-SETTINGS = dict(
-    dataset="fashion-mnist",
-    model="lenet300-100",
-    objective="pgd-at",
-    eps=0.1,
-    attack_steps=2,
-    epochs=2,
-    batch_size=32,
-    optimizer="sgd",
-    lr=0.05,
-    limit_train=512,  # 16 steps per epoch
-    limit_test=256,
-    monitor_examples=64,
-    seed=1,
-    checkpoint_every=3,
-    tensorboard=True,
-)
+SETTINGS = {**TINY_TRAINING, "epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.05}
+SETTINGS.update(limit_test=256, monitor_examples=64, seed=1, checkpoint_every=3, tensorboard=True)
+# 512 training examples: 16 steps per epoch
 
 
 def cli(*args: str) -> list[str]:

@@ -12,38 +12,9 @@ from advprune.methods.hydra import ScoredNetwork, ScoreTraining, hydra_masks, sc
 from advprune.models import create_model
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, train
-from conftest import prune_tiny
+from conftest import prune_tiny, quiet, tiny_config
 
 SPARSITY = 0.9
-
-
-def quiet(_: str) -> None:
-    pass
-
-
-def dense_config(**overrides) -> TrainConfig:
-    values = dict(
-        dataset="fashion-mnist",
-        model="lenet300-100",
-        objective="pgd-at",
-        eps=0.1,
-        attack_steps=2,
-        epochs=1,
-        batch_size=64,
-        optimizer="adam",
-        lr=1e-3,
-        limit_train=512,
-        limit_test=64,
-        monitor_examples=0,
-    )
-    return TrainConfig(**{**values, **overrides})
-
-
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("dense")
-    train(dense_config(), str(run_dir), progress=False, log=quiet)
-    return run_dir
 
 
 HYDRA = dict(sparsity=SPARSITY, score_epochs=1, finetune_epochs=1)
@@ -101,7 +72,7 @@ def test_score_training_moves_the_scores_only(dense_run, tmp_path):
     dense_model, _ = load_model(dense_run / "model.safetensors")
     method = ScoreTraining(SPARSITY)
     train(
-        dense_config(optimizer="sgd", lr=0.1, schedule="cosine", allow_chance=True),
+        tiny_config(optimizer="sgd", lr=0.1, schedule="cosine", allow_chance=True),
         str(tmp_path),
         progress=False,
         log=quiet,

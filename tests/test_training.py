@@ -15,25 +15,14 @@ from advprune.training import TrainConfig, objectives, train
 from advprune.training import trainer as trainer_module
 from advprune.training.method import MaskedTraining
 from advprune.training.schedule import learning_rate
+from conftest import TINY_TRAINING
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    values = dict(
-        dataset="fashion-mnist",
-        model="lenet300-100",
-        objective="pgd-at",
-        eps=0.1,
-        attack_steps=2,
-        epochs=2,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.05,
-        limit_train=256,
-        limit_test=128,
-        monitor_examples=64,
-        seed=3,
-    )
-    return TrainConfig(**{**values, **overrides}).validate()
+    """The conftest run, two SGD epochs, with the epoch monitor on."""
+    values = {**TINY_TRAINING, "epochs": 2, "optimizer": "sgd", "lr": 0.05, "limit_train": 256}
+    values.update(limit_test=128, monitor_examples=64, seed=3)
+    return TrainConfig.from_dict({**values, **overrides})
 
 
 def read_metrics(run_dir) -> list[dict]:
