@@ -386,6 +386,7 @@ class MAD(ScoredMethod):
     origin = "published"
     Settings = MADSettings
     default_scheme = "mad"
+    channel_scheme = "global"  # saliency sums estimate the loss damage: comparable across layers
     scores_bias = True
     form = "paper"
 

@@ -166,7 +166,7 @@ def prune_run(
         initial_weights=initial,
         method=training,
     )
-    if method.exports and is_main:
+    if method.exports_network(settings) and is_main:
         export_run(run.path, log=log)
     return model
 
