@@ -12,7 +12,8 @@ as fractions, "examples" {attack: count}, "attacks" {attack: {"description"}}, "
 "complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts for the
 run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and "latency"
 (milliseconds of one forward pass: a number, {"ms": number} or {"batch_1": {"exported" or
-"model": ms}}).
+"model": ms}}); from any exported run (ANP-VS or `--structure channels`) "channel_sparsity" and
+"measured_speedup" {"batch_N": {"median", "min", "max"}}.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class RunSummary:
     eps: float | None = None
     sparsity: float | None = None  # fraction of conv/linear weights that are zero
     unit_sparsity: float | None = None  # fraction of units/channels removed (ANP-VS)
+    channel_sparsity: float | None = None  # fraction of channel-group channels removed
+    # exported network vs dense, per batch size ("batch_128"): median, min and max of the ratios
+    measured_speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     params: int | None = None
     nonzero_params: int | None = None
     flops: int | None = None
@@ -96,6 +100,15 @@ def _latency_ms(value: Any) -> float | None:
         number(batch_1.get("model")),
         number(batch_1.get("dense")),
     )
+
+
+def _speedups(value: Any) -> dict[str, dict[str, float]]:
+    batches = {k: mapping(v) for k, v in mapping(value).items() if k.startswith("batch_")}
+    return {
+        batch: {key: float(spread[key]) for key in ("median", "min", "max")}
+        for batch, spread in batches.items()
+        if all(number(spread.get(key)) is not None for key in ("median", "min", "max"))
+    }
 
 
 def _vulnerability(value: Any) -> tuple[float | None, dict[str, float]]:
@@ -153,6 +166,8 @@ def summarize(
         ),
         sparsity=number(results.get("sparsity")),
         unit_sparsity=number(results.get("unit_sparsity")),
+        channel_sparsity=number(results.get("channel_sparsity")),
+        measured_speedup=_speedups(results.get("measured_speedup")),
         params=first(count(exported.get("params")), count(results.get("params"))),
         nonzero_params=first(
             count(exported.get("nonzero_params")), count(results.get("nonzero_params"))

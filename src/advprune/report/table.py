@@ -51,6 +51,18 @@ def subset_suffix(summary: RunSummary, attack: str) -> str:
     return f"/{subset}" if subset and full and subset != full else ""
 
 
+def speedup(summary: RunSummary, batch: str = "batch_128") -> str:
+    """The measured speed-up: median of the paired ratios (min–max)."""
+    spread = summary.measured_speedup.get(batch)
+    if spread is None:
+        return MISSING
+    return f"{spread['median']:.2f}× ({spread['min']:.2f}–{spread['max']:.2f})"
+
+
+def _median_speedup(summary: RunSummary, batch: str) -> float | None:
+    return summary.measured_speedup.get(batch, {}).get("median")
+
+
 def masking_check(summary: RunSummary) -> str:
     if summary.masking_check_passed is None:
         return MISSING
@@ -79,9 +91,12 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
     ("ε", lambda s: _or_missing(s.eps, pretty_eps)),
     ("sparsity", lambda s: percent(s.sparsity)),
     ("unit sparsity", lambda s: percent(s.unit_sparsity)),
+    ("channel sparsity", lambda s: percent(s.channel_sparsity)),
     ("params ≠ 0", lambda s: _or_missing(s.nonzero_params, human)),
     ("FLOPs", lambda s: _or_missing(s.flops, human)),
     ("latency", lambda s: _or_missing(s.latency_ms, lambda v: f"{v:.3g} ms")),
+    ("speed-up b1", lambda s: speedup(s, "batch_1")),
+    ("speed-up b128", speedup),
     *(_accuracy_column(attack) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: _or_missing(s.vulnerability, lambda v: f"{v:.3f}")),
     ("masking check", masking_check),
@@ -94,12 +109,14 @@ CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
     ("eps", lambda s: s.eps),
     ("sparsity", lambda s: s.sparsity),
     ("unit_sparsity", lambda s: s.unit_sparsity),
+    ("channel_sparsity", lambda s: s.channel_sparsity),
     ("params", lambda s: s.params),
     ("nonzero_params", lambda s: s.nonzero_params),
     ("flops", lambda s: s.flops),
     ("latency_ms", lambda s: s.latency_ms),
     ("memory_fraction", lambda s: s.memory_fraction),
     ("flops_speedup", lambda s: s.flops_speedup),
+    *((f"speedup_{b}", lambda s, b=b: _median_speedup(s, f"batch_{b}")) for b in (1, 128)),
     *((attack, lambda s, a=attack: s.accuracy.get(a)) for attack in ACCURACY_KEYS),
     *((f"{attack}_examples", lambda s, a=attack: s.examples.get(a)) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: s.vulnerability),

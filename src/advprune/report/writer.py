@@ -16,6 +16,7 @@ from advprune.core.io import atomic_write_text
 from advprune.report.plots import (
     plot_layer_values,
     plot_robust_vs_sparsity,
+    plot_robust_vs_speedup,
     plot_security_curves,
 )
 from advprune.report.runs import RunSummary, find_runs, layer_sparsity, read_run
@@ -61,6 +62,12 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
             "robust_vs_sparsity",
             lambda path: plot_robust_vs_sparsity(summaries, group_name, path),
             "no pruned run with a robust accuracy",
+        ),
+        (
+            "robust accuracy against measured speed-up",
+            "robust_vs_speedup",
+            lambda path: plot_robust_vs_speedup(summaries, group_name, path),
+            "no exported run (structured or ANP-VS) with a measured speed-up",
         ),
         (
             "security curves",
