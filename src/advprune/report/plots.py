@@ -40,6 +40,13 @@ def is_dense(summary: RunSummary) -> bool:
     return summary.method in OBJECTIVES
 
 
+def series(summary: RunSummary) -> str:
+    """A method's line; runs that removed whole channels get their own (their weight sparsity
+    says little next to unstructured runs')."""
+    structured = summary.channel_sparsity is not None
+    return f"{summary.method} (channels)" if structured else summary.method
+
+
 def plot_robust_vs_sparsity(
     summaries: Sequence[RunSummary], title: str, path: str | Path
 ) -> Path | None:
@@ -54,11 +61,11 @@ def plot_robust_vs_sparsity(
         1, len(attacks), figsize=(4.5 * len(attacks), 3.8), dpi=120, squeeze=False
     )
     for axes, attack in zip(panels[0], attacks, strict=True):
-        for method in sorted({s.method for s in pruned}):
+        for method in sorted({series(s) for s in pruned}):
             points = sorted(
                 (100 * s.sparsity, 100 * s.accuracy[attack])
                 for s in pruned
-                if s.method == method and attack in s.accuracy
+                if series(s) == method and attack in s.accuracy
             )
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", label=method)
@@ -85,7 +92,7 @@ def plot_robust_vs_speedup(
 ) -> Path | None:
     """One panel per robust attack present: a point per exported run (structured or ANP-VS) at
     its measured speed-up over the dense network (median of the paired ratios, bars min–max),
-    labelled with its method; dense runs at 1×. None when no run has both numbers."""
+    labelled with its run directory's name; dense runs at 1×. None when no run has both."""
     attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in summaries)]
     exported = [s for s in summaries if batch in s.measured_speedup]
     if not attacks or not any(a in s.accuracy for s in exported for a in attacks):
@@ -101,7 +108,7 @@ def plot_robust_vs_speedup(
             low, high = spread["median"] - spread["min"], spread["max"] - spread["median"]
             axes.errorbar(
                 spread["median"], accuracy, xerr=[[low], [high]], marker="o", capsize=3,
-                label=summary.method,
+                label=summary.path.name or summary.method,
             )  # fmt: skip
         for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
             axes.plot(1.0, 100 * dense.accuracy[attack], "s", color="grey", label="dense")
