@@ -120,6 +120,9 @@ def _markdown(
         f"{len(summaries)} run(s), read from their run directories: config.yaml, results.json and "
         "model.safetensors. Accuracies in % at the run's ε; '/N': on the first N test examples "
         "only; sparsity: zero conv/linear weights; unit sparsity: units/channels removed; "
+        "channel sparsity: channels of the dependency groups removed (structured runs, ANP-VS); "
+        "speed-up bN: the exported network against the dense one at batch N, median (min–max) of "
+        "interleaved pairs; "
         "params ≠ 0: parameters that are not zero; '–': not in the run's files.",
         "",
         markdown_table(summaries, labels),
