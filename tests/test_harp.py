@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from advprune.core.errors import ConfigError
 from advprune.core.tensor_files import load_tensors, read_metadata
 from advprune.masks import WeightMasks, prunable_parameters
 from advprune.masks.channels import channel_groups, layer_macs
@@ -155,10 +156,12 @@ def test_harp_at_99_percent_runs_end_to_end_on_fashion_mnist(tmp_path):
 
 def test_harp_refuses_a_scheme_and_records_no_departure_for_channels():
     harp = create_method("harp")
-    with pytest.raises(Exception, match="drop --scheme"):
+    with pytest.raises(ConfigError, match="drop --scheme"):
         harp.check(PruneSettings(method="harp", scheme="global"))
     assert harp.departures(PruneSettings(method="harp", structure="channels")) == {}
     assert create_method("harp", {"gamma": 0.1}).label(PruneSettings()) == "harp [gamma=0.1]"
+    with pytest.raises(ConfigError, match="not above their floor"):  # log(0) in the official code
+        harp.check(PruneSettings(method="harp", sparsity=0.0))
 
 
 def test_the_suite_compares_harp_and_hydra_at_99_on_the_same_budget(tmp_path):

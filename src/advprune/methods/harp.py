@@ -57,6 +57,7 @@ from advprune.masks.channels import (
     top_channels,
 )
 from advprune.methods.base import (
+    DEFAULT_SPARSITY,
     PHASE_KEYS,
     MethodSettings,
     PhaseSettings,
@@ -468,6 +469,14 @@ class Harp(ScoredMethod):
                 "HARP keeps the highest scores of the weights only; drop --order and "
                 "--include-bias (use --method magnitude/random for the ablations)"
             )
+        sparsity = DEFAULT_SPARSITY if prune.sparsity is None else prune.sparsity
+        initial = self.initial_rate(prune.structure == "channels")
+        floor = self.settings.alpha * (1 - sparsity)
+        if initial <= floor:
+            raise ConfigError(
+                f"HARP's rates would start at {initial:g}, not above their floor α·k = {floor:g}; "
+                "raise --initial-rate or --sparsity, or lower --alpha"
+            )
 
     def published_prune_settings(self) -> dict[str, Any]:
         return {"include_bias": False}
@@ -499,18 +508,21 @@ class Harp(ScoredMethod):
             )
         return masks
 
+    def initial_rate(self, channels: bool) -> float:
+        """Every unit's starting kept fraction: the setting, or the official strategy."""
+        if self.settings.initial_rate is not None:
+            return self.settings.initial_rate
+        return CHANNEL_STRATEGY if channels else WEIGHT_STRATEGY
+
     def training(self, context: PruneContext) -> HarpTraining:
         target = 1 - context.sparsity
         channels = context.channels
-        initial = self.settings.initial_rate
-        if initial is None:
-            initial = CHANNEL_STRATEGY if channels else WEIGHT_STRATEGY
         groups = context.channel_groups() if channels else None
         return HarpTraining(
             target,
             gamma=self.settings.gamma,
             alpha=self.settings.alpha,
-            initial_rate=initial,
+            initial_rate=self.initial_rate(channels),
             train_batchnorm=self.settings.train_batchnorm,
             groups=groups,
             macs=layer_macs(context.model, context.example()) if channels else None,
