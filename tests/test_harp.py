@@ -34,7 +34,7 @@ def lenet(name: str = "lenet300-100") -> nn.Module:
 
 
 def prepared(model: nn.Module, **options) -> HarpTraining:
-    settings = {"gamma": 0.01, "alpha": 0.1, "initial_rate": 0.1, **options}
+    settings = {"gamma": 0.01, "rate_floor": 0.1, "initial_rate": 0.1, **options}
     method = HarpTraining(TARGET, **settings)
     method.prepare(model)
     return method
@@ -160,7 +160,8 @@ def test_harp_refuses_a_scheme_and_records_no_departure_for_channels():
     with pytest.raises(ConfigError, match="drop --scheme"):
         harp.check(PruneSettings(method="harp", scheme="global"))
     assert harp.departures(PruneSettings(method="harp", structure="channels")) == {}
-    assert create_method("harp", {"gamma": 0.1}).label(PruneSettings()) == "harp [gamma=0.1]"
+    tuned = create_method("harp", {"compression_gamma": 0.1})
+    assert tuned.label(PruneSettings()) == "harp [compression_gamma=0.1]"
     with pytest.raises(ConfigError, match="not above their floor"):  # log(0) in the official code
         harp.check(PruneSettings(method="harp", sparsity=0.0))
 

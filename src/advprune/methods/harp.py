@@ -233,15 +233,16 @@ class HarpTraining(TrainingMethod):
         target: float,
         *,
         gamma: float,
-        alpha: float,
+        rate_floor: float,
         initial_rate: float,
         train_batchnorm: bool = True,
         groups: list[ChannelGroup] | None = None,
         macs: dict[str, float] | None = None,
     ) -> None:
-        """`target`: the kept fraction k aimed at (1 − sparsity); `groups` and their layers'
-        `macs`: prune channels, the rate counted in FLOPs."""
-        self.target, self.gamma, self.floor = target, gamma, alpha * target
+        """`target`: the kept fraction k aimed at (1 − sparsity); `gamma`: γ₀; each rate stays
+        above rate_floor·target; `groups` and their layers' `macs`: prune channels, the rate
+        counted in FLOPs."""
+        self.target, self.gamma, self.floor = target, gamma, rate_floor * target
         self.initial_rate = initial_rate
         self.train_batchnorm = train_batchnorm
         self.groups, self.macs = groups, macs
@@ -404,11 +405,13 @@ OFFICIAL_PHASE = {
 class HarpSettings(MethodSettings):
     """HARP's own settings; the defaults are the official code's (docs/fidelity.md)."""
 
-    gamma: float = setting(
+    compression_gamma: float = setting(
         0.01, "γ₀ of the compression loss; γ_e = (e + 1)·γ₀ until the target is reached "
-        "(official: 0.01 for CIFAR-10, 0.1 for ImageNet)",
+        "(official --gamma: 0.01 for CIFAR-10, 0.1 for ImageNet)",
     )  # fmt: skip
-    alpha: float = setting(0.1, "floor of each layer's kept fraction: k_min = α·k_target")
+    rate_floor: float = setting(
+        0.1, "floor of each layer's kept fraction: k_min = rate_floor·k_target (official α)"
+    )
     initial_rate: float | None = setting(
         None, "every layer's starting kept fraction (default: the official strategy, 0.1 for "
         "weights — 010_uni —, 1.0 for channels — original)",
@@ -433,10 +436,13 @@ class HarpSettings(MethodSettings):
 
     def validate(self) -> HarpSettings:
         super().validate()
-        if not (math.isfinite(self.gamma) and self.gamma > 0):
-            raise ConfigError(f"gamma must be > 0, got {self.gamma}; HARP uses 0.01 on CIFAR-10")
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}; HARP uses 0.1")
+        gamma = self.compression_gamma
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise ConfigError(
+                f"compression_gamma must be > 0, got {gamma}; HARP uses 0.01 on CIFAR-10"
+            )
+        if not 0 < self.rate_floor < 1:
+            raise ConfigError(f"rate_floor must be in (0, 1), got {self.rate_floor}; HARP uses 0.1")
         if self.initial_rate is not None and not 0 < self.initial_rate <= 1:
             raise ConfigError(f"initial_rate must be in (0, 1], got {self.initial_rate}")
         return self
@@ -471,11 +477,11 @@ class Harp(ScoredMethod):
             )
         sparsity = DEFAULT_SPARSITY if prune.sparsity is None else prune.sparsity
         initial = self.initial_rate(prune.structure == "channels")
-        floor = self.settings.alpha * (1 - sparsity)
+        floor = self.settings.rate_floor * (1 - sparsity)
         if initial <= floor:
             raise ConfigError(
                 f"HARP's rates would start at {initial:g}, not above their floor α·k = {floor:g}; "
-                "raise --initial-rate or --sparsity, or lower --alpha"
+                "raise --initial-rate or --sparsity, or lower --rate-floor"
             )
 
     def published_prune_settings(self) -> dict[str, Any]:
@@ -496,7 +502,7 @@ class Harp(ScoredMethod):
         context.log(
             f"harp: scores and {'group' if context.channels else 'layer'} rates towards "
             f"{1 - context.sparsity:.3g} kept ({config.epochs} epochs of {config.objective}, "
-            f"γ₀ {self.settings.gamma:g}), weights frozen"
+            f"γ₀ {self.settings.compression_gamma:g}), weights frozen"
         )
         phase = context.run_phase("scores", config, method, initial)
         context.model.load_state_dict(phase.state_dict())
@@ -504,7 +510,8 @@ class Harp(ScoredMethod):
         if not record.get("target_reached"):
             context.log(
                 "harp: the prune phase ended before its compression loss reached 0; its rates "
-                "were scaled down to the target (give it more --score-epochs or a larger --gamma)"
+                "were scaled down to the target (give it more --score-epochs or a larger "
+                "--compression-gamma)"
             )
         return masks
 
@@ -520,8 +527,8 @@ class Harp(ScoredMethod):
         groups = context.channel_groups() if channels else None
         return HarpTraining(
             target,
-            gamma=self.settings.gamma,
-            alpha=self.settings.alpha,
+            gamma=self.settings.compression_gamma,
+            rate_floor=self.settings.rate_floor,
             initial_rate=self.initial_rate(channels),
             train_batchnorm=self.settings.train_batchnorm,
             groups=groups,
