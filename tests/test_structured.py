@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from advprune.cli import main
 from advprune.core.errors import ConfigError
@@ -90,3 +91,42 @@ def test_the_mad_scheme_has_no_channel_form_and_nothing_is_written(lenet_run, tm
             lenet_run, tmp_path / "r", "random", structure="channels", scheme="mad", log=quiet
         )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["vgg16-bn", "resnet18"])
+@pytest.mark.parametrize("learner", ["hydra", "harp"])
+def test_learnt_channel_scores_step_and_export_exactly(tmp_path, name, learner):
+    """HYDRA's and HARP's channel phases on the benchmark's networks (random weights, one step on
+    random images): the scores move, and the masks they leave export to an equal network."""
+    from advprune.masks.channels import channel_groups, layer_macs
+    from advprune.masks.export import channel_sparsity, export_gated
+    from advprune.methods.harp import HarpTraining
+    from advprune.methods.hydra import ScoreTraining
+    from test_channels import network
+
+    model, example = network(name)
+    groups = channel_groups(model, example)
+    if learner == "hydra":
+        method = ScoreTraining(0.5, groups=groups)
+    else:
+        macs = layer_macs(model, example)
+        method = HarpTraining(0.5, gamma=0.01, rate_floor=0.1, initial_rate=1.0, groups=groups,
+                              macs=macs)  # fmt: skip
+    scored = method.prepare(model.train())
+    before = {n: s.detach().clone() for n, s in method.scores.items()}
+    optimizer = torch.optim.SGD(method.weight_parameters(scored), lr=0.1)
+    x = torch.rand(4, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+    loss = nn.functional.cross_entropy(scored(x), torch.tensor([0, 1, 2, 3]))
+    if learner == "harp":
+        loss = loss + method.compression_loss()
+    loss.backward()
+    optimizer.step()
+    method.after_update(scored)
+    assert any(not torch.equal(before[n], s) for n, s in method.scores.items())
+    method.finish(scored.eval(), tmp_path)
+    masked = method.network.network.eval()
+    exported = export_gated(masked, example, round_to=1)
+    with torch.no_grad():
+        assert (masked(x) - exported(x)).abs().max() < 1e-4
+    removed = channel_sparsity(masked, example)["channel_sparsity"]
+    assert 0.3 < removed < 0.7 if learner == "hydra" else 0 < removed < 1
