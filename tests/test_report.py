@@ -77,6 +77,8 @@ def pruned_run(root):
         "memory_fraction": 0.11,
         "flops_speedup": 8.9,
         "latency": {"unit": "ms", "batch_1": {"dense": 1.0, "exported": 0.25, "speedup": 4.0}},
+        "channel_sparsity": 0.8,
+        "measured_speedup": {"batch_128": {"median": 3.5, "min": 3.0, "max": 4.25}},
         "vulnerability": {"overall": 0.0171, "per_layer": {"body.1": 0.02, "body.3": 0.01}},
     }
     (run / "results.json").write_text(json.dumps(results))
@@ -127,13 +129,13 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
         "vulnerability",
         "masking_check_passed",
     ]  # fmt: skip  (new columns come after these)
-    assert {"worst_case", "autoattack_ci_low", "latency_ratio_b128_max", "at_chance"} <= set(
-        rows[0]
-    )
+    new = {"worst_case", "autoattack_ci_low", "latency_ratio_b128_max", "at_chance"}
+    assert new | {"channel_sparsity", "speedup_1", "speedup_128"} <= set(rows[0])
     assert rows[0]["method"] == "pgd-at" and float(rows[0]["pgd"]) == 0.6635
     assert rows[0]["autoattack_examples"] == "64" and rows[0]["masking_check_passed"] == "True"
     assert rows[1]["dataset"] == "fashion-mnist"  # from config.yaml: results.json lacks it
     assert float(rows[1]["unit_sparsity"]) == 0.75 and float(rows[1]["latency_ms"]) == 0.25
+    assert float(rows[1]["speedup_128"]) == 3.5 and rows[1]["speedup_1"] == ""
     assert float(rows[1]["vulnerability"]) == 0.0171 and float(rows[1]["transfer"]) == 0.7
     assert (rows[1]["params"], rows[1]["nonzero_params"], rows[1]["flops"]) == (
         "30000", "26661", "60000"
@@ -150,11 +152,14 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
     assert table[1]["FLOPs"] == "60k" and table[1]["latency b1 × dense"] == "0.25"
     assert table[0]["latency b1 × dense"] == "–"  # no latency in its results
     assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
+    assert table[1]["channel sparsity"] == "80.0%" and table[1]["speed-up b1"] == "–"
+    assert table[1]["speed-up b128"] == "3.50× (3.00–4.25)"
     assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
 
     text = report.read_text()
     for figure in (
         "robust_vs_sparsity",
+        "robust_vs_speedup",  # the pruned run's transfer accuracy at its measured speed-up
         "security_curves",
         "layer_sparsity",
         "layer_vulnerability",

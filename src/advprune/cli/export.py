@@ -9,9 +9,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export", help="remove a run's pruned units: a smaller plain model, and its latency"
     )
-    parser.add_argument("run_dir", help="a run whose units were removed (e.g. ANP-VS)")
+    parser.add_argument(
+        "run_dir", help="a run whose units were removed (ANP-VS, or --structure channels)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency")
-    parser.add_argument("--repeats", type=int, default=30, help="timed passes (median)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed passes or pairs (median)")
+    parser.add_argument(
+        "--device", default=None, help="where the speed-up is measured (default: CUDA if present)"
+    )
     parser.add_argument(
         "--round-to",
         type=int,
@@ -25,5 +30,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from advprune.pipelines import export_run
 
-    export_run(args.run_dir, threads=args.threads, repeats=args.repeats, round_to=args.round_to)
+    export_run(
+        args.run_dir,
+        threads=args.threads,
+        repeats=args.repeats,
+        round_to=args.round_to,
+        device=args.device,
+    )
     return 0

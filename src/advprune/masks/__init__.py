@@ -1,9 +1,11 @@
 """The sparsity mechanisms methods share: unstructured weight masks and structured unit gates.
 
 An unstructured method produces scores (`name → tensor`); `select` turns them into
-`WeightMasks`, which the trainer applies to the weights and their gradients. ANP-VS puts
-beta-Bernoulli gates on channels and units (`insert_gates`), and `export_gated` removes the
-pruned ones physically.
+`WeightMasks`, which the trainer applies to the weights and their gradients. A structured one
+scores the channels of Torch-Pruning dependency groups (`masks.channels`: `channel_groups`,
+`select_channels`, `channel_weight_masks`), whose masks cover every slice of a channel. ANP-VS
+puts beta-Bernoulli gates on channels and units (`insert_gates`); `export_gated` removes the
+pruned units of either kind physically.
 """
 
 from advprune.masks.export import export_gated

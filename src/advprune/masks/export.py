@@ -13,7 +13,10 @@ The outputs are unchanged; CPU and GPU kernels are vectorised over 8 or 16 chann
 CPU LeNet-5-Caffe's first layer is 2× faster with 16 channels than with 14 (docs/benchmarks.md).
 Torch-Pruning's `round_to` serves the same purpose.
 
-`export_gated` checks that the result computes what the gated model computes.
+`export_gated` checks that the result computes what the gated model computes. A plain network
+whose pruned channels are zeroed in every slice (a structured scored run, masks/channels.py)
+exports the same way: folding it is a copy, and its pruned channels are already unread.
+`channel_sparsity` measures, on either, the benchmark's structured sparsity.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch_pruning
 from torch import Tensor, nn
 
 from advprune.core.errors import CheckpointError
+from advprune.masks.channels import output_layer
 from advprune.masks.gated import dependency_graph, fold_gates
 from advprune.models.features import trace_layer_chains
 from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
@@ -102,6 +106,29 @@ def remove_unread_units(
                 break
         else:
             return removed
+
+
+@torch.no_grad()
+def channel_sparsity(model: nn.Module, example: Tensor) -> dict:
+    """The fraction of channels removed (`channel_sparsity`) over the channel groups of a folded
+    or masked network — every conv and hidden linear layer, coupled layers once (masks/channels.py)
+    — and the groups' widths before and after: {"channel_sparsity", "channels": {"total",
+    "kept", "per_group": {root layer: [kept, total]}}}. A channel is removed when no layer reads
+    it; the padding `--round-to` keeps is still removed."""
+    ignored = [model.get_submodule(output_layer(model, example))]
+    graph = dependency_graph(model, example)
+    names = {module: name for name, module in model.named_modules()}
+    per_group = {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
+        size = len(group[0].idxs)
+        unread, _ = _unread_units(graph, group, 1)
+        per_group[names[group[0].dep.target.module]] = [size - len(unread), size]
+    total = sum(size for _, size in per_group.values())
+    kept = sum(kept for kept, _ in per_group.values())
+    return {
+        "channel_sparsity": 1 - kept / total if total else 0.0,
+        "channels": {"total": total, "kept": kept, "per_group": per_group},
+    }
 
 
 def max_output_difference(first: nn.Module, second: nn.Module, example: Tensor) -> float:

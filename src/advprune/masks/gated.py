@@ -40,13 +40,23 @@ GATE_NAME = "gate"  # the gate is registered as a child of the first layer it ga
 
 
 def dependency_graph(model: nn.Module, example: Tensor) -> torch_pruning.DependencyGraph:
-    """Torch-Pruning's graph of coupled channels, traced on `example` (mode left as it was)."""
+    """Torch-Pruning's graph of coupled channels, traced on `example` (mode left as it was).
+
+    The trace follows autograd, so frozen parameters (a score phase's) are unfrozen for it: a
+    conv whose weight needs no gradient would drop out of the graph with its couplings."""
     was_training = model.training
-    with torch.enable_grad():
-        graph = torch_pruning.DependencyGraph().build_dependency(
-            model, example_inputs=example, verbose=False
-        )
-    model.train(was_training)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        with torch.enable_grad():
+            graph = torch_pruning.DependencyGraph().build_dependency(
+                model, example_inputs=example, verbose=False
+            )
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        model.train(was_training)
     return graph
 
 

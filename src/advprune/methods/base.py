@@ -5,7 +5,10 @@ Two kinds of method (Torch-Pruning's split of *what* to remove from *how*):
 - a **scored** method (`ScoredMethod`) ranks the prunable entries and the shared selection
   (`masks.select`) removes the lowest; the network is then fine-tuned with the mask fixed. It
   writes `scores(context)` (magnitude, random, MAD), or `masks(context)` when its masks come out of
-  a learning phase of its own (HYDRA);
+  a learning phase of its own (HYDRA, HARP). With `--structure channels` the entries are whole
+  channels of Torch-Pruning dependency groups (`masks.channels`): a method scores each channel
+  (`channel_scores`, by default its weight scores summed over the channel's slices), the shared
+  `select_channels` keeps the highest, and the run ends with the smaller network exported;
 - a **learnt** method (`LearntMethod`) learns what to remove while it trains (ANP-VS): it gives
   the `TrainingMethod` its run trains with, and what it does after the run.
 
@@ -53,6 +56,15 @@ from advprune.masks import (
     WeightMasks,
     check_sparsity,
     select,
+)
+from advprune.masks.channels import (
+    CHANNEL_SCHEMES,
+    STRUCTURES,
+    ChannelGroup,
+    channel_groups,
+    channel_weight_masks,
+    group_sums,
+    select_channels,
 )
 from advprune.training.config import (
     OBJECTIVES,
@@ -139,6 +151,12 @@ class PruneSettings(Config):
         "default: the method's",
         choices=SCHEMES,
     )
+    structure: str | None = setting(
+        None,
+        "scored methods: weights (unstructured, the default) | channels (whole channels of "
+        "each dependency group; sparsity = fraction of channels removed; exported smaller)",
+        choices=STRUCTURES,
+    )
     order: str = setting(
         "lowest",
         "scored methods: lowest (the method) | largest | random (ablations)",
@@ -189,6 +207,18 @@ class PruneContext:
     def sparsity(self) -> float:
         return DEFAULT_SPARSITY if self.settings.sparsity is None else self.settings.sparsity
 
+    @property
+    def channels(self) -> bool:
+        """Structured pruning: whole channels (`--structure channels`)."""
+        return self.settings.structure == "channels"
+
+    def example(self) -> torch.Tensor:
+        """One zero input on the run's device, to trace the network's layers and couplings."""
+        return torch.zeros(1, *self.data.train.images.shape[1:], device=self.device)
+
+    def channel_groups(self) -> list[ChannelGroup]:
+        return channel_groups(self.model, self.example())
+
 
 def _is_budget(key: str) -> bool:
     """ "finetune_epochs", "seed": sizes a run, the algorithm stays the published one."""
@@ -215,7 +245,8 @@ class PruningMethod:
     def check(self, prune: PruneSettings) -> None:
         """Refuse generic settings that this method does not have (before anything runs)."""
         if not self.uses_sparsity:
-            given = [k for k in ("sparsity", "scheme", "include_bias") if getattr(prune, k)]
+            keys = ("sparsity", "scheme", "include_bias", "structure")
+            given = [k for k in keys if getattr(prune, k)]
             given += ["order"] if prune.order != "lowest" else []
             if given:
                 raise ConfigError(
@@ -225,6 +256,11 @@ class PruningMethod:
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
         """The `TrainingMethod` of the method's phase (on resume, one that reloads its state)."""
         raise NotImplementedError
+
+    def exports_network(self, prune: PruneSettings) -> bool:
+        """Whether the run ends with `advprune export`: the method removes units (ANP-VS), or
+        this run prunes whole channels."""
+        return self.exports or prune.structure == "channels"
 
     def phase(self, source: TrainConfig, prune: PruneSettings) -> TrainConfig:
         """The training settings of the method's phase: the source run's, this method's
@@ -289,6 +325,10 @@ class ScoredMethod(PruningMethod):
     """
 
     default_scheme: ClassVar[str] = "global"
+    # Channels: "layerwise" (each group loses the same fraction) unless the scores are comparable
+    # across layers (MAD's estimated loss damage: "global").
+    channel_scheme: ClassVar[str] = "layerwise"
+    structures: ClassVar[tuple[str, ...]] = ("weights",)  # what the published method prunes
     scores_bias: ClassVar[bool] = False
     rule: ClassVar[SelectionRule] = SEEDED  # ties and rounding (published methods: their code's)
 
@@ -302,10 +342,31 @@ class ScoredMethod(PruningMethod):
             "include_bias": self.include_bias(prune),
             "ties": self.rule.ties,
             "rounding": self.rule.rounding,
+            "structure": prune.structure or "weights",
         }
 
+    def check(self, prune: PruneSettings) -> None:
+        super().check(prune)
+        if prune.structure == "channels" and prune.scheme not in (None, *CHANNEL_SCHEMES):
+            raise ConfigError(
+                f"--scheme {prune.scheme} ranks weights; rank channels by "
+                f"{' or '.join(CHANNEL_SCHEMES)}"
+            )
+
     def scheme(self, prune: PruneSettings) -> str:
-        return prune.scheme or self.default_scheme
+        default = self.channel_scheme if prune.structure == "channels" else self.default_scheme
+        return prune.scheme or default
+
+    def departures(self, prune: PruneSettings) -> dict[str, Any]:
+        """Also a structure the paper does not have; a structured run's scheme is measured
+        against the method's channel scheme."""
+        channels = prune.structure == "channels"
+        changed = super().departures(prune.replace(scheme=None) if channels else prune)
+        if channels and prune.scheme not in (None, self.channel_scheme):
+            changed["scheme"] = prune.scheme
+        if self.reference is not None and (prune.structure or "weights") not in self.structures:
+            changed["structure"] = prune.structure
+        return changed
 
     def include_bias(self, prune: PruneSettings) -> bool:
         return self.scores_bias if prune.include_bias is None else prune.include_bias
@@ -313,8 +374,25 @@ class ScoredMethod(PruningMethod):
     def scores(self, context: PruneContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must define scores() or masks()")
 
+    def channel_scores(
+        self, context: PruneContext, groups: list[ChannelGroup]
+    ) -> dict[str, torch.Tensor]:
+        """A score per channel of each group (group name → [size], higher = keep): by default the
+        method's weight scores summed over every slice the channel's removal removes."""
+        return group_sums(self.scores(context), groups)
+
     def masks(self, context: PruneContext) -> WeightMasks:
         prune = context.settings
+        if context.channels:
+            groups = context.channel_groups()
+            keep = select_channels(
+                self.channel_scores(context, groups),
+                context.sparsity,
+                scheme=self.scheme(prune),
+                order=prune.order,
+                seed=prune.seed,
+            )
+            return channel_weight_masks(context.model, groups, keep)
         return select(
             self.scores(context),
             context.sparsity,
@@ -329,8 +407,9 @@ class ScoredMethod(PruningMethod):
         if resume:
             return MaskedTraining(None, metadata)  # the masks come back with the checkpoint
         masks = self.masks(context)
+        what = "of the channels' weights" if context.channels else "of the scored weights"
         context.log(
-            f"{self.name}: pruned {masks.sparsity():.2%} of the scored weights "
+            f"{self.name}: pruned {masks.sparsity():.2%} {what} "
             f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
         )
         return MaskedTraining(masks, metadata)

@@ -10,6 +10,10 @@ of SGD with a cosine schedule. Then |s| becomes fixed `WeightMasks` through the 
 `select`, and the surviving weights are fine-tuned under them, again with TRADES (100 epochs,
 lr 0.01, cosine). Biases are never pruned. docs/fidelity.md has the official code's lines.
 
+With `--structure channels` (our extension: the paper prunes weights) each channel of a dependency
+group (masks/channels.py) gets one score, initialised √(6 / fan_in) · ‖filter‖₁ / max‖filter‖₁,
+and the top-k of each group is kept, straight-through as above.
+
 The model is never reparametrised: `ScoredNetwork` evaluates it with `functional_call`, so its
 state dict (what checkpoints and model files hold) keeps the model's own keys, and the scores are
 the method's state, checkpointed by `ScoreTraining`.
@@ -36,6 +40,13 @@ from advprune.masks import (
     prunable_parameters,
     pruned_count,
     select,
+)
+from advprune.masks.channels import (
+    ChannelGroup,
+    channel_weight_masks,
+    filter_norms,
+    parameter_masks,
+    select_channels,
 )
 from advprune.methods.base import (
     PHASE_KEYS,
@@ -66,6 +77,19 @@ def scaled_scores(model: nn.Module) -> dict[str, Tensor]:
     return scores
 
 
+def scaled_channel_scores(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, Tensor]:
+    """The scaled init for channel scores: √(6 / fan_in) · ‖filter‖₁ / max‖filter‖₁ per group,
+    fan_in that of the group's first producing layer (HARP's channel init, `utils/model.py`)."""
+    parameters = dict(model.named_parameters())
+    scores = {}
+    for name, norms in filter_norms(model, groups, p=1).items():
+        group = next(g for g in groups if g.name == name)
+        fan_in = parameters[f"{group.layers('producer')[0]}.weight"][0].numel()
+        peak = norms.max().clamp_min(torch.finfo(torch.float32).tiny)
+        scores[name] = math.sqrt(6 / fan_in) * norms / peak
+    return scores
+
+
 def top_k_mask(scores: Tensor, pruned: int) -> Tensor:
     """1.0 for every entry of `scores` but the `pruned` of lowest |s|, which get 0.0."""
     lowest = scores.detach().abs().flatten().argsort(stable=True)[:pruned]
@@ -88,13 +112,23 @@ class ScoredNetwork(nn.Module):
     (`update_masks` after each optimizer step), not on every forward of an attack.
     """
 
-    def __init__(self, network: nn.Module, scores: dict[str, Tensor], sparsity: float) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        scores: dict[str, Tensor],
+        sparsity: float,
+        groups: list[ChannelGroup] | None = None,
+    ) -> None:
+        """`groups`: the scores are per channel of these groups (each keeps one at least)."""
         super().__init__()
         self.network = network
         self.scores = scores  # a plain dict: the method's tensors, not the network's
+        self.groups = groups
         self.pruned = {
             name: pruned_count(s.numel(), sparsity, OFFICIAL) for name, s in scores.items()
         }
+        if groups:
+            self.pruned = {n: min(k, scores[n].numel() - 1) for n, k in self.pruned.items()}
         self.masks: dict[str, Tensor] = {}
         self.update_masks()
 
@@ -104,10 +138,12 @@ class ScoredNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weights = dict(self.network.named_parameters())
-        masked = {
-            name: weights[name] * straight_through(self.masks[name], scores)
-            for name, scores in self.scores.items()
+        masks = {
+            name: straight_through(self.masks[name], scores) for name, scores in self.scores.items()
         }
+        if self.groups:
+            masks = parameter_masks(self.groups, masks)
+        masked = {name: weights[name] * mask for name, mask in masks.items()}
         return functional_call(self.network, masked, (x,))
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -117,9 +153,20 @@ class ScoredNetwork(nn.Module):
         return self.network.load_state_dict(state, strict=strict, assign=assign)
 
 
-def hydra_masks(scores: dict[str, Tensor], sparsity: float, *, seed: int = 0) -> WeightMasks:
-    """The fixed masks fine-tuning keeps: the `sparsity` fraction of lowest |s| of each layer."""
+def hydra_masks(
+    scores: dict[str, Tensor],
+    sparsity: float,
+    *,
+    seed: int = 0,
+    model: nn.Module | None = None,
+    groups: list[ChannelGroup] | None = None,
+) -> WeightMasks:
+    """The fixed masks fine-tuning keeps: the `sparsity` fraction of lowest |s| of each layer,
+    or, with channel `groups` (and the `model` they belong to), of each group's channels."""
     magnitudes = {name: s.detach().abs() for name, s in scores.items()}
+    if groups:
+        keep = select_channels(magnitudes, sparsity, scheme=SCHEME, seed=seed)
+        return channel_weight_masks(model, groups, keep)
     return select(magnitudes, sparsity, scheme=SCHEME, seed=seed, rule=OFFICIAL)
 
 
@@ -133,11 +180,20 @@ class ScoreTraining(TrainingMethod):
 
     name = "hydra-scores"
 
-    def __init__(self, sparsity: float, *, seed: int = 0, train_batchnorm: bool = True) -> None:
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        seed: int = 0,
+        train_batchnorm: bool = True,
+        groups: list[ChannelGroup] | None = None,
+    ) -> None:
+        """`groups`: learn a score per channel of these groups instead of one per weight."""
         check_sparsity(sparsity)
         self.sparsity = sparsity
         self.seed = seed
         self.train_batchnorm = train_batchnorm
+        self.groups = groups
         self.scores: dict[str, nn.Parameter] = {}
         self.network: ScoredNetwork | None = None
 
@@ -147,8 +203,9 @@ class ScoreTraining(TrainingMethod):
             for module in model.modules():
                 if isinstance(module, NORMS):
                     module.requires_grad_(True)
-        self.scores = {name: nn.Parameter(s) for name, s in scaled_scores(model).items()}
-        self.network = ScoredNetwork(model, self.scores, self.sparsity)
+        initial = scaled_channel_scores(model, self.groups) if self.groups else scaled_scores(model)
+        self.scores = {name: nn.Parameter(s) for name, s in initial.items()}
+        self.network = ScoredNetwork(model, self.scores, self.sparsity, self.groups)
         return self.network
 
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
@@ -180,12 +237,22 @@ class ScoreTraining(TrainingMethod):
         self.network.update_masks()
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "sparsity": self.sparsity, "scheme": SCHEME, "seed": self.seed}
+        structure = "channels" if self.groups else "weights"
+        return {
+            "name": self.name,
+            "sparsity": self.sparsity,
+            "scheme": SCHEME,
+            "structure": structure,
+            "seed": self.seed,
+        }
 
     def finish(self, model: nn.Module, run_path: Path) -> None:
-        masks = hydra_masks(self.scores, self.sparsity, seed=self.seed)
+        network = self.network.network
+        masks = hydra_masks(
+            self.scores, self.sparsity, seed=self.seed, model=network, groups=self.groups
+        )
         masks.save(Path(run_path) / "masks.safetensors", self.metadata())
-        masks.apply(self.network.network)
+        masks.apply(network)
 
 
 # The official configs.yml: every phase trains with TRADES β 6, SGD momentum 0.9, wd 1e-4, cosine.
@@ -260,9 +327,11 @@ class Hydra(ScoredMethod):
             context.sparsity,
             seed=context.settings.seed,
             train_batchnorm=self.settings.train_batchnorm,
+            groups=context.channel_groups() if context.channels else None,
         )
+        unit = "channel" if context.channels else "layer-wise"
         context.log(
-            f"hydra: the scores of a {context.sparsity:.0%} layer-wise mask, {config.epochs} "
+            f"hydra: the scores of a {context.sparsity:.0%} {unit} mask, {config.epochs} "
             f"epochs of {config.objective}, weights frozen"
         )
         phase = context.run_phase("scores", config, method, initial)

@@ -401,6 +401,7 @@ class MAD(ScoredMethod):
     origin = "published"
     Settings = MADSettings
     default_scheme = "mad"
+    channel_scheme = "global"  # saliency sums estimate the loss damage: comparable across layers
     scores_bias = True
     rule = OFFICIAL  # int(p·n) pruned, ties by position: compute_saliency.py's sort
     form = "paper"

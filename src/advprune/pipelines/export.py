@@ -1,10 +1,15 @@
 """`advprune export RUN_DIR`: a run whose units were removed, as a smaller plain network.
 
-Writes RUN_DIR/exported/model.safetensors — plain conv/linear/BN layers at their pruned widths,
-rebuilt by `load_model` from the zoo architecture and the recorded layer shapes, no gate code — and
-merges into RUN_DIR/results.json the units and weights removed, the size and FLOPs of the dense,
-gated and exported networks, and the measured CPU latency of the exported network next to the
-dense one's. `advprune eval RUN_DIR/exported` evaluates the exported network like any run.
+The run is an ANP-VS run (gated) or a structured scored run (`--structure channels`: its pruned
+channels are zero in every slice). Writes RUN_DIR/exported/model.safetensors — plain
+conv/linear/BN layers at their pruned widths, rebuilt by `load_model` from the zoo architecture
+and the recorded layer shapes, no gate code — and merges into RUN_DIR/results.json the channels
+(`channel_sparsity`, the benchmark's structured sparsity, for both kinds of run), units and weights
+removed, the size and FLOPs of the dense and exported networks, the CPU latency of each
+(`latency`) and the measured speed-up (`measured_speedup`): the exported network against the dense
+one, interleaved in pairs in one process, on CUDA when there is one, as the median of the per-pair
+ratios with their min–max, at batch 1 and 128. `advprune eval RUN_DIR/exported` evaluates the
+exported network like any run.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_json, read_json
 from advprune.core.run_dir import RunDir
-from advprune.evaluation.complexity import gated_complexity
-from advprune.evaluation.latency import latency_comparison
-from advprune.masks.export import ROUND_TO, export_gated, layer_shapes
-from advprune.masks.gated import find_gates
+from advprune.evaluation.complexity import gated_complexity, model_complexity
+from advprune.evaluation.latency import latency_comparison, measured_speedup
+from advprune.masks.export import ROUND_TO, channel_sparsity, export_gated, layer_shapes
+from advprune.masks.gated import find_gates, fold_gates
 from advprune.models import create_model, input_shape
+from advprune.models.layer_types import PRUNABLE
 from advprune.models.serialization import ARCHITECTURE_KEYS, load_model, save_model
 
 
@@ -33,22 +41,26 @@ def export_run(
     repeats: int = 30,
     batch_sizes: Sequence[int] = (1, 128),
     round_to: int = ROUND_TO,
+    device: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Export the run's gated model (widths multiples of `round_to` where they can be), measure
-    it, and merge the figures into results.json."""
+    """Export the run's gated or channel-masked model (widths multiples of `round_to` where they
+    can be), measure it against the dense network (`repeats` passes or pairs; the speed-up on
+    `device`, default CUDA when there is one), and merge the figures into results.json."""
     if threads < 1 or repeats < 1 or round_to < 1 or any(b < 1 for b in batch_sizes):
         raise ConfigError("threads, repeats, round_to and batch sizes must be ≥ 1")
     run = RunDir.existing(run_dir)
     model, metadata = load_model(run.model)
-    if not find_gates(model):
+    gated = bool(find_gates(model))
+    if not gated and metadata.get("method", {}).get("prune", {}).get("structure") != "channels":
         raise ConfigError(
-            f"{run.model} has no gates to remove; export applies to runs of "
-            "`advprune prune --method anpvs`"
+            f"{run.model} has no removed units; export applies to runs of `advprune prune "
+            "--method anpvs` or `advprune prune --structure channels`"
         )
     architecture = metadata["architecture"]
     shape = input_shape(architecture)
-    exported = export_gated(model, torch.zeros(1, *shape), round_to)
+    example = torch.zeros(1, *shape)
+    exported = export_gated(model, example, round_to)
     target = RunDir.create(run.exported)
     save_model(
         target.model,
@@ -62,11 +74,16 @@ def export_run(
             },
         },
     )
-    summary = gated_complexity(model, shape, exported)
+    summary = gated_complexity(model, shape, exported) if gated else masked_complexity(
+        model, shape, exported
+    )  # fmt: skip
+    summary.update(channel_sparsity(fold_gates(model, example) if gated else model, example))
     dense = create_model(**{key: architecture[key] for key in ARCHITECTURE_KEYS})
     summary["latency"] = latency_comparison(
-        dense, exported, shape, batch_sizes, threads=threads, repeats=repeats
-    )
+        dense, exported, shape, batch_sizes, threads=threads, repeats=repeats,
+        device=resolve_device(device),
+    )  # fmt: skip
+    summary["measured_speedup"] = measured_speedup(summary["latency"])
     summary["exported_model"] = str(target.model)
     results = read_json(run.results, "results") if run.results.exists() else {}
     atomic_write_json(run.results, {**results, **summary})
@@ -74,18 +91,38 @@ def export_run(
     return summary
 
 
+def masked_complexity(model: nn.Module, shape: Sequence[int], exported: nn.Module) -> dict:
+    """Sizes of a channel-masked network (as dense) and of its export, and what was removed:
+    `sparsity` counts the conv/linear weights zero or removed, as for a gated network."""
+    sizes = {"dense": model_complexity(model, shape), "exported": model_complexity(exported, shape)}
+    dense_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, PRUNABLE))
+    kept = sum(int((m.weight != 0).sum()) for m in exported.modules() if isinstance(m, PRUNABLE))
+    return {
+        "sparsity": 1 - kept / dense_weights,
+        "complexity": sizes,
+        "memory_fraction": sizes["exported"]["memory_bytes"] / sizes["dense"]["memory_bytes"],
+        "flops_speedup": sizes["dense"]["flops"] / sizes["exported"]["flops"],
+    }
+
+
 def format_export(summary: dict[str, Any]) -> str:
     """The export's figures in a few lines, as `advprune export` prints them."""
     sizes = summary["complexity"]
-    units = summary["units"]
+    channels = summary["channels"]
     lines = [
-        f"units kept {units['kept']}/{units['total']} "
-        f"(unit sparsity {summary['unit_sparsity']:.2%}); "
+        f"channels kept {channels['kept']}/{channels['total']} "
+        f"(channel sparsity {summary['channel_sparsity']:.2%}); "
         f"weights zero or removed {summary['sparsity']:.2%}",
         f"params {sizes['dense']['params']:,} dense → {sizes['exported']['params']:,} exported; "
         f"memory {summary['memory_fraction']:.2%} of dense; "
         f"FLOPs ×{summary['flops_speedup']:.2f} fewer",
     ]
+    if "units" in summary:
+        units = summary["units"]
+        lines.append(
+            f"gated units kept {units['kept']}/{units['total']} "
+            f"(unit sparsity {summary['unit_sparsity']:.2%})"
+        )
     latency = summary.get("latency", {})
     for key, value in latency.items():
         if key.startswith("batch_"):
@@ -94,6 +131,14 @@ def format_export(summary: dict[str, Any]) -> str:
                 f"dense {value['dense']:.3f} ms ({value['layout']['dense']}), exported "
                 f"{value['exported']:.3f} ms ({value['layout']['exported']}) "
                 f"(×{value['speedup']:.2f}; in CPU time ×{value['cpu_time']['speedup']:.2f})"
+            )
+    speedup = summary.get("measured_speedup", {})
+    for key, value in speedup.items():
+        if key.startswith("batch_"):
+            lines.append(
+                f"measured speed-up on {speedup['device']}, batch {key.removeprefix('batch_')}: "
+                f"×{value['median']:.2f} (min {value['min']:.2f}, max {value['max']:.2f}, "
+                f"{speedup['pairs']} pairs)"
             )
     lines.append(f"exported model: {summary.get('exported_model', '–')}")
     return "\n".join(lines)

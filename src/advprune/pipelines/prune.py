@@ -184,35 +184,41 @@ def prune_run(
     if run.model.exists():
         return _finished(run, device, log)
     data = data or load_training_data(phase)
+    context = _context(settings, source, data, device, run.path, progress, log)
     # Until the run writes a file of its own, a failure takes prune.yaml back: the corrected
     # command can start in the same --run-dir.
     with undone_on_failure(run.path, [SETTINGS_FILE]) if is_main else contextlib.nullcontext():
         if is_main and not (run.path / SETTINGS_FILE).exists():
             atomic_write_text(run.path / SETTINGS_FILE, yaml.safe_dump(record, sort_keys=False))
-        resume = run.checkpoint.exists()
-        context = _context(settings, source, data, device, run.path, progress, log)
-        training = method.training_method(context, resume=resume)
-        if isinstance(training, MaskedTraining) and training.masks and not phase.allow_chance:
-            check_connected(training.masks)
-        log(
-            f"{method.label(settings)}: {'resuming' if resume else 'training'} {phase.epochs} "
-            f"epoch(s) of {phase.objective} in {run.path}"
-        )
-        initial = None if resume else {k: v.cpu() for k, v in context.model.state_dict().items()}
-        model = train(
-            phase,
-            run.path,
-            resume=resume,
-            data=data,
-            model=context.model,
-            progress=progress,
-            log=log,
-            initial_weights=initial,
-            method=training,
-        )
-    if method.exports and export and is_main:
+        model = _train_phase(method, phase, context)
+    if method.exports_network(settings) and export and is_main:
         export_run(run.path, log=log)
     return model
+
+
+def _train_phase(method: PruningMethod, phase: TrainConfig, context: PruneContext) -> nn.Module:
+    """The method's `TrainingMethod` (masks computed, or reloaded on resume), then its phase."""
+    run = RunDir(context.run_dir)
+    resume = run.checkpoint.exists()
+    training = method.training_method(context, resume=resume)
+    if isinstance(training, MaskedTraining) and training.masks and not phase.allow_chance:
+        check_connected(training.masks)
+    context.log(
+        f"{method.label(context.settings)}: {'resuming' if resume else 'training'} "
+        f"{phase.epochs} epoch(s) of {phase.objective} in {run.path}"
+    )
+    initial = None if resume else {k: v.cpu() for k, v in context.model.state_dict().items()}
+    return train(
+        phase,
+        run.path,
+        resume=resume,
+        data=context.data,
+        model=context.model,
+        progress=context.progress,
+        log=context.log,
+        initial_weights=initial,
+        method=training,
+    )
 
 
 def _finished(run: RunDir, device: torch.device, log: Callable[[str], None]) -> nn.Module:

@@ -55,6 +55,9 @@ PAPER_METRICS: dict[str, PaperMetric] = {
     "vulnerability": PaperMetric("vulnerability", lambda s, _: s.vulnerability, 3),
     "sparsity": PaperMetric("sparsity %", lambda s, _: _percent(s.sparsity), 2),
     "unit_sparsity": PaperMetric("unit sparsity %", lambda s, _: _percent(s.unit_sparsity), 2),
+    "channel_sparsity": PaperMetric(
+        "channel sparsity %", lambda s, _: _percent(s.channel_sparsity), 2
+    ),
     "memory": PaperMetric("memory % (params ≠ 0)", _memory, 2, relative=True),
     "flops_speedup": PaperMetric("× FLOPs", _flops_speedup, 2, relative=True),
 }

@@ -1,5 +1,6 @@
-"""The report's figures, each comparing runs: robust accuracy against sparsity, security curves,
-and per-layer values (sparsity, vulnerability). A run's own security curve is drawn by `eval`."""
+"""The report's figures, each comparing runs: robust accuracy against sparsity and against the
+measured speed-up, security curves, and per-layer values (sparsity, vulnerability). A run's own
+security curve is drawn by `eval`."""
 
 from __future__ import annotations
 
@@ -57,6 +58,13 @@ def is_dense(summary: RunSummary) -> bool:
     return summary.method in OBJECTIVES
 
 
+def series(summary: RunSummary) -> str:
+    """A method's line; runs that removed whole channels get their own (their weight sparsity
+    says little next to unstructured runs')."""
+    structured = summary.channel_sparsity is not None
+    return f"{summary.method} (channels)" if structured else summary.method
+
+
 def plot_robust_vs_sparsity(
     summaries: Sequence[RunSummary], title: str, path: str | Path
 ) -> Path | None:
@@ -71,8 +79,8 @@ def plot_robust_vs_sparsity(
         1, len(attacks), figsize=(4.5 * len(attacks), 3.8), dpi=120, squeeze=False
     )
     for axes, attack in zip(panels[0], attacks, strict=True):
-        for method in sorted({s.method for s in pruned}):
-            runs = [s for s in pruned if s.method == method and attack in s.accuracy]
+        for method in sorted({series(s) for s in pruned}):
+            runs = [s for s in pruned if series(s) == method and attack in s.accuracy]
             points = sorted((100 * s.sparsity, 100 * s.accuracy[attack]) for s in runs)
             if points:
                 n = examples_label([s.examples.get(attack) for s in runs])
@@ -89,6 +97,41 @@ def plot_robust_vs_sparsity(
         draw_chance(axes, summaries)
         axes.set(
             xlabel="weight sparsity (%)",
+            ylabel=f"{ATTACK_HEADERS[attack]} accuracy (%)",
+            title=f"{title}: {ATTACK_HEADERS[attack]}",
+        )
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_robust_vs_speedup(
+    summaries: Sequence[RunSummary], title: str, path: str | Path, batch: str = "batch_128"
+) -> Path | None:
+    """One panel per robust attack present: a point per exported run (structured or ANP-VS) at
+    its measured speed-up over the dense network (median of the paired ratios, bars min–max),
+    labelled with its run directory's name; dense runs at 1×. None when no run has both."""
+    attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in summaries)]
+    exported = [s for s in summaries if batch in s.measured_speedup]
+    if not attacks or not any(a in s.accuracy for s in exported for a in attacks):
+        return None
+    plt = pyplot()
+    figure, panels = plt.subplots(
+        1, len(attacks), figsize=(4.5 * len(attacks), 3.8), dpi=120, squeeze=False
+    )
+    for axes, attack in zip(panels[0], attacks, strict=True):
+        for summary in (s for s in exported if attack in s.accuracy):
+            spread = summary.measured_speedup[batch]
+            accuracy = 100 * summary.accuracy[attack]
+            low, high = spread["median"] - spread["min"], spread["max"] - spread["median"]
+            axes.errorbar(
+                spread["median"], accuracy, xerr=[[low], [high]], marker="o", capsize=3,
+                label=summary.path.name or summary.method,
+            )  # fmt: skip
+        for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
+            axes.plot(1.0, 100 * dense.accuracy[attack], "s", color="grey", label="dense")
+        axes.set(
+            xlabel=f"measured speed-up over dense, {batch.replace('_', ' ')} (×)",
             ylabel=f"{ATTACK_HEADERS[attack]} accuracy (%)",
             title=f"{title}: {ATTACK_HEADERS[attack]}",
         )

@@ -12,11 +12,13 @@ fmn, pgd_eot, autoattack_rand, worst_case} as fractions, "examples" {attack: cou
 number, "per_layer": {layer: number} or [numbers]}), "gradient_masking_check" {"passed",
 "security_curve", "examples"}, "attack_failure_indicators" {"passed", "indicators"},
 "chance_check" {"passed", "chance", "problems"}, "protocol" {"name"}, and from an exported
-(ANP-VS) run "complexity" {"exported": {"params", "nonzero_params", "flops"}} (which then counts
-for the run: it is what the pruned network costs), "memory_fraction", "flops_speedup" and
-"latency": the paired ratio to the dense network per batch ({"batch_1": {"ratio", "ratio_range",
-"model" or "exported": ms, "dense": ms}, "device_name"}), or in older files milliseconds (a
-number, {"ms": number} or {"batch_1": {"exported" or "model": ms}}).
+(ANP-VS or `--structure channels`) run "complexity" {"exported": {"params", "nonzero_params",
+"flops"}} (which then counts for the run: it is what the pruned network costs),
+"memory_fraction", "flops_speedup", "channel_sparsity", "measured_speedup" {"batch_N":
+{"median", "min", "max"}} and "latency": the paired ratio to the dense network per batch
+({"batch_1": {"ratio", "ratio_range", "model" or "exported": ms, "dense": ms}, "device_name"}),
+or in older files milliseconds (a number, {"ms": number} or {"batch_1": {"exported" or "model":
+ms}}).
 
 A run's own results.json is the evaluation at the run's own ε; evaluations at another ε or under
 a protocol (results-eps0.05.json, results-ap-benchmark.json) sit beside it and are not read
@@ -57,6 +59,9 @@ class RunSummary:
     eps: float | None = None
     sparsity: float | None = None  # fraction of conv/linear weights that are zero
     unit_sparsity: float | None = None  # fraction of units/channels removed (ANP-VS)
+    channel_sparsity: float | None = None  # fraction of channel-group channels removed
+    # exported network vs dense, per batch size ("batch_128"): median, min and max of the ratios
+    measured_speedup: dict[str, dict[str, float]] = field(default_factory=dict)
     params: int | None = None
     nonzero_params: int | None = None
     flops: int | None = None
@@ -159,6 +164,15 @@ def _intervals(results: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     return intervals
 
 
+def _speedups(value: Any) -> dict[str, dict[str, float]]:
+    batches = {k: mapping(v) for k, v in mapping(value).items() if k.startswith("batch_")}
+    return {
+        batch: {key: float(spread[key]) for key in ("median", "min", "max")}
+        for batch, spread in batches.items()
+        if all(number(spread.get(key)) is not None for key in ("median", "min", "max"))
+    }
+
+
 def _vulnerability(value: Any) -> tuple[float | None, dict[str, float]]:
     if not isinstance(value, Mapping):
         return number(value), {}
@@ -217,6 +231,8 @@ def summarize(
         ),
         sparsity=number(results.get("sparsity")),
         unit_sparsity=number(results.get("unit_sparsity")),
+        channel_sparsity=number(results.get("channel_sparsity")),
+        measured_speedup=_speedups(results.get("measured_speedup")),
         params=first(count(exported.get("params")), count(results.get("params"))),
         nonzero_params=first(
             count(exported.get("nonzero_params")), count(results.get("nonzero_params"))

@@ -67,6 +67,18 @@ def subset_suffix(summary: RunSummary, attack: str) -> str:
     return f"/{subset}" if subset and full and subset != full else ""
 
 
+def speedup(summary: RunSummary, batch: str = "batch_128") -> str:
+    """The measured speed-up: median of the paired ratios (min–max)."""
+    spread = summary.measured_speedup.get(batch)
+    if spread is None:
+        return MISSING
+    return f"{spread['median']:.2f}× ({spread['min']:.2f}–{spread['max']:.2f})"
+
+
+def _median_speedup(summary: RunSummary, batch: str) -> float | None:
+    return summary.measured_speedup.get(batch, {}).get("median")
+
+
 def masking_check(summary: RunSummary) -> str:
     if summary.masking_check_passed is None:
         return MISSING
@@ -126,12 +138,15 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
     ("ε", lambda s: _or_missing(s.eps, pretty_eps)),
     ("sparsity", lambda s: percent(s.sparsity)),
     ("unit sparsity", lambda s: percent(s.unit_sparsity)),
+    ("channel sparsity", lambda s: percent(s.channel_sparsity)),
     ("params ≠ 0", lambda s: _or_missing(s.nonzero_params, human)),
     ("FLOPs", lambda s: _or_missing(s.flops, human)),
     *(
         (f"latency b{batch} × dense", lambda s, b=batch: latency_ratio(s, b))
         for batch in LATENCY_BATCHES
     ),
+    ("speed-up b1", lambda s: speedup(s, "batch_1")),
+    ("speed-up b128", speedup),
     *(_accuracy_column(attack) for attack in ACCURACY_KEYS),
     ("vulnerability", lambda s: _or_missing(s.vulnerability, lambda v: f"{v:.3f}")),
     ("masking check", masking_check),
@@ -189,6 +204,8 @@ CSV_COLUMNS: list[tuple[str, Callable[[RunSummary], Any]]] = [
     ("indicators_passed", lambda s: s.indicators_passed),
     ("at_chance", lambda s: s.at_chance),
     ("protocol", lambda s: s.protocol),
+    ("channel_sparsity", lambda s: s.channel_sparsity),
+    *((f"speedup_{b}", lambda s, b=b: _median_speedup(s, f"batch_{b}")) for b in (1, 128)),
 ]
 
 

@@ -16,6 +16,7 @@ from advprune.core.io import atomic_write_text
 from advprune.report.plots import (
     plot_layer_values,
     plot_robust_vs_sparsity,
+    plot_robust_vs_speedup,
     plot_security_curves,
 )
 from advprune.report.runs import RunSummary, find_runs, layer_sparsity, read_run
@@ -61,6 +62,12 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
             "robust_vs_sparsity",
             lambda path: plot_robust_vs_sparsity(summaries, group_name, path),
             "no pruned run with a robust accuracy",
+        ),
+        (
+            "robust accuracy against measured speed-up",
+            "robust_vs_speedup",
+            lambda path: plot_robust_vs_speedup(summaries, group_name, path),
+            "no exported run (structured or ANP-VS) with a measured speed-up",
         ),
         (
             "security curves",
@@ -114,11 +121,13 @@ def _markdown(
         "model.safetensors. Accuracies in % at the run's ε; '/N [low, high]': on the first N "
         "test examples only, with the Wilson 95 % interval in %; worst case: examples every "
         "attack left correct; sparsity: zero conv/linear weights; unit sparsity: "
-        "units/channels removed; params ≠ 0: parameters that are not zero; latency × dense: the "
-        "model's time over its dense network's, timed in pairs (median, min–max); indicators: "
-        "the attack-failure indicators (Pintor et al., 2022); at chance: clean accuracy ≤ "
-        "1.5/classes or a layer with every unit removed, so robust accuracies mean nothing; "
-        "'–': not in the run's files.",
+        "units/channels removed; channel sparsity: channels of the dependency groups removed "
+        "(structured runs, ANP-VS); params ≠ 0: parameters that are not zero; latency × dense: "
+        "the model's time over its dense network's, timed in pairs (median, min–max); speed-up "
+        "bN: the exported network against the dense one at batch N, the same pairs inverted; "
+        "indicators: the attack-failure indicators (Pintor et al., 2022); at chance: clean "
+        "accuracy ≤ 1.5/classes or a layer with every unit removed, so robust accuracies mean "
+        "nothing; '–': not in the run's files.",
         "",
         markdown_table(summaries, labels),
         "",

@@ -1,0 +1,270 @@
+"""Structured pruning: whole channels, one shared mechanism for every scored method.
+
+The unit is a **channel group**: Torch-Pruning's DependencyGraph couples every slice that must go
+when one channel goes — the producing layer's filter (weight row and bias), the batch norm after
+it, the input columns of every layer that reads it (several columns per channel after a flatten),
+and, in a residual network, every conv whose output is added to it (the stem and each block's
+second conv and shortcut of a stage share one group). Every conv and every linear layer but the
+one that produces the output roots a group; the network's input channels are not pruned.
+
+A method gives a score per channel of each group (`channel_scores` in methods/base.py: by default
+its weight scores summed over the channel's slices); `select_channels` keeps the highest; the
+channel keep-masks become `WeightMasks` over every slice of every group (`channel_weight_masks`),
+so fine-tuning under `MaskedTraining` holds the whole channel at zero — its filter, its batch
+norm's γ and β (the channel then outputs exactly 0 after BN) and the columns that read it — and
+`advprune export` removes it physically (masks/export.py). The same expansion is differentiable
+(`parameter_masks`), which is how HYDRA's and HARP's straight-through channel scores act.
+
+Channel sparsity is the fraction of the groups' channels removed, each group counted once
+(the adversarial-pruning benchmark's definition of structured sparsity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning
+from torch import Tensor, nn
+
+from advprune.core.errors import ConfigError
+from advprune.masks.gated import dependency_graph
+from advprune.masks.selection import check_sparsity, order_scores, pruned_count, select_global
+from advprune.masks.weight_masks import WeightMasks
+from advprune.models.features import trace_layer_chains
+from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
+
+STRUCTURES = ("weights", "channels")
+CHANNEL_SCHEMES = ("global", "layerwise")
+PRODUCER, NORM, CONSUMER = "producer", "norm", "consumer"
+
+
+@dataclass(frozen=True)
+class ChannelSlice:
+    """Where a group's channels sit in one parameter: positions `index` along `dim`, position i
+    belonging to the group's channel `channel[i]` (a flatten maps one channel to many columns)."""
+
+    parameter: str
+    dim: int
+    index: Tensor
+    channel: Tensor
+    role: str  # PRODUCER (filter rows and biases), NORM (γ, β) or CONSUMER (input columns)
+    shape: tuple[int, ...]  # the parameter's
+
+
+@dataclass
+class ChannelGroup:
+    """The channels one pruning decision covers: `size` channels, rooted at layer `name`."""
+
+    name: str
+    size: int
+    slices: list[ChannelSlice] = field(default_factory=list)
+
+    def layers(self, role: str) -> list[str]:
+        """The layers (conv/linear/BN names) holding slices of `role`, in group order."""
+        names = [s.parameter.rpartition(".")[0] for s in self.slices if s.role == role]
+        return list(dict.fromkeys(names))
+
+
+def output_layer(model: nn.Module, example: Tensor) -> str:
+    """The layer that produces the network's output: its output units are never pruned."""
+    chains = trace_layer_chains(model, example)
+    name = next((name for name, chain in chains.items() if chain.is_output), None)
+    if name is None:
+        raise ConfigError(
+            "cannot find the conv/linear layer that produces the model's output; structured "
+            "pruning needs one"
+        )
+    return name
+
+
+def _slices(
+    graph: torch_pruning.DependencyGraph, group: torch_pruning.Group, names: dict
+) -> list[ChannelSlice] | None:
+    """The parameter slices of a Torch-Pruning group; None if a grouped conv reads or makes it."""
+    slices = []
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        if isinstance(module, CONVS) and module.groups != 1:
+            return None
+        index = torch.as_tensor(item.idxs, dtype=torch.long)
+        channel = torch.as_tensor(item.root_idxs, dtype=torch.long)
+        if isinstance(module, NORMS):
+            kinds = [("weight", 0, NORM), ("bias", 0, NORM)] if module.affine else []
+        elif isinstance(module, PRUNABLE) and graph.is_out_channel_pruning_fn(handler):
+            kinds = [("weight", 0, PRODUCER), ("bias", 0, PRODUCER)]
+        elif isinstance(module, PRUNABLE) and graph.is_in_channel_pruning_fn(handler):
+            kinds = [("weight", 1, CONSUMER)]
+        else:
+            continue  # reshapes, element-wise operations: no parameters
+        for kind, dim, role in kinds:
+            tensor = getattr(module, kind, None)
+            if tensor is not None:
+                prefix = f"{names[module]}." if names[module] else ""
+                slices.append(
+                    ChannelSlice(prefix + kind, dim, index, channel, role, tuple(tensor.shape))
+                )
+    return slices
+
+
+def channel_groups(model: nn.Module, example: Tensor) -> list[ChannelGroup]:
+    """Every channel group of `model` (traced on `example`, one input batch), in graph order.
+
+    A group made or read by a grouped (e.g. depthwise) conv is left out: its channels stay.
+    """
+    output = model.get_submodule(output_layer(model, example))
+    graph = dependency_graph(model, example)
+    names = {module: name for name, module in model.named_modules()}
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=[output], root_module_types=PRUNABLE):
+        slices = _slices(graph, group, names)
+        if slices and any(s.role == PRODUCER for s in slices):
+            root = names[group[0].dep.target.module]
+            groups.append(ChannelGroup(root, len(group[0].idxs), slices))
+    if not groups:
+        raise ConfigError("the model has no conv or hidden linear layer whose channels can go")
+    return groups
+
+
+def _summed(values: Tensor, dim: int, index: Tensor) -> Tensor:
+    """`values` summed over every dimension but `dim`, at positions `index` along it."""
+    other = [d for d in range(values.dim()) if d != dim]
+    per_position = values.sum(dim=other) if other else values
+    return per_position[index.to(values.device)]
+
+
+def group_sums(
+    scores: Mapping[str, Tensor], groups: list[ChannelGroup], roles: tuple[str, ...] | None = None
+) -> dict[str, Tensor]:
+    """Per group, each channel's total of the entry `scores` (by parameter name) over its slices
+    of `roles` (default all): e.g. MAD's saliency of everything a channel's removal removes."""
+    totals = {}
+    for group in groups:
+        device = next(iter(scores.values())).device
+        total = torch.zeros(group.size, dtype=torch.float32, device=device)
+        for part in group.slices:
+            if part.parameter in scores and (roles is None or part.role in roles):
+                values = _summed(scores[part.parameter].detach().float(), part.dim, part.index)
+                total.index_add_(0, part.channel.to(device), values)
+        totals[group.name] = total
+    return totals
+
+
+def filter_norms(model: nn.Module, groups: list[ChannelGroup], p: int = 1) -> dict[str, Tensor]:
+    """‖filter‖_p of each channel: the L_p norm of every weight that produces it (its rows in
+    each coupled conv/linear; Li et al., 2017, rank filters by L1); biases and BN not counted."""
+    parameters = dict(model.named_parameters())
+    powers = {
+        part.parameter: parameters[part.parameter].detach().abs().pow(p)
+        for group in groups
+        for part in group.slices
+        if part.role == PRODUCER and part.parameter.endswith("weight")
+    }
+    sums = group_sums(powers, groups, roles=(PRODUCER,))
+    return {name: total.pow(1 / p) for name, total in sums.items()}
+
+
+def parameter_masks(groups: list[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per-parameter multipliers from per-channel `masks` (group name → [size]): every slice of
+    a channel gets the channel's value, a parameter cut by several groups (a conv's rows by one,
+    its columns by another) their product; each broadcasts against its parameter. Differentiable
+    in `masks`: straight-through channel scores pass their gradient through here."""
+    result: dict[str, Tensor] = {}
+    for group in groups:
+        values = masks[group.name]
+        for part in group.slices:
+            length = part.shape[part.dim]
+            factor = torch.ones(length, dtype=values.dtype, device=values.device)
+            index, channel = part.index.to(values.device), part.channel.to(values.device)
+            shape = [1] * len(part.shape)
+            shape[part.dim] = length
+            factor = factor.index_put((index,), values[channel]).view(shape)
+            previous = result.get(part.parameter)
+            result[part.parameter] = factor if previous is None else previous * factor
+    return result
+
+
+def channel_weight_masks(
+    model: nn.Module, groups: list[ChannelGroup], keep: Mapping[str, Tensor]
+) -> WeightMasks:
+    """`WeightMasks` over every slice of every group from per-channel keep-masks (True = kept),
+    in the model's parameter order."""
+    floats = {name: mask.float() for name, mask in keep.items()}
+    factors = parameter_masks(groups, floats)
+    return WeightMasks(
+        {
+            name: factors[name].expand(parameter.shape).cpu()
+            for name, parameter in model.named_parameters()
+            if name in factors
+        }
+    )
+
+
+def _keep_one(keep: Tensor, scores: Tensor) -> Tensor:
+    """A group never loses every channel (the network would be cut in two): keep its best one."""
+    if not keep.any():
+        keep = keep.clone()
+        keep[scores.argmax()] = True
+    return keep
+
+
+def select_channels(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    *,
+    scheme: str = "layerwise",
+    order: str = "lowest",
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Keep-masks (group name → bool [size]) removing the `sparsity` fraction of lowest-scoring
+    channels: within each group ("layerwise", round(sparsity · size) each) or over all groups
+    together ("global"); ties in seeded order; a group keeps at least one channel."""
+    check_sparsity(sparsity)
+    if scheme not in CHANNEL_SCHEMES:
+        raise ConfigError(
+            f"--scheme {scheme} ranks weights; channels are ranked by one of "
+            f"{', '.join(CHANNEL_SCHEMES)}"
+        )
+    ranked = order_scores({name: s.detach().float() for name, s in scores.items()}, order, seed)
+    if scheme == "global":
+        keep = dict(select_global(ranked, sparsity, seed=seed))
+    else:
+        keep = {n: select_global({n: s}, sparsity, seed=seed)[n] for n, s in ranked.items()}
+    return {name: _keep_one(keep[name], ranked[name]) for name in ranked}
+
+
+def top_channels(scores: Tensor, kept: int) -> Tensor:
+    """1.0 for the `kept` channels of highest score, 0.0 elsewhere (at least one kept)."""
+    kept = min(scores.numel(), max(1, kept))
+    mask = torch.zeros_like(scores)
+    mask[scores.detach().argsort(descending=True, stable=True)[:kept]] = 1
+    return mask
+
+
+def kept_channels(size: int, sparsity: float) -> int:
+    """How many of a group's `size` channels a fixed sparsity keeps (at least one)."""
+    return max(1, size - pruned_count(size, sparsity))
+
+
+def layer_macs(model: nn.Module, example: Tensor) -> dict[str, float]:
+    """Multiply-accumulates of each conv/linear layer on one input of `example`'s shape."""
+    macs: dict[str, float] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+
+            def count(module: nn.Module, _args: tuple, out: Tensor, name: str = name) -> None:
+                per_output = module.weight[0].numel()  # in/groups · kernel, or in_features
+                macs[name] = out[:1].numel() * per_output
+
+            handles.append(module.register_forward_hook(count))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return macs

@@ -1,0 +1,536 @@
+"""HARP (Zhao & Wressnegger, ICLR 2023), as published: `--method harp`.
+
+"Holistic Adversarially Robust Pruning" learns, on the adversarial loss, *which* connections to
+keep (HYDRA's popup scores) and *how many* in each layer, under a compression target
+(intellisec/harp; docs/fidelity.md has the official code's lines). From a PGD-AT network:
+
+1. **Prune phase** (official `harp_prune`, 20 epochs, SGD lr 0.1, cosine, wd 5e-4): each layer
+   has scores s, initialised √(6 / fan_in) · w / max|w| (HYDRA's scaled init), and a rate score
+   r with kept fraction k = sigmoid(r)·(1 − k_min) + k_min, k_min = α·k_target (α = 0.1), started
+   from the "010_uni" strategy k₀ = 0.1 in every layer (`rate_logit`). The forward pass keeps the
+   top-k |s| of each layer, the lowest int((1 − k)·n) set to 0; the backward pass sends the
+   mask's gradient g straight through to |s| and Σg to k (`GetSubnet`). The loss is the PGD-AT
+   cross-entropy plus γ·L_hw, L_hw = max(rate/k_target − 1, 0), rate = Σ n_l·k_l / Σ n_l over
+   the layers' weights (`utils/hw.py` `hw_loss`); γ is step-wise incremental, γ_e = (e + 1)·γ₀
+   (γ₀ = 0.01) for the 0-based epoch e, and frozen from the first epoch at whose end
+   round(L_hw, 4) = 0. The scores, the rates and BN's affine parameters train; every other
+   weight is frozen.
+2. **Fine-tuning** (`harp_finetune`, 100 epochs, SGD lr 0.01, cosine, wd 5e-4, PGD-AT): the
+   masks the learnt scores and rates give are fixed, and the kept weights train.
+
+With `--structure channels` (the official `prune_reg channel`) each channel of a dependency group
+(masks/channels.py) has one score and each group one rate, round(k·C) channels are kept, and
+the rate is counted in FLOPs: each conv/linear layer's multiply-accumulates scale with the kept
+fractions of the group it reads and of the group it writes (`hw_flops_loss`); the official
+channel strategy starts every rate at 1 ("original").
+
+Departures, all recorded in docs/fidelity.md: the phase keeps its last epoch, not the one of best
+adversarial test accuracy; a prune phase too short to reach the target (a smoke run) ends with
+every rate scaled down by one factor until it does, where the official code would have no model
+to fine-tune; channels are Torch-Pruning groups (residual-coupled channels share one rate), not
+each layer's input channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from advprune.core.config import group, setting
+from advprune.core.distributed import average_gradients
+from advprune.core.errors import CheckpointError, ConfigError
+from advprune.masks import WeightMasks
+from advprune.masks.channels import (
+    CONSUMER,
+    PRODUCER,
+    ChannelGroup,
+    channel_weight_masks,
+    layer_macs,
+    parameter_masks,
+    top_channels,
+)
+from advprune.methods.base import (
+    DEFAULT_SPARSITY,
+    PHASE_KEYS,
+    MethodSettings,
+    PhaseSettings,
+    PruneContext,
+    PruneSettings,
+    ScoredMethod,
+    register_method,
+)
+from advprune.methods.hydra import (
+    scaled_channel_scores,
+    scaled_scores,
+    straight_through,
+    top_k_mask,
+)
+from advprune.models.layer_types import NORMS
+from advprune.training.method import StepContext, TrainingMethod, check_finite
+from advprune.training.objectives import ObjectiveOutput
+
+RATE_CLIP = 0.99  # utils/utils.py rate_init_func: the fraction is clipped into ±(1 − 1e-2)
+REACHED_DIGITS = 4  # train.py: the target counts as reached when round(L_hw, 4) == 0
+WEIGHT_STRATEGY = 0.1  # configs/strategies.json "010_uni": k₀ = 0.1 in every layer
+CHANNEL_STRATEGY = 1.0  # the only channel strategy, "original"
+HISTORY_KEYS = ("epoch", "gamma", "hw_loss", "rate")  # logged at each epoch's end
+
+
+def kept_rate(rate_score: Tensor, floor: float) -> Tensor:
+    """k = sigmoid(r)·(1 − k_min) + k_min ∈ (k_min, 1): a layer's kept fraction (rate_act_func)."""
+    return torch.sigmoid(rate_score) * (1 - floor) + floor
+
+
+def rate_logit(rate: float, floor: float) -> float:
+    """The rate score r that starts a layer at kept fraction `rate` (rate_init_func)."""
+    fraction = min(max((rate - floor) / (1 - floor), -RATE_CLIP), RATE_CLIP)
+    return math.log(fraction / (1 - fraction))
+
+
+def pruned_entries(size: int, rate: float) -> int:
+    """int((1 − k)·n) of a layer's n weights are pruned (GetSubnet, weight pruning)."""
+    return int((1 - rate) * size)
+
+
+def kept_of_channels(size: int, rate: float) -> int:
+    """round(k·C) of a group's C channels are kept (GetSubnet, channel pruning), at least one."""
+    return max(1, round(rate * size))
+
+
+def hard_mask(scores: Tensor, rate: float, channels: bool) -> Tensor:
+    """1 on the entries (or channels) of highest |s| that the rate keeps, 0 elsewhere."""
+    if channels:
+        return top_channels(scores.detach().abs(), kept_of_channels(scores.numel(), rate))
+    return top_k_mask(scores, pruned_entries(scores.numel(), rate))
+
+
+class CompressionRate:
+    """The rate L_hw compares with its target: the kept share of the weights (weight pruning) or
+    of the multiply-accumulates (channel pruning), as a differentiable function of the rates."""
+
+    def __init__(self, sizes: dict[str, float], layers: list[tuple[float, str | None, str | None]]):
+        """`sizes`: weights per rated unit; `layers`: (MACs, group read, group written) per
+        layer for channels (then `sizes` is unused), empty for weights."""
+        self.sizes = sizes
+        self.layers = layers
+
+    @classmethod
+    def of_weights(cls, scores: dict[str, Tensor]) -> CompressionRate:
+        return cls({name: float(s.numel()) for name, s in scores.items()}, [])
+
+    @classmethod
+    def of_channels(cls, macs: dict[str, float], groups: list[ChannelGroup]) -> CompressionRate:
+        reads = {layer: g.name for g in groups for layer in g.layers(CONSUMER)}
+        writes = {layer: g.name for g in groups for layer in g.layers(PRODUCER)}
+        return cls({}, [(count, reads.get(n), writes.get(n)) for n, count in macs.items()])
+
+    def __call__(self, rates: Callable[[str], Tensor | float]) -> Tensor:
+        """The kept share under `rates` (unit name → kept fraction)."""
+        if not self.layers:
+            kept = sum(size * rates(name) for name, size in self.sizes.items())
+            return torch.as_tensor(kept / sum(self.sizes.values()))
+        total = sum(count for count, _, _ in self.layers)
+        kept = sum(
+            count * (rates(read) if read else 1.0) * (rates(write) if write else 1.0)
+            for count, read, write in self.layers
+        )
+        return torch.as_tensor(kept / total)
+
+    def loss(self, rates: Callable[[str], Tensor | float], target: float) -> Tensor:
+        """L_hw = max(rate / target_rate − 1, 0), the target rate that of every unit at `target`."""
+        target_rate = self(lambda _: target)
+        return torch.clamp(self(rates) / target_rate - 1, min=0)
+
+
+class RatedNetwork(nn.Module):
+    """`network` with each scored tensor (or channel group) masked by the top-k of its scores at
+    its learnt rate, straight-through to the scores and the rate; the network's own tensors and
+    state dict are untouched (as HYDRA's `ScoredNetwork`)."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        scores: dict[str, Tensor],
+        rate_scores: dict[str, Tensor],
+        floor: float,
+        groups: list[ChannelGroup] | None = None,
+    ) -> None:
+        """`scores` by parameter name (or by group, with `groups`), one rate score per entry."""
+        super().__init__()
+        self.network = network
+        self.scores: dict[str, Tensor] = scores
+        self.rate_scores: dict[str, Tensor] = rate_scores
+        self.floor = floor
+        self.groups: list[ChannelGroup] | None = groups
+        self.masks: dict[str, Tensor] = {}
+        self.update_masks()
+
+    def rate(self, name: str) -> Tensor:
+        return kept_rate(self.rate_scores[name], self.floor)
+
+    @torch.no_grad()
+    def update_masks(self) -> None:
+        """The hard masks of the current scores and rates (they change only with a step)."""
+        channels = self.groups is not None
+        self.masks = {
+            name: hard_mask(s, float(self.rate(name)), channels) for name, s in self.scores.items()
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        masks = {}
+        for name, scores in self.scores.items():
+            rate = self.rate(name)
+            masks[name] = straight_through(self.masks[name], scores) + (rate - rate.detach())
+        if self.groups is not None:
+            masks = parameter_masks(self.groups, masks)
+        weights = dict(self.network.named_parameters())
+        masked = {name: weights[name] * mask for name, mask in masks.items()}
+        return functional_call(self.network, masked, (x,))
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.network.load_state_dict(state, strict=strict, assign=assign)
+
+
+def scaled_to_target(
+    rates: dict[str, float], floor: float, rate: CompressionRate, target: float
+) -> dict[str, float]:
+    """The rates times the one factor c ∈ (0, 1] (each kept above the floor) whose compression
+    rate meets the target: a prune phase that ended above it keeps its learnt allocation."""
+
+    def scaled(factor: float) -> dict[str, float]:
+        return {name: max(floor, factor * k) for name, k in rates.items()}
+
+    target_rate = float(rate(lambda _: target))
+    low, high = 0.0, 1.0
+    for _ in range(50):  # bisection: the compression rate grows with the factor
+        middle = (low + high) / 2
+        if float(rate(scaled(middle).__getitem__)) > target_rate:
+            high = middle
+        else:
+            low = middle
+    return scaled(low)
+
+
+class HarpTraining(TrainingMethod):
+    """HARP's prune phase: scores, rates and BN's affine parameters learn on the run's objective
+    plus γ·L_hw; at the end the masks are fixed (`masks.safetensors`) and applied to the weights,
+    so the phase's model.safetensors is the pruned network fine-tuning starts from."""
+
+    name = "harp-prune"
+
+    def __init__(
+        self,
+        target: float,
+        *,
+        gamma: float,
+        rate_floor: float,
+        initial_rate: float,
+        train_batchnorm: bool = True,
+        groups: list[ChannelGroup] | None = None,
+        macs: dict[str, float] | None = None,
+    ) -> None:
+        """`target`: the kept fraction k aimed at (1 − sparsity); `gamma`: γ₀; each rate stays
+        above rate_floor·target; `groups` and their layers' `macs`: prune channels, the rate
+        counted in FLOPs."""
+        self.target, self.gamma, self.floor = target, gamma, rate_floor * target
+        self.initial_rate = initial_rate
+        self.train_batchnorm = train_batchnorm
+        self.groups, self.macs = groups, macs
+        self.scores: dict[str, nn.Parameter] = {}
+        self.rate_scores: dict[str, nn.Parameter] = {}
+        self.network: RatedNetwork | None = None
+        self.frozen_gamma: float | None = None  # γ once the target is reached
+        self.epoch = 0  # the epoch of the last step
+        self.history: list[dict[str, float]] = []
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model.requires_grad_(False)
+        if self.train_batchnorm:
+            for module in model.modules():
+                if isinstance(module, NORMS):
+                    module.requires_grad_(True)
+        device = next(model.parameters()).device
+        if self.groups is None:
+            initial = scaled_scores(model)
+            self.compression = CompressionRate.of_weights(initial)
+        else:
+            initial = scaled_channel_scores(model, self.groups)
+            self.compression = CompressionRate.of_channels(self.macs, self.groups)
+        start = rate_logit(self.initial_rate, self.floor)
+        self.scores = {name: nn.Parameter(s.to(device)) for name, s in initial.items()}
+        self.rate_scores = {
+            name: nn.Parameter(torch.tensor(start, device=device)) for name in initial
+        }
+        self.network = RatedNetwork(model, self.scores, self.rate_scores, self.floor, self.groups)
+        return self.network
+
+    def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        trainable = [p for p in self.network.network.parameters() if p.requires_grad]
+        return [*self.scores.values(), *self.rate_scores.values(), *trainable]
+
+    def compression_loss(self) -> Tensor:
+        return self.compression.loss(self.network.rate, self.target)
+
+    def current_gamma(self, epoch: int) -> float:
+        """γ_e = (e + 1)·γ₀ until the target is reached, then frozen (hw.py, train.py)."""
+        return self.frozen_gamma if self.frozen_gamma is not None else (epoch + 1) * self.gamma
+
+    @torch.no_grad()
+    def end_epoch(self, epoch: int) -> None:
+        """What the official loop does after each epoch: freeze γ once L_hw rounds to 0."""
+        loss = float(self.compression_loss())
+        gamma = self.current_gamma(epoch)
+        if round(loss, REACHED_DIGITS) == 0 and self.frozen_gamma is None:
+            self.frozen_gamma = gamma
+        rate = float(self.compression(self.network.rate))
+        self.history.append(dict(zip(HISTORY_KEYS, (epoch + 1, gamma, loss, rate), strict=True)))
+
+    def step(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        """The objective plus γ·L_hw on every batch (trainer/adv.py)."""
+        if context.epoch > self.epoch:
+            self.end_epoch(self.epoch)
+            self.epoch = context.epoch
+        out = context.objective(model, x, y)
+        loss = out.loss + self.current_gamma(context.epoch) * self.compression_loss()
+        check_finite(loss, context)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_update(model)
+        optimizer.step()
+        self.after_update(model)
+        return ObjectiveOutput(loss.detach(), out.logits)
+
+    def before_update(self, model: nn.Module) -> None:
+        """Scores and rates are the method's tensors, not DDP's: average them over ranks."""
+        average_gradients([*self.scores.values(), *self.rate_scores.values()])
+
+    def after_update(self, model: nn.Module) -> None:
+        self.network.update_masks()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        frozen = math.nan if self.frozen_gamma is None else self.frozen_gamma
+        return {
+            **{f"scores.{name}": s.detach() for name, s in self.scores.items()},
+            **{f"rates.{name}": r.detach() for name, r in self.rate_scores.items()},
+            "schedule": torch.tensor([frozen, float(self.epoch)], dtype=torch.float64),
+            "history": torch.tensor(
+                [[h[key] for key in HISTORY_KEYS] for h in self.history], dtype=torch.float64
+            ).reshape(-1, len(HISTORY_KEYS)),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor], model: nn.Module) -> None:
+        """Copy the saved tensors into the ones the optimizer holds (their identity must stay)."""
+        mine = self.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in mine.items() if k != "history"}
+        if shapes != {k: tuple(v.shape) for k, v in state.items() if k != "history"}:
+            raise CheckpointError(
+                "the checkpoint's HARP scores and rates do not fit this model; start the pruning "
+                "run again in a new --run-dir"
+            )
+        with torch.no_grad():
+            for prefix, tensors in (("scores.", self.scores), ("rates.", self.rate_scores)):
+                for name, tensor in tensors.items():
+                    tensor.copy_(state[prefix + name])
+        frozen, epoch = state["schedule"].tolist()
+        self.frozen_gamma = None if math.isnan(frozen) else frozen
+        self.epoch = int(epoch)
+        self.history = [
+            dict(zip(HISTORY_KEYS, row, strict=True)) for row in state["history"].tolist()
+        ]
+        self.network.update_masks()
+
+    @torch.no_grad()
+    def final_rates(self) -> tuple[dict[str, float], bool]:
+        """Each unit's kept fraction at the end, and whether L_hw reached 0; if not, the rates
+        scaled down to the target (the official code would have no checkpoint to fine-tune)."""
+        rates = {name: float(self.network.rate(name)) for name in self.scores}
+        reached = round(float(self.compression_loss()), REACHED_DIGITS) == 0
+        if not reached:
+            rates = scaled_to_target(rates, self.floor, self.compression, self.target)
+        return rates, reached
+
+    def final_masks(self, rates: dict[str, float]) -> WeightMasks:
+        channels = self.groups is not None
+        masks = {name: hard_mask(s, rates[name], channels) for name, s in self.scores.items()}
+        if channels:
+            keep = {name: mask.bool() for name, mask in masks.items()}
+            return channel_weight_masks(self.network.network, self.groups, keep)
+        return WeightMasks(masks)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "structure": "weights" if self.groups is None else "channels",
+            "history": self.history,
+        }
+
+    def finish(self, model: nn.Module, run_path: Path) -> None:
+        self.end_epoch(self.epoch)
+        rates, reached = self.final_rates()
+        masks = self.final_masks(rates)
+        record = {**self.metadata(), "target_reached": reached, "rates": rates}
+        masks.save(Path(run_path) / "masks.safetensors", record)
+        masks.apply(self.network.network)
+
+
+# configs/config-cifar10.yml: SGD momentum 0.9, wd 5e-4, cosine; README: --adv_loss pgd.
+OFFICIAL_PHASE = {
+    "objective": "pgd-at",
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+}
+
+
+@dataclass
+class HarpSettings(MethodSettings):
+    """HARP's own settings; the defaults are the official code's (docs/fidelity.md)."""
+
+    compression_gamma: float = setting(
+        0.01, "γ₀ of the compression loss; γ_e = (e + 1)·γ₀ until the target is reached "
+        "(official --gamma: 0.01 for CIFAR-10, 0.1 for ImageNet)",
+    )  # fmt: skip
+    rate_floor: float = setting(
+        0.1, "floor of each layer's kept fraction: k_min = rate_floor·k_target (official α)"
+    )
+    initial_rate: float | None = setting(
+        None, "every layer's starting kept fraction (default: the official strategy, 0.1 for "
+        "weights — 010_uni —, 1.0 for channels — original)",
+    )  # fmt: skip
+    train_batchnorm: bool = setting(
+        True, "BN's affine parameters learn with the scores (official: --freeze-bn off)"
+    )
+    score: PhaseSettings = group(
+        PhaseSettings,
+        "the prune phase (official harp_prune: 20 epochs, PGD-AT, SGD lr 0.1, cosine, wd 5e-4)",
+        epochs=20,
+        lr=0.1,
+        **OFFICIAL_PHASE,
+    )
+    finetune: PhaseSettings = group(
+        PhaseSettings,
+        "fine-tuning (official harp_finetune: 100 epochs, PGD-AT, SGD lr 0.01, cosine, wd 5e-4)",
+        epochs=100,
+        lr=0.01,
+        **OFFICIAL_PHASE,
+    )
+
+    def validate(self) -> HarpSettings:
+        super().validate()
+        gamma = self.compression_gamma
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise ConfigError(
+                f"compression_gamma must be > 0, got {gamma}; HARP uses 0.01 on CIFAR-10"
+            )
+        if not 0 < self.rate_floor < 1:
+            raise ConfigError(f"rate_floor must be in (0, 1), got {self.rate_floor}; HARP uses 0.1")
+        if self.initial_rate is not None and not 0 < self.initial_rate <= 1:
+            raise ConfigError(f"initial_rate must be in (0, 1], got {self.initial_rate}")
+        return self
+
+
+@register_method(
+    "harp", description="HARP (Zhao & Wressnegger, ICLR 2023): learnt masks and layer rates"
+)
+class Harp(ScoredMethod):
+    """Scores and per-layer rates learnt under a compression target in RUN_DIR/scores, then
+    fine-tuning under the masks they give.
+
+    Example: `advprune prune --method harp --from runs/at --sparsity 0.99 --run-dir runs/harp99`.
+    """
+
+    reference = "Zhao & Wressnegger, ICLR 2023; intellisec/harp"
+    origin = "published"
+    Settings = HarpSettings
+    settings: HarpSettings
+    structures = ("weights", "channels")
+
+    def check(self, prune: PruneSettings) -> None:
+        """HARP learns how much each layer keeps, from its own scores: no scheme or order."""
+        if prune.scheme is not None:
+            raise ConfigError(
+                f"HARP learns each layer's rate under a global target; drop --scheme {prune.scheme}"
+            )
+        if prune.order != "lowest" or prune.include_bias:
+            raise ConfigError(
+                "HARP keeps the highest scores of the weights only; drop --order and "
+                "--include-bias (use --method magnitude/random for the ablations)"
+            )
+        sparsity = DEFAULT_SPARSITY if prune.sparsity is None else prune.sparsity
+        initial = self.initial_rate(prune.structure == "channels")
+        floor = self.settings.rate_floor * (1 - sparsity)
+        if initial <= floor:
+            raise ConfigError(
+                f"HARP's rates would start at {initial:g}, not above their floor α·k = {floor:g}; "
+                "raise --initial-rate or --sparsity, or lower --rate-floor"
+            )
+
+    def published_prune_settings(self) -> dict[str, Any]:
+        return {"include_bias": False}
+
+    def scheme(self, prune: PruneSettings) -> str:
+        return "learnt rates"
+
+    def masks(self, context: PruneContext) -> WeightMasks:
+        """Learn scores and rates in RUN_DIR/scores (resumed or reused); the network then carries
+        the phase's BN into fine-tuning."""
+        prune = context.settings
+        overrides = {key: getattr(prune, key) for key in PHASE_KEYS}
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        config = self.settings.score.applied_to(context.source, seed=prune.seed, **overrides)
+        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
+        method = self.training(context)
+        context.log(
+            f"harp: scores and {'group' if context.channels else 'layer'} rates towards "
+            f"{1 - context.sparsity:.3g} kept ({config.epochs} epochs of {config.objective}, "
+            f"γ₀ {self.settings.compression_gamma:g}), weights frozen"
+        )
+        phase = context.run_phase("scores", config, method, initial)
+        context.model.load_state_dict(phase.state_dict())
+        masks, record = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
+        if not record.get("target_reached"):
+            context.log(
+                "harp: the prune phase ended before its compression loss reached 0; its rates "
+                "were scaled down to the target (give it more --score-epochs or a larger "
+                "--compression-gamma)"
+            )
+        return masks
+
+    def initial_rate(self, channels: bool) -> float:
+        """Every unit's starting kept fraction: the setting, or the official strategy."""
+        if self.settings.initial_rate is not None:
+            return self.settings.initial_rate
+        return CHANNEL_STRATEGY if channels else WEIGHT_STRATEGY
+
+    def training(self, context: PruneContext) -> HarpTraining:
+        target = 1 - context.sparsity
+        channels = context.channels
+        groups = context.channel_groups() if channels else None
+        return HarpTraining(
+            target,
+            gamma=self.settings.compression_gamma,
+            rate_floor=self.settings.rate_floor,
+            initial_rate=self.initial_rate(channels),
+            train_batchnorm=self.settings.train_batchnorm,
+            groups=groups,
+            macs=layer_macs(context.model, context.example()) if channels else None,
+        )

@@ -1,0 +1,132 @@
+"""`--structure channels` end to end: every scored method prunes whole channels of LeNet-5-Caffe,
+the run exports a smaller network that computes what the masked one does, with its speed-up."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from advprune.cli import main
+from advprune.core.errors import ConfigError
+from advprune.methods import PruneSettings, create_method
+from advprune.models.serialization import load_model
+from conftest import prune_tiny, quiet, train_tiny
+
+SPARSITY = 0.5
+# One epoch of everything, the cheapest settings of each method.
+BUDGET = {
+    "magnitude": {},
+    "random": {},
+    "mad": {"mask_steps": 2, "saliency_fraction": 0.25},
+    "hydra": {"score_epochs": 1},
+    "harp": {"score_epochs": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("dense"), model="lenet5-caffe")
+
+
+def outputs_match(run_dir) -> float:
+    masked, _ = load_model(run_dir / "model.safetensors")
+    exported, _ = load_model(run_dir / "exported" / "model.safetensors")
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return (masked(x) - exported(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("method", list(BUDGET))
+def test_each_method_prunes_channels_and_exports_a_smaller_equal_network(
+    lenet_run, tmp_path, method
+):
+    run_dir = tmp_path / method
+    prune_tiny(
+        lenet_run, run_dir, method, structure="channels", sparsity=SPARSITY, finetune_epochs=1,
+        **BUDGET[method],
+    )  # fmt: skip
+    results = json.loads((run_dir / "results.json").read_text())
+    assert outputs_match(run_dir) < 1e-4
+    sizes = results["complexity"]
+    assert sizes["exported"]["params"] < sizes["dense"]["params"]
+    assert results["flops_speedup"] > 1
+    if method == "harp":  # its target is in FLOPs; the channel share follows the learnt rates
+        assert 0 < results["channel_sparsity"] < 1
+    else:
+        assert results["channel_sparsity"] == pytest.approx(SPARSITY, abs=0.01)
+    for batch in ("batch_1", "batch_128"):
+        speedup = results["measured_speedup"][batch]
+        assert 0 < speedup["min"] <= speedup["median"] <= speedup["max"]
+    metadata = load_model(run_dir / "model.safetensors")[1]["method"]
+    departures = metadata["departures"]
+    assert ("structure" in departures) == (method in ("mad", "hydra"))  # published unstructured
+
+
+def test_the_cli_prunes_channels_then_exports_again(lenet_run, tmp_path, capsys):
+    run_dir = tmp_path / "magnitude"
+    common = ["--quiet", "prune", "--method", "magnitude", "--from", str(lenet_run)]
+    flags = ["--structure", "channels", "--sparsity", "0.75", "--finetune-epochs", "1"]
+    assert main([*common, *flags, "--allow-chance", "--run-dir", str(run_dir)]) == 0
+    first = json.loads((run_dir / "results.json").read_text())
+    assert main(["export", str(run_dir), "--repeats", "3", "--round-to", "1"]) == 0
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["channel_sparsity"] == first["channel_sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert again["measured_speedup"]["pairs"] == 3
+    assert "measured speed-up" in capsys.readouterr().out
+    assert outputs_match(run_dir) < 1e-4
+
+
+def test_structure_is_refused_where_it_has_no_meaning():
+    anpvs = create_method("anpvs")
+    with pytest.raises(ConfigError, match="drop --structure"):
+        anpvs.check(PruneSettings(method="anpvs", structure="channels"))
+    with pytest.raises(ConfigError, match="unknown structure"):
+        PruneSettings(structure="filters").validate()
+
+
+def test_the_mad_scheme_has_no_channel_form_and_nothing_is_written(lenet_run, tmp_path):
+    with pytest.raises(ConfigError, match="ranks weights"):
+        prune_tiny(
+            lenet_run, tmp_path / "r", "random", structure="channels", scheme="mad", log=quiet
+        )
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["vgg16-bn", "resnet18"])
+@pytest.mark.parametrize("learner", ["hydra", "harp"])
+def test_learnt_channel_scores_step_and_export_exactly(tmp_path, name, learner):
+    """HYDRA's and HARP's channel phases on the benchmark's networks (random weights, one step on
+    random images): the scores move, and the masks they leave export to an equal network."""
+    from advprune.masks.channels import channel_groups, layer_macs
+    from advprune.masks.export import channel_sparsity, export_gated
+    from advprune.methods.harp import HarpTraining
+    from advprune.methods.hydra import ScoreTraining
+    from test_channels import network
+
+    model, example = network(name)
+    groups = channel_groups(model, example)
+    if learner == "hydra":
+        method = ScoreTraining(0.5, groups=groups)
+    else:
+        macs = layer_macs(model, example)
+        method = HarpTraining(0.5, gamma=0.01, rate_floor=0.1, initial_rate=1.0, groups=groups,
+                              macs=macs)  # fmt: skip
+    scored = method.prepare(model.train())
+    before = {n: s.detach().clone() for n, s in method.scores.items()}
+    optimizer = torch.optim.SGD(method.weight_parameters(scored), lr=0.1)
+    x = torch.rand(4, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+    loss = nn.functional.cross_entropy(scored(x), torch.tensor([0, 1, 2, 3]))
+    if learner == "harp":
+        loss = loss + method.compression_loss()
+    loss.backward()
+    optimizer.step()
+    method.after_update(scored)
+    assert any(not torch.equal(before[n], s) for n, s in method.scores.items())
+    method.finish(scored.eval(), tmp_path)
+    masked = method.network.network.eval()
+    exported = export_gated(masked, example, round_to=1)
+    with torch.no_grad():
+        assert (masked(x) - exported(x)).abs().max() < 1e-4
+    removed = channel_sparsity(masked, example)["channel_sparsity"]
+    assert 0.3 < removed < 0.7 if learner == "hydra" else 0 < removed < 1
