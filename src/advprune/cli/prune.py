@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from advprune.cli.flags import add_config_flags, given, print_config
+from advprune.cli.train import require_run_dir
 from advprune.core import distributed
 from advprune.methods import PruneSettings, get_method, method_names
 
@@ -40,7 +41,7 @@ def add_parser(commands: argparse._SubParsersAction, argv: Sequence[str]) -> Non
         epilog="Each method has its own options: advprune prune --method NAME --help. "
         "advprune list methods describes them.",
     )
-    parser.add_argument("--run-dir", required=True, help="directory for the pruned run")
+    parser.add_argument("--run-dir", help="directory for the pruned run (required)")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings and stop"
     )
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     own = cls.Settings.from_dict(given(args, cls.Settings.field_names()), "flags")
     if args.print_config:
         return print_config(settings, own)
+    require_run_dir(args)
     model_file = Path(args.run_dir) / "model.safetensors"
     finished_before = model_file.exists()  # then prune_run says there is nothing to do
     prune_run(settings, cls(own), args.run_dir, progress=not args.quiet)

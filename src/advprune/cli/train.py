@@ -16,7 +16,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train", help="train a dense model (standard, PGD-AT, TRADES, MART, fast AT)"
     )
-    parser.add_argument("--run-dir", required=True, help="directory for everything the run writes")
+    parser.add_argument("--run-dir", help="directory for everything the run writes (required)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     parser.add_argument(
         "--recipe", help="start from a recipe's train settings: a packaged name (demo) or a path"
@@ -26,6 +26,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_config_flags(parser.add_argument_group("training settings"), TrainConfig)
     parser.set_defaults(handler=run)
+
+
+def require_run_dir(args: argparse.Namespace) -> None:
+    if not args.run_dir:
+        raise ConfigError("--run-dir is required: the directory the run writes into")
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
@@ -55,6 +60,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from advprune.training import train
 
+    if args.resume or not args.print_config:
+        require_run_dir(args)
     config = resolve(args)
     if args.print_config:
         return print_config(config)
