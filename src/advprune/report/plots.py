@@ -47,12 +47,14 @@ def draw_chance(axes: Any, summaries: Sequence[RunSummary]) -> None:
         )
 
 
-def examples_label(counts: Sequence[int | None]) -> str:
-    """ "N=10000", "N=500–10000" or "" : how many test examples a curve's points rest on."""
+def examples_label(counts: Sequence[int | None], seeds: int = 0) -> str:
+    """ "N=10000", "N=500–10000" or "" : how many test examples a curve's points rest on; with
+    ", 3 seeds" when the points are means over seeds (± one standard deviation drawn)."""
     known = sorted({n for n in counts if n})
-    if not known:
-        return ""
-    return f"N={known[0]}" if len(known) == 1 else f"N={known[0]}–{known[-1]}"
+    label = "" if not known else f"N={known[0]}" if len(known) == 1 else f"N={known[0]}–{known[-1]}"
+    if seeds > 1:
+        label += f"{', ' if label else ''}mean ± std of {seeds} seeds"
+    return label
 
 
 def is_dense(summary: RunSummary) -> bool:
@@ -81,13 +83,15 @@ def plot_robust_vs_sparsity(
                 for s in runs
             )
             if points:
-                n = examples_label([s.examples.get(attack) for s in runs])
+                n = examples_label(
+                    [s.examples.get(attack) for s in runs], max(len(s.members) for s in runs)
+                )
                 x, y, error = zip(*points, strict=True)
                 axes.errorbar(
                     x, y, yerr=error_bars(error), marker="o", capsize=3, label=f"{method} ({n})"
                 )
         for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
-            n = examples_label([dense.examples.get(attack)])
+            n = examples_label([dense.examples.get(attack)], len(dense.members))
             accuracy, error = 100 * dense.accuracy[attack], _percent_spread(dense, attack)
             line = axes.axhline(
                 accuracy,
@@ -176,7 +180,7 @@ def plot_security_curves(
     figure, axes = pyplot().subplots(figsize=(5.5, 3.8), dpi=120)
     for label, summary in runs.items():
         curve = summary.security_curve
-        n = examples_label([summary.curve_examples])
+        n = examples_label([summary.curve_examples], len(summary.members))
         axes.errorbar(
             [p["eps"] for p in curve],
             [100 * p["accuracy"] for p in curve],

@@ -103,10 +103,9 @@ def thread_budget() -> int:
 def widest(steps: Sequence[Step]) -> int:
     """The most steps that can run at once by depth: the steps that are as many dependencies
     away from a step that needs nothing (a recipe's pruned rows all sit one away from its dense)."""
-    by_label = {step.label: step for step in steps}
     depth: dict[str, int] = {}
     for step in steps:  # plan order: a step's dependencies come before it
-        needed = [depth[label] for label in step.needed_labels() if label in by_label]
+        needed = [depth[label] for label in step.needed_labels()]
         depth[step.label] = 1 + max(needed, default=-1)
     levels = list(depth.values())
     return max((levels.count(level) for level in set(levels)), default=1)
@@ -127,12 +126,12 @@ def make_slots(
         raise ConfigError(f"--jobs must be a number ≥ 1 or auto, got {jobs!r}")
     budget = thread_budget()
     if devices:
-        check_devices(devices)
         if jobs not in (None, AUTO) and jobs != len(devices):
             raise ConfigError(
                 f"--jobs {jobs} and --devices {','.join(devices)} disagree (one step per device "
                 "at a time); drop --jobs"
             )
+        check_devices(devices)
         count, names = len(devices), list(devices)
     else:
         count = int(jobs) if jobs not in (None, AUTO) else _auto_jobs(steps, budget)
@@ -168,34 +167,46 @@ def check_devices(devices: Sequence[str]) -> None:
                 )
 
 
+def _sharing(step: Step) -> tuple[str | None, frozenset[str]]:
+    """Steps with the same method and the same sources: they may share a cached pass."""
+    return step.method, frozenset(step.needed_labels())
+
+
 class Schedule:
     """Which steps start next and where: a step whose needed steps have all finished, on a free
-    slot, in plan order. Pure bookkeeping, so that the assignment is tested without processes."""
+    slot. Pure bookkeeping, so that the assignment is tested without processes.
+
+    Among the steps that may start, one whose method already runs on the same source goes after
+    the others: such runs share passes through the cache (MAD's saliency, the same for every
+    sparsity), which a second run started alongside the first would compute again. Otherwise
+    the plan's order."""
 
     def __init__(self, steps: Sequence[Step], slots: Sequence[Slot]) -> None:
         self.waiting = list(steps)
         self.free = list(slots)
         self.running: dict[str, Slot] = {}
         self.done: list[str] = []
-        labels = {step.label for step in steps}
-        # A step finished before a `--steps` selection is not in the plan: nothing to wait for.
-        self._needs = {step.label: step.needed_labels() & labels for step in steps}
+        self._sharing: dict[str, tuple[str | None, frozenset[str]]] = {}
 
     def start(self) -> list[tuple[Step, Slot]]:
         """The steps that start now, each placed on its slot (its device set)."""
         started = []
-        for step in list(self.waiting):
-            if not self.free:
+        while self.free:
+            ready = [s for s in self.waiting if s.needed_labels() <= set(self.done)]
+            if not ready:
                 break
-            if self._needs[step.label] <= set(self.done):
-                slot = self.free.pop(0)
-                self.waiting.remove(step)
-                self.running[step.label] = slot
-                started.append((slot.place(step), slot))
+            running = list(self._sharing.values())
+            step = min(ready, key=lambda s: running.count(_sharing(s)))  # the first of equals
+            slot = self.free.pop(0)
+            self.waiting.remove(step)
+            self.running[step.label] = slot
+            self._sharing[step.label] = _sharing(step)
+            started.append((slot.place(step), slot))
         return started
 
     def finish(self, label: str) -> None:
         self.free.append(self.running.pop(label))
+        del self._sharing[label]
         self.done.append(label)
 
 
@@ -229,7 +240,10 @@ class Worker:
     def result(self) -> tuple[str, str | None, int]:
         """(status, message, exit code) once the process ended: "done" with its warning,
         "failed" with its error, or "stopped"; a process that died says how."""
-        message = self.outcome.recv() if self.outcome.poll() else None
+        try:
+            message = self.outcome.recv() if self.outcome.poll() else None
+        except EOFError:  # it died before it could say
+            message = None
         self.process.join()
         self.outcome.close()
         if message is not None:
@@ -368,7 +382,9 @@ def work(step: Step, threads: int | None, outcome: Connection, parent: int) -> N
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
         sys.stdout = sys.stderr = log_file
-        outcome.send(_run_logged(step, threads, log_file))
+        result = _run_logged(step, threads, log_file)
+        with contextlib.suppress(OSError):  # the parent was killed: nobody to tell
+            outcome.send(result)
 
 
 def _run_logged(step: Step, threads: int | None, log_file: Any) -> tuple[str, str | None, int]:
