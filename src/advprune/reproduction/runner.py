@@ -130,7 +130,7 @@ def _evaluate(
         evaluate_run(run.path, step.evaluate, progress=progress, log=log)
     except GradientMaskingError as err:
         log(f"  warning: {err}")
-        return f"{step.name}: {err}"
+        return f"{step.label}: {err}"
     return None
 
 
