@@ -9,6 +9,8 @@ from advprune.cli.flags import parse_overrides
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
+    from advprune.reproduction.runner import DEFAULT_JOBS
+
     parser = commands.add_parser(
         "reproduce", help="run a paper table's recipe end to end and compare with the paper"
     )
@@ -30,6 +32,27 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--steps", help="comma-separated step names: run only these and the steps they need"
     )
     parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        help="steps run at once, each in its own process with its share of the cores; auto: "
+        "as many as the cores and the recipe allow (one with a GPU; docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_names,
+        help="comma-separated devices, one step on each at a time, e.g. cuda:0,cuda:1",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per step (default: the cores // --jobs)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="comma-separated seeds: every step once per seed, in RUNS_DIR/seed-S/STEP, and the "
+        "report's mean ± std over them (default: the recipe's seeds, else none)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -41,6 +64,28 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="the embedded default: PGD-AT LeNet on Fashion-MNIST")
     demo.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go")
     demo.set_defaults(handler=run_demo)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs takes a number or auto, got {text!r}") from None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds takes integers like 0,1,2, got {text!r}"
+        ) from None
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -56,6 +101,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         only=steps,
         progress=not args.quiet,
+        jobs=args.jobs,
+        devices=args.devices,
+        threads=args.threads,
+        seeds=args.seeds,
     )
     return 0
 

@@ -1,6 +1,7 @@
 """The report's figures, each comparing runs: robust accuracy against sparsity and against the
 measured speed-up, security curves, and per-layer values (sparsity, vulnerability). A run's own
-security curve is drawn by `eval`."""
+security curve is drawn by `eval`. A summary that is the mean over seeds (report.seeds) is drawn
+at its mean with an error bar of ± one standard deviation over its runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from advprune.core.io import atomic_write
 from advprune.report.runs import RunSummary
+from advprune.report.seeds import spread
 from advprune.report.table import ATTACK_HEADERS
 from advprune.training.config import OBJECTIVES
 
@@ -45,12 +47,14 @@ def draw_chance(axes: Any, summaries: Sequence[RunSummary]) -> None:
         )
 
 
-def examples_label(counts: Sequence[int | None]) -> str:
-    """ "N=10000", "N=500–10000" or "" : how many test examples a curve's points rest on."""
+def examples_label(counts: Sequence[int | None], seeds: int = 0) -> str:
+    """ "N=10000", "N=500–10000" or "" : how many test examples a curve's points rest on; with
+    ", 3 seeds" when the points are means over seeds (± one standard deviation drawn)."""
     known = sorted({n for n in counts if n})
-    if not known:
-        return ""
-    return f"N={known[0]}" if len(known) == 1 else f"N={known[0]}–{known[-1]}"
+    label = "" if not known else f"N={known[0]}" if len(known) == 1 else f"N={known[0]}–{known[-1]}"
+    if seeds > 1:
+        label += f"{', ' if label else ''}mean ± std of {seeds} seeds"
+    return label
 
 
 def is_dense(summary: RunSummary) -> bool:
@@ -81,19 +85,30 @@ def plot_robust_vs_sparsity(
     for axes, attack in zip(panels[0], attacks, strict=True):
         for method in sorted({series(s) for s in pruned}):
             runs = [s for s in pruned if series(s) == method and attack in s.accuracy]
-            points = sorted((100 * s.sparsity, 100 * s.accuracy[attack]) for s in runs)
+            points = sorted(
+                (100 * s.sparsity, 100 * s.accuracy[attack], _percent_spread(s, attack))
+                for s in runs
+            )
             if points:
-                n = examples_label([s.examples.get(attack) for s in runs])
-                axes.plot(*zip(*points, strict=True), marker="o", label=f"{method} ({n})")
+                n = examples_label(
+                    [s.examples.get(attack) for s in runs], max(len(s.members) for s in runs)
+                )
+                x, y, error = zip(*points, strict=True)
+                axes.errorbar(
+                    x, y, yerr=error_bars(error), marker="o", capsize=3, label=f"{method} ({n})"
+                )
         for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
-            n = examples_label([dense.examples.get(attack)])
-            axes.axhline(
-                100 * dense.accuracy[attack],
+            n = examples_label([dense.examples.get(attack)], len(dense.members))
+            accuracy, error = 100 * dense.accuracy[attack], _percent_spread(dense, attack)
+            line = axes.axhline(
+                accuracy,
                 color="grey",
                 linestyle="--",
                 linewidth=1,
                 label=f"dense ({dense.method}, {n})",
             )
+            if error:
+                axes.axhspan(accuracy - error, accuracy + error, color=line.get_color(), alpha=0.15)
         draw_chance(axes, summaries)
         axes.set(
             xlabel="weight sparsity (%)",
@@ -140,6 +155,26 @@ def plot_robust_vs_speedup(
     return save_figure(figure, path)
 
 
+def error_bars(deviations: Sequence[float]) -> Sequence[float] | None:
+    """The error bars to draw: none where every deviation is 0 (single runs)."""
+    return deviations if any(deviations) else None
+
+
+def _percent_spread(summary: RunSummary, attack: str) -> float:
+    """The standard deviation over seeds of an accuracy, in % (0 for a single run)."""
+    std = spread(summary, lambda run: run.accuracy.get(attack))
+    return 0.0 if std is None else 100 * std
+
+
+def _curve_spread(summary: RunSummary) -> list[float]:
+    """Per point of an aggregate's mean security curve, the standard deviation in % (zeros
+    for a single run)."""
+    return [
+        100 * (spread(summary, lambda run, i=i: run.security_curve[i]["accuracy"]) or 0.0)
+        for i in range(len(summary.security_curve))
+    ]
+
+
 def plot_layer_values(
     series: Mapping[str, Mapping[str, float]],
     ylabel: str,
@@ -147,17 +182,25 @@ def plot_layer_values(
     path: str | Path,
     *,
     percent: bool,
+    deviations: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Path:
     """A line per run over its layers (in network order), e.g. per-layer sparsity or
-    vulnerability; runs of one architecture share their layer names."""
+    vulnerability; runs of one architecture share their layer names. `deviations` (label → layer
+    → standard deviation over seeds) draws error bars."""
     layers = list(dict.fromkeys(layer for values in series.values() for layer in values))
     factor = 100 if percent else 1
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(max(5.0, 0.45 * len(layers) + 2), 3.8), dpi=120)
     for label, values in series.items():
         positions = [i for i, layer in enumerate(layers) if layer in values]
-        axes.plot(
-            positions, [factor * values[layers[i]] for i in positions], marker="o", label=label
+        errors = (deviations or {}).get(label, {})
+        axes.errorbar(
+            positions,
+            [factor * values[layers[i]] for i in positions],
+            yerr=error_bars([factor * errors.get(layers[i], 0.0) for i in positions]),
+            marker="o",
+            capsize=3,
+            label=label,
         )
     axes.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize="small")
     axes.set(ylabel=ylabel, title=title)
@@ -179,11 +222,13 @@ def plot_security_curves(
     figure, axes = pyplot().subplots(figsize=(5.5, 3.8), dpi=120)
     for label, summary in runs.items():
         curve = summary.security_curve
-        n = examples_label([summary.curve_examples])
-        axes.plot(
+        n = examples_label([summary.curve_examples], len(summary.members))
+        axes.errorbar(
             [p["eps"] for p in curve],
             [100 * p["accuracy"] for p in curve],
+            yerr=error_bars(_curve_spread(summary)),
             marker="o",
+            capsize=3,
             label=f"{label} ({n})" if n else label,
         )
     draw_chance(axes, list(runs.values()))

@@ -87,6 +87,8 @@ class RunSummary:
     failed_indicators: list[str] = field(default_factory=list)
     at_chance: bool | None = None
     protocol: str | None = None
+    # A step's runs over seeds that this summary is the mean of (report.seeds); empty for a run.
+    members: list[RunSummary] = field(default_factory=list)
 
 
 def number(value: Any) -> float | None:

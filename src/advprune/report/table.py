@@ -5,9 +5,11 @@ columns stay numeric for a spreadsheet or pandas. CSV holds the raw values (frac
 
 An accuracy measured on the first N test examples only reads "62.00/100 [52.2, 70.9]": the
 accuracy in %, N, and its Wilson 95 % interval in %, since on a subset the interval is what tells
-two rows apart. Latency reads "0.48 (0.45–0.52)": the model's time as a multiple of its dense
-network's, timed in pairs in one process (median ratio, min–max); absolute times are listed
-under the table with the device they were measured on.
+two rows apart. A row that is the mean over seeds (report.seeds) reads "62.00 ± 1.30": the mean
+and the sample standard deviation over its runs, whose number n has a column of its own. Latency
+reads "0.48 (0.45–0.52)": the model's time as a multiple of its dense network's, timed in pairs
+in one process (median ratio, min–max); absolute times are listed under the table with the
+device they were measured on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from advprune.report.runs import (
     RunSummary,
     summarize,
 )
+from advprune.report.seeds import spread
 
 MISSING = "–"
 ATTACK_HEADERS = {
@@ -97,11 +100,26 @@ def at_chance(summary: RunSummary) -> str:
     return MISSING if summary.at_chance is None else "AT CHANCE" if summary.at_chance else "no"
 
 
+def _with_spread(
+    summary: RunSummary, value: Callable[[RunSummary], float | None], form: str, factor: float = 1
+) -> str:
+    """ "62.00 ± 1.30": `value` and its standard deviation over the seeds; "–" if absent."""
+    mean = value(summary)
+    if mean is None:
+        return MISSING
+    std = spread(summary, value)
+    cell = f"{factor * mean:{form}}"
+    return cell if std is None else f"{cell} ± {factor * std:{form}}"
+
+
 def latency_ratio(summary: RunSummary, batch: int) -> str:
-    """ "0.48 (0.45–0.52)": the model's latency over its dense network's, median and range."""
+    """ "0.48 (0.45–0.52)": the model's latency over its dense network's, median and range;
+    over seeds, the mean ratio ± its standard deviation."""
     entry = summary.latency_ratio.get(batch)
     if entry is None:
         return MISSING
+    if summary.members:
+        return _with_spread(summary, lambda s: (s.latency_ratio.get(batch) or (None,))[0], ".2f")
     ratio, low, high = entry
     return f"{ratio:.2f}" + (
         f" ({low:.2f}–{high:.2f})" if low is not None and high is not None else ""
@@ -116,10 +134,13 @@ MarkdownColumn = tuple[str, Callable[[RunSummary], str]]
 
 
 def accuracy_cell(summary: RunSummary, attack: str) -> str:
-    """ "66.35", or on a subset "60.00/64 [47.8, 71.1]" (the Wilson 95 % interval in %)."""
+    """ "66.35", or on a subset "60.00/64 [47.8, 71.1]" (the Wilson 95 % interval in %); over
+    seeds "66.35 ± 0.80" (the standard deviation over the runs, in %)."""
     value = summary.accuracy.get(attack)
     if value is None:
         return MISSING
+    if summary.members:
+        return _with_spread(summary, lambda s: s.accuracy.get(attack), ".2f", 100)
     suffix = subset_suffix(summary, attack)
     interval = summary.intervals.get(attack)
     if suffix and interval is not None:
@@ -148,7 +169,7 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
     ("speed-up b1", lambda s: speedup(s, "batch_1")),
     ("speed-up b128", speedup),
     *(_accuracy_column(attack) for attack in ACCURACY_KEYS),
-    ("vulnerability", lambda s: _or_missing(s.vulnerability, lambda v: f"{v:.3f}")),
+    ("vulnerability", lambda s: _with_spread(s, lambda run: run.vulnerability, ".3f")),
     ("masking check", masking_check),
     ("indicators", indicators),
     ("at chance", at_chance),
@@ -157,13 +178,16 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
 
 def markdown_columns(summaries: Sequence[RunSummary]) -> list[MarkdownColumn]:
     """The fixed columns, with the accuracies of the extra attacks (FMN, sampled gates, worst
-    case) after the others where some run has them."""
+    case) after the others where some run has them, and n (the runs of a row over seeds) after
+    the model where a row has several."""
     extra = [a for a in EXTRA_ACCURACY_KEYS if any(a in s.accuracy for s in summaries)]
-    position = next(
-        i for i, (header, _) in enumerate(MARKDOWN_COLUMNS) if header == "vulnerability"
-    )
+    headers = [header for header, _ in MARKDOWN_COLUMNS]
     columns = list(MARKDOWN_COLUMNS)
+    position = headers.index("vulnerability")
     columns[position:position] = [_accuracy_column(attack) for attack in extra]
+    if any(s.members for s in summaries):
+        position = headers.index("model") + 1
+        columns[position:position] = [("n", lambda s: str(len(s.members) or 1))]
     return columns
 
 

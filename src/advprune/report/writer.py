@@ -2,6 +2,9 @@
 
 Everything comes from the runs' files (see `report.runs`); nothing is trained or evaluated again.
 Figures are drawn per (dataset, model), since curves of different networks do not share axes.
+Runs of a step over seeds (ROOT/seed-S/STEP, as `reproduce --seeds` writes them) get a table of
+their own, one row per step with the mean ± standard deviation and n (report.seeds, also as
+report-seeds.csv), and the figures draw those rows, with error bars for the spread.
 """
 
 from __future__ import annotations
@@ -19,16 +22,30 @@ from advprune.report.plots import (
     plot_robust_vs_speedup,
     plot_security_curves,
 )
-from advprune.report.runs import RunSummary, find_runs, layer_sparsity, read_run
+from advprune.report.runs import RunSummary, find_runs, read_run
+from advprune.report.seeds import (
+    aggregate,
+    csv_over_seeds,
+    layer_sparsity_of,
+    layer_spread,
+    seed_groups,
+)
 from advprune.report.table import MISSING, csv_table, markdown_table, pretty_eps
 
 Group = list[tuple[str, RunSummary]]
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:
-    """Each run's directory name, or its path where two runs share a name."""
-    names = [run.name for run in runs]
-    return [str(run) if names.count(run.name) > 1 else run.name for run in runs]
+    """Each run's directory name, or where runs share a name the fewest last parts of its path
+    that tell them apart (seed-0/dense, seed-1/dense)."""
+    labels = []
+    for run in runs:
+        for parts in range(1, len(run.parts) + 1):
+            tail = Path(*run.parts[-parts:])
+            if sum(Path(*other.parts[-parts:]) == tail for other in runs) == 1:
+                break
+        labels.append(tail.as_posix() if parts < len(run.parts) else str(run))
+    return labels
 
 
 def _slug(text: str) -> str:
@@ -53,9 +70,15 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
     slug = _slug(group_name)
     summaries = [summary for _, summary in group]
     curves = {label: s for label, s in group if s.security_curve}
-    sparsities = {label: layer_sparsity(s.path) for label, s in group}
+    sparsities = {label: layer_sparsity_of(s) for label, s in group}
     sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
     vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
+    spreads = {
+        "sparsity": {label: layer_spread(s, layer_sparsity_of) for label, s in group},
+        "vulnerability": {
+            label: layer_spread(s, lambda run: run.layer_vulnerability) for label, s in group
+        },
+    }
     drawers: list[tuple[str, str, Callable[[Path], Path | None], str]] = [
         (
             "robust accuracy against sparsity",
@@ -83,7 +106,14 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
             "per-layer sparsity",
             "layer_sparsity",
             lambda path: (
-                plot_layer_values(sparsities, "zero weights (%)", group_name, path, percent=True)
+                plot_layer_values(
+                    sparsities,
+                    "zero weights (%)",
+                    group_name,
+                    path,
+                    percent=True,
+                    deviations=spreads["sparsity"],
+                )
                 if sparsities
                 else None
             ),
@@ -94,7 +124,12 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
             "layer_vulnerability",
             lambda path: (
                 plot_layer_values(
-                    vulnerabilities, "vulnerability E|z(x) − z(x̃)|", group_name, path, percent=False
+                    vulnerabilities,
+                    "vulnerability E|z(x) − z(x̃)|",
+                    group_name,
+                    path,
+                    percent=False,
+                    deviations=spreads["vulnerability"],
                 )
                 if vulnerabilities
                 else None
@@ -108,11 +143,31 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
     ]
 
 
+def _seed_section(labels: Sequence[str], summaries: Sequence[RunSummary]) -> list[str]:
+    """The table of the steps run with several seeds, before the table of every run."""
+    if not summaries:
+        return []
+    return [
+        "## Over seeds",
+        "",
+        f"{len(summaries)} step(s) run with several seeds (ROOT/seed-S/STEP): each figure is the "
+        "mean over the step's n runs ± their sample standard deviation (accuracies in %); a "
+        "check passes only if it passed in every run. Each run is in the next table, with its "
+        "own intervals.",
+        "",
+        markdown_table(summaries, labels),
+        "",
+        "## Every run",
+        "",
+    ]
+
+
 def _markdown(
     title: str,
     labels: Sequence[str],
     summaries: Sequence[RunSummary],
     figures: dict[str, list[tuple[str, Path | None, str]]],
+    over_seeds: tuple[Sequence[str], Sequence[RunSummary]] = ((), ()),
 ) -> str:
     lines = [
         f"# {title}",
@@ -129,6 +184,7 @@ def _markdown(
         "accuracy ≤ 1.5/classes or a layer with every unit removed, so robust accuracies mean "
         "nothing; '–': not in the run's files.",
         "",
+        *_seed_section(*over_seeds),
         markdown_table(summaries, labels),
         "",
         *_absolute_latency(labels, summaries),
@@ -188,7 +244,31 @@ def write_report(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory for the report")
     atomic_write_text(out_dir / "report.csv", csv_table(summaries, labels))
+    seed_labels, seeded, drawn = _over_seeds(runs, labels, summaries)
+    if seeded:
+        atomic_write_text(out_dir / "report-seeds.csv", csv_over_seeds(seeded, seed_labels))
+    else:  # a report written again without seeds must not keep an old table of them
+        (out_dir / "report-seeds.csv").unlink(missing_ok=True)
     figures = {
-        name: _figures(name, group, out_dir) for name, group in _groups(labels, summaries).items()
+        name: _figures(name, group, out_dir)
+        for name, group in _groups(*zip(*drawn, strict=True)).items()
     }
-    return atomic_write_text(out_dir / "report.md", _markdown(title, labels, summaries, figures))
+    markdown = _markdown(title, labels, summaries, figures, (seed_labels, seeded))
+    return atomic_write_text(out_dir / "report.md", markdown)
+
+
+def _over_seeds(
+    runs: Sequence[Path], labels: Sequence[str], summaries: Sequence[RunSummary]
+) -> tuple[list[str], list[RunSummary], list[tuple[str, RunSummary]]]:
+    """The steps run with several seeds as one summary each (with their labels), and what the
+    figures draw: those, and every run that is not one of them."""
+    groups = seed_groups(runs)
+    seeded = [aggregate([summaries[i] for i in members], step) for step, members in groups.items()]
+    seed_labels = run_labels(list(groups))
+    grouped = {i for members in groups.values() for i in members}
+    drawn = list(zip(seed_labels, seeded, strict=True)) + [
+        (label, summary)
+        for i, (label, summary) in enumerate(zip(labels, summaries, strict=True))
+        if i not in grouped
+    ]
+    return seed_labels, seeded, drawn

@@ -11,6 +11,7 @@ A recipe (src/advprune/recipes/NAME.yaml) is a list of steps, each a run directo
       - {name: dense, train: {dataset: cifar10, model: resnet18, epochs: 100}}
       - {name: mad-90, prune: {method: mad, from: dense, sparsity: 0.9}}
     paper: {source: ..., reference: STEP, rows: {STEP: {metric: value}}}   # see report.comparison
+    seeds: [0, 1, 2]  # optional: every step once per seed (`--seeds` wins over it)
     anchors: {...}    # YAML anchors that steps merge in (`<<: *name`); not read otherwise
 
 `from: STEP` (and `init:`, `transfer_from:`) name an earlier step; the step gets that step's run
@@ -18,6 +19,12 @@ directory. A prune step's method is any registered one (`advprune list methods`)
 are flat keys, a phase's with its prefix (`finetune_lr`, `score_epochs`). Everything is checked
 before the first step starts, so a long run never fails on a typo after hours; a method this
 build lacks is named with the steps that can run without it.
+
+With seeds (the recipe's `seeds:` or `--seeds 0,1,2`) the whole recipe runs once per seed S, in
+ROOT/seed-S/STEP: every setting named `seed` (the training's, the pruning's, the evaluation's) is
+S, and `from:` names the step of the same seed, so each pruned row comes from its own seed's
+dense run. A seed given this way wins over the recipe's own `seed:` keys; `--set seed=S` with
+seeds is refused (it would say two things).
 
 `--scale F` (0 < F ≤ 1) shrinks a recipe for a smoke run, exactly as follows: every epoch count
 (epochs, finetune_epochs, score_epochs, …) becomes max(1, round(F·epochs)); the training examples
@@ -30,10 +37,11 @@ timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +115,17 @@ class Step:
     run_dir: Path
     dataset: str
     needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
+    seed: int | None = None  # the seed of a run with seeds; its run directory is ROOT/seed-S/NAME
+
+    @property
+    def label(self) -> str:
+        """How the console, the logs and the report name the step: NAME, or seed-S/NAME."""
+        return self.name if self.seed is None else f"seed-{self.seed}/{self.name}"
+
+    def needed_labels(self) -> set[str]:
+        """The labels of the steps this one needs finished before it starts (its seed's)."""
+        prefix = "" if self.seed is None else f"seed-{self.seed}/"
+        return {prefix + name for name in self.needs.values()}
 
     def setting(self, name: str) -> Any:
         """The value of flat setting `name` in the first of the step's configs that has it."""
@@ -159,6 +178,7 @@ class Plan:
     scale: float
     steps: list[Step]
     paper: dict[str, Any] | None
+    seeds: tuple[int, ...] | None = None  # each step ran once per seed (ROOT/seed-S/STEP)
 
 
 def _unknown_settings(unknown: Sequence[str], known: set[str], where: str) -> ConfigError:
@@ -216,6 +236,18 @@ def scale_settings(settings: Config, factor: float, dataset: str) -> Config:
     return settings.replace(**changes)
 
 
+def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    """Distinct integers ≥ 0, at least one: a list of seeds from a recipe or `--seeds`."""
+    if (
+        not isinstance(seeds, list | tuple)
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{where} must be distinct integers ≥ 0, e.g. [0, 1, 2]; got {seeds!r}")
+    return tuple(seeds)
+
+
 def check_scale(scale: float) -> None:
     if not (math.isfinite(scale) and 0 < scale <= 1):
         raise ConfigError(f"--scale must be in (0, 1] (a fraction of the recipe), got {scale}")
@@ -245,11 +277,24 @@ class _Recipe:
         self.defaults = {kind: _mapping(raw.get(kind), f"recipe {name}: {kind}") for kind in KINDS}
         self.evaluate = raw.get("evaluate")
         self.paper = raw.get("paper")
+        self.seeds = (
+            None if raw.get("seeds") is None else check_seeds(raw["seeds"], f"recipe {name}: seeds")
+        )
         self.steps = self._steps(raw["steps"])
         self.overrides = dict(overrides)
         self._check_keys(self.defaults["train"], TRAINING.fields, "train defaults")
         self._check_keys(self.defaults["prune"], _prune_fields(), "prune defaults")
         self._check_keys(self.overrides, _all_fields(), "--set")
+
+    def with_seed(self, seed: int) -> _Recipe:
+        """This recipe with every `seed` setting set to `seed`, as `--set seed=S` would."""
+        if "seed" in self.overrides:
+            raise ConfigError(
+                "--set seed and seeds (--seeds or the recipe's) both set the seed; drop one"
+            )
+        seeded = copy.copy(self)
+        seeded.overrides = {**self.overrides, "seed": seed}
+        return seeded
 
     def _check_keys(self, values: Mapping[str, Any], known: set[str], where: str) -> None:
         unknown = sorted(set(values) - known - set(REFERENCES))
@@ -355,8 +400,10 @@ def make_plan(
     download: bool = False,
     overrides: Mapping[str, Any] | None = None,
     only: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Plan:
-    """Resolve and validate every selected step (all by default) of `recipe`, under `root`."""
+    """Resolve and validate every selected step (all by default) of `recipe`, under `root`;
+    with `seeds` (else the recipe's own), every step once per seed under ROOT/seed-S."""
     check_scale(scale)
     parsed = _Recipe(recipe, overrides or {})
     names = parsed.needed(only) if only else [step["name"] for step in parsed.steps]
@@ -372,11 +419,36 @@ def make_plan(
         )
     location = {"data_dir": data_dir, "download": download}
     root = Path(root)
-    steps: dict[str, Step] = {}
-    for name in names:
-        steps[name] = _plan_step(parsed, by_name[name], root, scale, location, steps)
+    seeds = parsed.seeds if seeds is None else check_seeds(seeds, "--seeds")
     paper = _check_paper(parsed)
-    return Plan(recipe, parsed.title, root, scale, list(steps.values()), paper)
+    if seeds is None:
+        steps = _plan_steps(parsed, [by_name[name] for name in names], root, scale, location)
+        return Plan(recipe, parsed.title, root, scale, steps, paper)
+    steps = []
+    for seed in seeds:
+        seeded = _plan_steps(
+            parsed.with_seed(seed),
+            [by_name[n] for n in names],
+            root / f"seed-{seed}",
+            scale,
+            location,
+        )
+        steps += [replace(step, seed=seed) for step in seeded]
+    return Plan(recipe, parsed.title, root, scale, steps, paper, seeds)
+
+
+def _plan_steps(
+    recipe: _Recipe,
+    raws: Sequence[Mapping[str, Any]],
+    root: Path,
+    scale: float,
+    location: Mapping[str, Any],
+) -> list[Step]:
+    """The steps `raws` of `recipe` under `root`, each referring to the ones before it."""
+    steps: dict[str, Step] = {}
+    for raw in raws:
+        steps[raw["name"]] = _plan_step(recipe, raw, root, scale, location, steps)
+    return list(steps.values())
 
 
 def _known(values: Mapping[str, Any], names: type | set[str]) -> dict[str, Any]:

@@ -8,11 +8,13 @@ computes in RUN_DIR/step.yaml; a rerun with other settings is refused instead of
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from advprune.attacks import parse_attacks
@@ -23,9 +25,14 @@ from advprune.evaluation import evaluate_run, results_file
 from advprune.recipes import recipe_name
 from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
+from advprune.report.runs import RunSummary
+from advprune.report.seeds import aggregate
+from advprune.reproduction.parallel import Slot, describe_slots, make_slots, run_parallel
 from advprune.reproduction.plan import Plan, Step, make_plan
 
 STEP_RECORD = "step.yaml"
+# `--jobs` when not given: docs/benchmarks.md has the measurement that chose it.
+DEFAULT_JOBS: int | str = "auto"
 AUTOATTACK_STATE = "autoattack.state"
 # What `evaluate_run` measures under the attacks; other results (sizes, a method's own) stay.
 
@@ -97,6 +104,19 @@ def _finished(step: Step, run: RunDir) -> bool:
     return wanted <= done and checked
 
 
+def is_finished(step: Step) -> bool:
+    """Nothing left to do: the step's record is the one there, its model is written and its
+    evaluation has every attack. A parallel rerun books such a step without a process."""
+    run = RunDir(step.run_dir)
+    record = run.path / STEP_RECORD
+    if not (record.is_file() and run.model.exists()):
+        return False
+    saved = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
+    if saved != {**step.record(), "evaluate": step.evaluation_record()}:
+        return False
+    return step.evaluate is None or _finished(step, run)
+
+
 def _evaluate(
     step: Step, run: RunDir, changed: bool, progress: bool, log: Callable[[str], None]
 ) -> str | None:
@@ -110,25 +130,81 @@ def _evaluate(
         evaluate_run(run.path, step.evaluate, progress=progress, log=log)
     except GradientMaskingError as err:
         log(f"  warning: {err}")
-        return f"{step.name}: {err}"
+        return f"{step.label}: {err}"
     return None
 
 
-def run_plan(plan: Plan, *, progress: bool = True, log: Callable[[str], None] = print) -> list[str]:
-    """Run every step of `plan` in order; returns the gradient-masking warnings."""
+def run_step(step: Step, *, progress: bool, log: Callable[[str], None]) -> str | None:
+    """Train or prune the step (resuming it), then evaluate it; returns its gradient-masking
+    warning. The same in this process (`--jobs 1`) and in a step's own (parallel.work)."""
+    run = RunDir.create(step.run_dir)
+    evaluation_changed = _check_record(step, run, log)
+    _train_or_prune(step, run, progress, log)
+    if step.evaluate is None:
+        return None
+    return _evaluate(step, run, evaluation_changed, progress, log)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's thread count set to `count` for the block (None: left as it is)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_here(
+    steps: Sequence[Step], slot: Slot, progress: bool, log: Callable[[str], None]
+) -> list[str]:
+    """One step after the other in this process, with progress bars and the log on the console."""
     warnings = []
-    for index, step in enumerate(plan.steps, 1):
-        started = time.perf_counter()
-        log(f"[reproduce] step {index}/{len(plan.steps)} {step.name}: {step.describe()}")
-        run = RunDir.create(step.run_dir)
-        evaluation_changed = _check_record(step, run, log)
-        _train_or_prune(step, run, progress, log)
-        if step.evaluate is not None:
-            warning = _evaluate(step, run, evaluation_changed, progress, log)
+    with _threads(slot.threads):
+        for index, step in enumerate(steps, 1):
+            started = time.perf_counter()
+            log(f"[reproduce] step {index}/{len(steps)} {step.label}: {step.describe()}")
+            warning = run_step(slot.place(step), progress=progress, log=log)
             if warning:
                 warnings.append(warning)
-        log(f"[reproduce] step {step.name} done in {time.perf_counter() - started:.0f}s")
+            log(f"[reproduce] step {step.label} done in {time.perf_counter() - started:.0f}s")
     return warnings
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    jobs: int | str = DEFAULT_JOBS,
+    devices: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> list[str]:
+    """Run the steps of `plan`: in order in this process on one slot, else each in its own
+    process as soon as the steps it needs have finished (reproduction.parallel). Returns the
+    gradient-masking warnings."""
+    slots = make_slots(plan.steps, jobs, devices, threads)
+    if len(slots) == 1:
+        return _run_here(plan.steps, slots[0], progress, log)
+    log(f"[reproduce] {describe_slots(slots)}; each step's output goes to its log.txt")
+    return run_parallel(plan.steps, slots, log, skip=is_finished)
+
+
+def _by_step(plan: Plan, evaluated: Sequence[Step]) -> dict[str, RunSummary]:
+    """Each evaluated recipe step's run as the paper comparison reads it: over several seeds,
+    the mean of its runs."""
+    runs: dict[str, list[RunSummary]] = {}
+    for step in evaluated:
+        summary = read_run(step.run_dir, results_file(step.run_dir, step.evaluate).name)
+        runs.setdefault(step.name, []).append(summary)
+    return {
+        name: summaries[0] if len(summaries) == 1 else aggregate(summaries, plan.root / name)
+        for name, summaries in runs.items()
+    }
 
 
 def write_outputs(plan: Plan, warnings: Sequence[str]) -> tuple[Path | None, str | None]:
@@ -146,18 +222,15 @@ def write_outputs(plan: Plan, warnings: Sequence[str]) -> tuple[Path | None, str
     )
     if not plan.paper:
         return report, None
-    runs = {
-        step.name: read_run(step.run_dir, results_file(step.run_dir, step.evaluate).name)
-        for step in evaluated
-    }
+    runs = _by_step(plan, evaluated)
     comparisons = compare(plan.paper["rows"], runs, plan.paper["reference"])
     table = comparison_markdown(comparisons)
     notes = [
         f"# Paper vs ours: {plan.title}",
         "",
         f"Paper: {plan.paper['source']}. Ours: the runs of `advprune reproduce {plan.recipe}`"
-        f"{scale_note}, read from their results.json. Each cell: ours / paper (ours − paper); "
-        "accuracies and sparsities in %; '–': not measured in our run.",
+        f"{scale_note}, read from their results.json{_seeds_note(plan)}. Each cell: ours / paper "
+        "(ours − paper); accuracies and sparsities in %; '–': not measured in our run.",
     ]
     if plan.scale != 1:
         notes.append("")
@@ -173,6 +246,12 @@ def write_outputs(plan: Plan, warnings: Sequence[str]) -> tuple[Path | None, str
     return report, table
 
 
+def _seeds_note(plan: Plan) -> str:
+    if not plan.seeds or len(plan.seeds) == 1:
+        return ""
+    return f" (the mean over seeds {', '.join(map(str, plan.seeds))})"
+
+
 def reproduce(
     recipe: str,
     root: str | Path | None = None,
@@ -184,8 +263,15 @@ def reproduce(
     only: Sequence[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int | str = DEFAULT_JOBS,
+    devices: Sequence[str] | None = None,
+    threads: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Plan:
-    """Plan `recipe` (all checks first), run its steps, write ROOT/report; returns the plan."""
+    """Plan `recipe` (all checks first), run its steps, write ROOT/report; returns the plan.
+
+    `jobs`, `devices` and `threads` say how many steps run at once and where
+    (reproduction.parallel); `seeds` runs every step once per seed (reproduction.plan)."""
     root = Path(root) if root is not None else default_root(recipe, scale)
     plan = make_plan(
         recipe,
@@ -195,12 +281,18 @@ def reproduce(
         download=download,
         overrides=overrides,
         only=only,
+        seeds=seeds,
     )
+    started = time.perf_counter()
     log(
         f"[reproduce] {plan.title}: {len(plan.steps)} step(s) in {plan.root}"
         + ("" if scale == 1 else f", scaled by {scale:g}")
+        + ("" if not plan.seeds else f", seeds {', '.join(map(str, plan.seeds))}")
     )
-    warnings = run_plan(plan, progress=progress, log=log)
+    warnings = run_plan(
+        plan, progress=progress, log=log, jobs=jobs, devices=devices, threads=threads
+    )
+    log(f"[reproduce] {len(plan.steps)} step(s) done in {time.perf_counter() - started:.0f}s")
     report, table = write_outputs(plan, warnings)
     if report is not None:
         log(f"[reproduce] report: {report}")
