@@ -5,14 +5,23 @@ Prints, on the current device and in one run:
    device, batched crop + flip) against a per-sample `torch.utils.data` Dataset/DataLoader doing
    the same augmentation — and their ratio, on CIFAR-shaped data (crop 4 + flip);
 2. images/s of PGD-AT training steps (PGD-7 on the training batch, then SGD) for LeNet-5-Caffe on
-   Fashion-MNIST-shaped input and ResNet-18 on CIFAR-shaped input.
+   Fashion-MNIST-shaped input and ResNet-18 on CIFAR-shaped input;
+3. one epoch of `advprune.training.train` (PGD-7 AT, Adam 1e-3, batch 128, LeNet-5-Caffe) on the
+   first `--trainer-images` Fashion-MNIST training images (synthetic ones if the files are missing)
+   against a plain PGD-7 AT loop written from the textbook on the same images, model and device,
+   and their ratio: the whole `train` call (set-up, the per-epoch test monitor, checkpoint and
+   model files) and its step loop alone.
 
     python benchmarks/train_throughput.py [--device cuda] [--resnet-batch-size 128]
+                                          [--trainer-images 12800] [--only trainer]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import tempfile
 import time
 
 import torch
@@ -20,9 +29,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from advprune.core.device import resolve_device
-from advprune.data import DATASETS, BatchLoader, ImageDataset
+from advprune.core.errors import DataError
+from advprune.data import DATASETS, BatchLoader, ImageDataset, load_dataset
 from advprune.models import architecture, create_model
+from advprune.training import TrainConfig, train
 from advprune.training.objectives import AttackSettings, pgd_at
+from advprune.training.trainer import TrainingData
 
 
 class PerSampleDataset(Dataset):
@@ -89,6 +101,120 @@ def training_rate(
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def plain_pgd_at_epoch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    eps: float,
+    steps: int,
+    batch_size: int,
+) -> float:
+    """Seconds of one epoch of the textbook loop: PGD-K from a uniform start on the model in eval
+    mode, then Adam 1e-3 on CE(f(x̃), y) in train mode; data resident as one float tensor."""
+    spec = DATASETS["fashion-mnist"]
+    torch.manual_seed(0)
+    model = create_model(**architecture("lenet5-caffe", spec)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x_all = (images.float() / 255).to(device)
+    y_all = labels.to(device)
+    alpha = 2.5 * eps / steps
+
+    def attack(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y)
+            (gradient,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + alpha * gradient.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+        return (x + delta).detach()
+
+    synchronize(device)
+    started = time.perf_counter()
+    order = torch.randperm(len(y_all), device=device)
+    for start in range(0, len(y_all) - batch_size + 1, batch_size):
+        index = order[start : start + batch_size]
+        x, y = x_all[index], y_all[index]
+        model.eval()
+        x_adv = attack(x, y)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x_adv), y).backward()
+        optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def trainer_epoch(
+    data: TrainingData, device: torch.device, eps: float, steps: int, batch_size: int
+) -> tuple[float, float]:
+    """Seconds of the whole `train` call for one epoch, and of its step loop alone (the epoch's
+    "seconds" in metrics.jsonl: what follows the loop, the test monitor and the files, is not in
+    it)."""
+    config = TrainConfig(
+        dataset="fashion-mnist",
+        model="lenet5-caffe",
+        objective="pgd-at",
+        eps=eps,
+        attack_steps=steps,
+        epochs=1,
+        batch_size=batch_size,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        schedule="constant",
+        device=str(device),
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        synchronize(device)
+        started = time.perf_counter()
+        train(config, run_dir, data=data, progress=False, log=lambda line: None)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        with open(f"{run_dir}/metrics.jsonl") as metrics:
+            loop = json.loads(metrics.readline())["seconds"]
+    return seconds, loop
+
+
+def trainer_against_plain_loop(args: argparse.Namespace, device: torch.device) -> None:
+    spec = DATASETS["fashion-mnist"]
+    try:
+        train_split = load_dataset("fashion-mnist", "train", limit=args.trainer_images)
+        test_split = load_dataset("fashion-mnist", "test")
+        source = "Fashion-MNIST"
+    except DataError:
+        train_split = synthetic("fashion-mnist", args.trainer_images)
+        test_split = synthetic("fashion-mnist", spec.test_size)
+        source = "synthetic Fashion-MNIST-shaped"
+    data = TrainingData(spec, train_split, test_split)
+    eps, steps, batch = spec.default_eps, 7, args.batch_size
+    runs = []  # (plain, whole, loop), the two taken in turn so that drift hits both
+    for _ in range(args.trainer_repeats):
+        plain = plain_pgd_at_epoch(
+            train_split.images, train_split.labels, device, eps, steps, batch
+        )
+        runs.append((plain, *trainer_epoch(data, device, eps, steps, batch)))
+    plain, whole, loop = (statistics.median(column) for column in zip(*runs, strict=True))
+    whole_ratio = statistics.median(run[1] / run[0] for run in runs)
+    loop_ratio = statistics.median(run[2] / run[0] for run in runs)
+    print(
+        f"advprune train against a plain PGD-{steps} AT loop, one epoch of "
+        f"{len(train_split):,} {source} images, lenet5-caffe, Adam, batch {batch} "
+        f"(median of {len(runs)}):"
+    )
+    print(f"  plain loop                  {plain:>10.1f} s")
+    print(f"  train(): step loop          {loop:>10.1f} s   ratio {loop_ratio:.3f}")
+    print(f"  train(): whole call         {whole:>10.1f} s   ratio {whole_ratio:.3f}")
+    print(
+        f"  (the rest, {whole - loop:.1f} s: set-up, the test monitor, checkpoint and model files)"
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -97,10 +223,26 @@ def main() -> None:
     parser.add_argument("--lenet-steps", type=int, default=20)
     parser.add_argument("--resnet-steps", type=int, default=2)
     parser.add_argument("--resnet-batch-size", type=int, default=32, help="128 on a GPU")
+    parser.add_argument("--trainer-images", type=int, default=12_800)
+    parser.add_argument("--trainer-repeats", type=int, default=1, help="pairs, taken in turn")
+    parser.add_argument(
+        "--only", choices=("pipeline", "steps", "trainer"), help="run one of the three parts"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.only in (None, "pipeline"):
+        pipeline_comparison(args, device)
+    if args.only in (None, "steps"):
+        step_rates(args, device)
+    if args.only in (None, "trainer"):
+        trainer_against_plain_loop(args, device)
 
+
+def pipeline_comparison(args: argparse.Namespace, device: torch.device) -> None:
     data = synthetic("cifar10", args.pipeline_images)
     ours = BatchLoader(
         data, DATASETS["cifar10"], args.batch_size, shuffle=True, augment=True, device=device
@@ -121,6 +263,8 @@ def main() -> None:
     print(f"  per-sample DataLoader      {reference_rate:>12,.0f} img/s")
     print(f"  ratio                      {ours_rate / reference_rate:>12.1f}x")
 
+
+def step_rates(args: argparse.Namespace, device: torch.device) -> None:
     print("PGD-AT training (PGD-7 + SGD step):")
     lenet = training_rate(
         "lenet5-caffe", "fashion-mnist", args.batch_size, args.lenet_steps, device
