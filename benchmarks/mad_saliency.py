@@ -54,13 +54,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU seconds of this process on a CPU device, so that other jobs on a shared machine do not
+    enter the ratios (run with --threads 1: with more, idle threads spinning count too); wall
+    seconds on a GPU."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def timed(device: torch.device, function: Callable, *args, **kwargs) -> tuple[float, Any]:
-    """Seconds `function(*args, **kwargs)` takes on `device`, and its result."""
+    """Seconds `function(*args, **kwargs)` takes on `device` (see `clock`), and its result."""
+    now = clock(device)
     synchronize(device)
-    started = time.perf_counter()
+    started = now()
     result = function(*args, **kwargs)
     synchronize(device)
-    return time.perf_counter() - started, result
+    return now() - started, result
 
 
 def per_row_saliency(delta: Tensor, input_covariance: Tensor, gradient_diagonal: Tensor) -> Tensor:
@@ -197,7 +205,8 @@ def main() -> None:
     print(
         f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
         f"{args.model} on {len(loader)} batches of {args.batch_size} {args.dataset} images, "
-        f"eps {args.eps:.3g}, PGD-{args.attack_steps}, {args.mask_steps} mask steps"
+        f"eps {args.eps:.3g}, PGD-{args.attack_steps}, {args.mask_steps} mask steps; "
+        f"{'CPU' if device.type == 'cpu' else 'wall'} seconds"
     )
 
     attack = AttackSettings(args.eps, steps=args.attack_steps)

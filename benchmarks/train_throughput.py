@@ -10,7 +10,10 @@ Prints, on the current device and in one run:
    first `--trainer-images` Fashion-MNIST training images (synthetic ones if the files are missing)
    against a plain PGD-7 AT loop written from the textbook on the same images, model and device,
    and their ratio: the whole `train` call (set-up, the per-epoch test monitor, checkpoint and
-   model files) and its step loop alone.
+   model files), and without the monitor, which the plain loop does not do.
+
+On a CPU the times are CPU seconds of this process, so that other jobs on a shared machine stay
+out of the ratios (use --threads 1); on a GPU, wall seconds.
 
     python benchmarks/train_throughput.py [--device cuda] [--resnet-batch-size 128]
                                           [--trainer-images 12800] [--only trainer]
@@ -19,10 +22,10 @@ Prints, on the current device and in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,7 @@ from advprune.data import DATASETS, BatchLoader, ImageDataset, load_dataset
 from advprune.models import architecture, create_model
 from advprune.training import TrainConfig, train
 from advprune.training.objectives import AttackSettings, pgd_at
-from advprune.training.trainer import TrainingData
+from advprune.training.trainer import TrainingData, monitor
 
 
 class PerSampleDataset(Dataset):
@@ -101,6 +104,13 @@ def training_rate(
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU seconds of this process on a CPU device, so that other jobs on a shared machine do not
+    enter the ratio (use --threads 1: with more, idle threads spinning count too); wall seconds
+    on a GPU."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def plain_pgd_at_epoch(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -111,6 +121,9 @@ def plain_pgd_at_epoch(
 ) -> float:
     """Seconds of one epoch of the textbook loop: PGD-K from a uniform start on the model in eval
     mode, then Adam 1e-3 on CE(f(x̃), y) in train mode; data resident as one float tensor."""
+    now = clock(device)
+    synchronize(device)
+    started = now()
     spec = DATASETS["fashion-mnist"]
     torch.manual_seed(0)
     model = create_model(**architecture("lenet5-caffe", spec)).to(device)
@@ -129,8 +142,6 @@ def plain_pgd_at_epoch(
             delta = (x + delta).clamp(0, 1) - x
         return (x + delta).detach()
 
-    synchronize(device)
-    started = time.perf_counter()
     order = torch.randperm(len(y_all), device=device)
     for start in range(0, len(y_all) - batch_size + 1, batch_size):
         index = order[start : start + batch_size]
@@ -142,15 +153,14 @@ def plain_pgd_at_epoch(
         F.cross_entropy(model(x_adv), y).backward()
         optimizer.step()
     synchronize(device)
-    return time.perf_counter() - started
+    return now() - started
 
 
 def trainer_epoch(
     data: TrainingData, device: torch.device, eps: float, steps: int, batch_size: int
 ) -> tuple[float, float]:
-    """Seconds of the whole `train` call for one epoch, and of its step loop alone (the epoch's
-    "seconds" in metrics.jsonl: what follows the loop, the test monitor and the files, is not in
-    it)."""
+    """Seconds of the whole `train` call for one epoch (set-up, the steps, the test monitor, the
+    checkpoint and model files), and of its test monitor alone, run again on the trained model."""
     config = TrainConfig(
         dataset="fashion-mnist",
         model="lenet5-caffe",
@@ -164,16 +174,18 @@ def trainer_epoch(
         weight_decay=0.0,
         schedule="constant",
         device=str(device),
-    )
+    ).validate()
+    now = clock(device)
     with tempfile.TemporaryDirectory() as run_dir:
         synchronize(device)
-        started = time.perf_counter()
-        train(config, run_dir, data=data, progress=False, log=lambda line: None)
+        started = now()
+        model = train(config, run_dir, data=data, progress=False, log=lambda line: None)
         synchronize(device)
-        seconds = time.perf_counter() - started
-        with open(f"{run_dir}/metrics.jsonl") as metrics:
-            loop = json.loads(metrics.readline())["seconds"]
-    return seconds, loop
+        whole = now() - started
+    started = now()
+    monitor(model, data, config, device, epoch=0)
+    synchronize(device)
+    return whole, now() - started
 
 
 def trainer_against_plain_loop(args: argparse.Namespace, device: torch.device) -> None:
@@ -188,26 +200,32 @@ def trainer_against_plain_loop(args: argparse.Namespace, device: torch.device) -
         source = "synthetic Fashion-MNIST-shaped"
     data = TrainingData(spec, train_split, test_split)
     eps, steps, batch = spec.default_eps, 7, args.batch_size
-    runs = []  # (plain, whole, loop), the two taken in turn so that drift hits both
+    # torch's first optimizer step imports its compiler stack (seconds): let neither loop pay it.
+    warm_up = torch.zeros(1, requires_grad=True)
+    warm_up.grad = torch.zeros(1)
+    torch.optim.Adam([warm_up]).step()
+    runs = []  # (plain, whole, monitor), the two loops taken in turn so that drift hits both
     for _ in range(args.trainer_repeats):
         plain = plain_pgd_at_epoch(
             train_split.images, train_split.labels, device, eps, steps, batch
         )
         runs.append((plain, *trainer_epoch(data, device, eps, steps, batch)))
-    plain, whole, loop = (statistics.median(column) for column in zip(*runs, strict=True))
+    plain, whole, watch = (statistics.median(column) for column in zip(*runs, strict=True))
     whole_ratio = statistics.median(run[1] / run[0] for run in runs)
-    loop_ratio = statistics.median(run[2] / run[0] for run in runs)
+    rest_ratio = statistics.median((run[1] - run[2]) / run[0] for run in runs)
+    unit = "CPU s" if device.type == "cpu" else "s"
     print(
         f"advprune train against a plain PGD-{steps} AT loop, one epoch of "
         f"{len(train_split):,} {source} images, lenet5-caffe, Adam, batch {batch} "
         f"(median of {len(runs)}):"
     )
-    print(f"  plain loop                  {plain:>10.1f} s")
-    print(f"  train(): step loop          {loop:>10.1f} s   ratio {loop_ratio:.3f}")
-    print(f"  train(): whole call         {whole:>10.1f} s   ratio {whole_ratio:.3f}")
+    print(f"  plain loop                       {plain:>8.1f} {unit}")
+    print(f"  train(), whole call              {whole:>8.1f} {unit}   ratio {whole_ratio:.3f}")
     print(
-        f"  (the rest, {whole - loop:.1f} s: set-up, the test monitor, checkpoint and model files)"
+        f"    of which the test monitor      {watch:>8.1f} {unit}   (clean on {len(test_split):,}"
+        f" test images, PGD-10 on {TrainConfig().monitor_examples:,})"
     )
+    print(f"  train() less its monitor                    ratio {rest_ratio:.3f}")
 
 
 def synchronize(device: torch.device) -> None:
