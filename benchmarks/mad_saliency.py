@@ -1,23 +1,28 @@
 """MAD saliency: its cost against adversarial training, its matrix form, and its rank stability.
 
 Prints, on the current device and in one run:
-1. the time of one saliency pass (PGD + 20 mask steps + one K-FAC pass per batch) over N batches
-   against one PGD-AT epoch (PGD + SGD step) over the same N batches, and their ratio;
-2. the time of our matrix form S = ½ diag(G) Δw ⊙ (Δw A) against the official code's per-row loop
+1. where a batch's time goes: the pass's PGD, its mask steps and its K-FAC pass with the saliency,
+   against an epoch's PGD and its SGD step (median over the first batches);
+2. the time of one saliency pass (PGD + 20 mask steps + one K-FAC pass per batch) over N batches
+   against one PGD-AT epoch (PGD + SGD step) over the same N batches, and their ratio, for the
+   published signed form (`mad`) and the removal form (`mad-obd`);
+3. the time of our matrix form S = ½ diag(G) Δw ⊙ (Δw A) against the official code's per-row loop
    (an in × in block per output row), on the same layers and factors of one batch, and the
    speed-up;
-3. the Spearman rank correlation of the saliency from the first 10 %, 25 % and 50 % of the
-   batches against all of them, and the overlap of the weights each would prune at 90 %.
+4. for each form, the Spearman rank correlation of the saliency from the first 10 %, 25 % and
+   50 % of the batches (`--fractions`) against all of them, the overlap of the weights each would
+   prune at 90 %, and its time against the epoch.
 
 The model is first adversarially trained for a few epochs on the same batches.
 
     python benchmarks/mad_saliency.py [--model lenet5-caffe] [--batches 16] [--device cuda]
-                                      [--threads 1]
+                                      [--threads 1] [--fractions 0.1 0.25 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +41,7 @@ from advprune.methods.mad import (
     as_matrix,
     damage_saliency,
     masked_forward,
+    masked_saliency,
     optimise_masks,
     removed_part,
 )
@@ -48,13 +54,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU seconds of this process on a CPU device, so that other jobs on a shared machine do not
+    enter the ratios (run with --threads 1: with more, idle threads spinning count too); wall
+    seconds on a GPU."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def timed(device: torch.device, function: Callable, *args, **kwargs) -> tuple[float, Any]:
-    """Seconds `function(*args, **kwargs)` takes on `device`, and its result."""
+    """Seconds `function(*args, **kwargs)` takes on `device` (see `clock`), and its result."""
+    now = clock(device)
     synchronize(device)
-    started = time.perf_counter()
+    started = now()
     result = function(*args, **kwargs)
     synchronize(device)
-    return time.perf_counter() - started, result
+    return now() - started, result
 
 
 def per_row_saliency(delta: Tensor, input_covariance: Tensor, gradient_diagonal: Tensor) -> Tensor:
@@ -77,6 +91,54 @@ def adversarial_training_epoch(model, loader, attack: AttackSettings, epoch: int
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    model.eval()
+
+
+def stage_breakdown(model, loader, args, device, batches: int = 5) -> None:
+    """Median seconds per batch of each stage of the pass and of the epoch, on the first batches."""
+    parameters = prunable_parameters(model, include_bias=True)
+    trained = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the model stays as trained
+    times: dict[str, list[float]] = {}
+    for _, (x, y) in zip(range(batches), loader.epoch(0), strict=False):
+        pgd_time, x_adv = timed(device, pgd, model, x, y, args.eps, steps=args.attack_steps)
+        mask_time, logits = timed(
+            device, optimise_masks, model, x_adv, y, parameters, steps=args.mask_steps, lr=0.1
+        )
+        for form in ("paper", "removal"):
+            seconds, _ = timed(
+                device, masked_saliency, model, x_adv, y, parameters, logits, form=form
+            )
+            times.setdefault(f"K-FAC pass and saliency ({form})", []).append(seconds)
+        step_time, _ = timed(device, _sgd_step, model, optimizer, x_adv, y)
+        times.setdefault("PGD", []).append(pgd_time)
+        times.setdefault("mask steps", []).append(mask_time)
+        times.setdefault("SGD step", []).append(step_time)
+    model.load_state_dict(trained)
+    median = {stage: statistics.median(values) for stage, values in times.items()}
+    epoch = median["PGD"] + median["SGD step"]
+    print(f"where a batch's time goes (median of {batches} batches, ms):")
+    print(
+        f"  epoch: PGD-{args.attack_steps} {median['PGD'] * 1e3:8.1f}   SGD step "
+        f"{median['SGD step'] * 1e3:8.1f}   total {epoch * 1e3:8.1f}"
+    )
+    for form, name in (("paper", "mad"), ("removal", "mad-obd")):
+        kfac = median[f"K-FAC pass and saliency ({form})"]
+        total = median["PGD"] + median["mask steps"] + kfac
+        print(
+            f"  {name + ' pass:':<16}PGD {median['PGD'] / total:5.1%}   {args.mask_steps} mask "
+            f"steps {median['mask steps'] * 1e3:8.1f} ({median['mask steps'] / total:5.1%})   "
+            f"K-FAC {kfac * 1e3:6.1f} ({kfac / total:5.1%})   total {total * 1e3:8.1f} "
+            f"= {total / epoch:.2f}x the epoch's"
+        )
+
+
+def _sgd_step(model, optimizer, x_adv, y) -> None:
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x_adv), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
     model.eval()
 
 
@@ -129,6 +191,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=None, help="default: the dataset's")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -142,7 +205,8 @@ def main() -> None:
     print(
         f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
         f"{args.model} on {len(loader)} batches of {args.batch_size} {args.dataset} images, "
-        f"eps {args.eps:.3g}, PGD-{args.attack_steps}, {args.mask_steps} mask steps"
+        f"eps {args.eps:.3g}, PGD-{args.attack_steps}, {args.mask_steps} mask steps; "
+        f"{'CPU' if device.type == 'cpu' else 'wall'} seconds"
     )
 
     attack = AttackSettings(args.eps, steps=args.attack_steps)
@@ -150,32 +214,43 @@ def main() -> None:
     for epoch in range(args.train_epochs):
         seconds, _ = timed(device, adversarial_training_epoch, model, loader, attack, epoch)
         epoch_times.append(seconds)
+    epoch_time = epoch_times[-1]
+    stage_breakdown(model, loader, args, device)
     settings = dict(
         eps=args.eps, attack_steps=args.attack_steps, mask_steps=args.mask_steps, progress=False
     )
-    saliency_time, full = timed(device, compute_saliency, model, loader, **settings)
-    epoch_time = epoch_times[-1]
+    full = {}
     print("saliency pass against one PGD-AT epoch over the same batches:")
     print(f"  PGD-AT epoch (last of {args.train_epochs})  {epoch_time:>8.2f} s")
-    print(f"  saliency pass                 {saliency_time:>8.2f} s")
-    print(f"  ratio                         {saliency_time / epoch_time:>8.2f}x")
+    for form, name in (("paper", "mad"), ("removal", "mad-obd")):
+        seconds, full[form] = timed(device, compute_saliency, model, loader, form=form, **settings)
+        print(
+            f"  {name + ' pass (' + form + ')':<29} {seconds:>8.2f} s   {seconds / epoch_time:.2f}x"
+        )
 
     matrix_form_speedup(model, loader, args, device)
 
-    print("rank stability against the saliency from all batches:")
-    reference = flat(full)
-    pruned_by_all = ~torch.cat([m.flatten() for m in mad_masks(full, 0.9).values()]).cpu()
-    for fraction in (0.1, 0.25, 0.5):
-        seconds, partial = timed(
-            device, compute_saliency, model, loader, saliency_fraction=fraction, **settings
-        )
-        rho = spearmanr(flat(partial).numpy(), reference.numpy()).statistic
-        pruned = ~torch.cat([m.flatten() for m in mad_masks(partial, 0.9).values()]).cpu()
-        overlap = (pruned & pruned_by_all).sum() / pruned_by_all.sum()
-        print(
-            f"  {fraction:>4.0%} of the batches  Spearman {rho:.3f}   same 90 % pruned "
-            f"{overlap:.1%}   ({seconds:.1f} s, {seconds / epoch_time:.2f}x an epoch)"
-        )
+    for form, name in (("paper", "mad"), ("removal", "mad-obd")):
+        print(f"rank stability of the {form} form ({name}) against the saliency from all batches:")
+        reference = flat(full[form])
+        pruned_by_all = ~torch.cat([m.flatten() for m in mad_masks(full[form], 0.9).values()])
+        for fraction in args.fractions:
+            seconds, partial = timed(
+                device,
+                compute_saliency,
+                model,
+                loader,
+                saliency_fraction=fraction,
+                form=form,
+                **settings,
+            )
+            rho = spearmanr(flat(partial).numpy(), reference.numpy()).statistic
+            pruned = ~torch.cat([m.flatten() for m in mad_masks(partial, 0.9).values()]).cpu()
+            overlap = (pruned & pruned_by_all.cpu()).sum() / pruned_by_all.sum()
+            print(
+                f"  {fraction:>4.0%} of the batches  Spearman {rho:.3f}   same 90 % pruned "
+                f"{overlap:.1%}   ({seconds:.1f} s, {seconds / epoch_time:.2f}x an epoch)"
+            )
     layers = len(prunable_layers(model))
     print(f"  ({reference.numel():,} scored weights and biases in {layers} layers)")
 

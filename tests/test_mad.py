@@ -7,9 +7,24 @@ from torch import nn
 
 from advprune.attacks import pgd
 from advprune.core.errors import CheckpointError, ConfigError
+from advprune.masks import layer_of, prunable_parameters
 from advprune.methods import compute_saliency, load_saliency, mad_masks, save_saliency
-from advprune.methods.kfac import kfac_factors
-from advprune.methods.mad import damage_saliency, removal_saliency
+from advprune.methods.kfac import (
+    input_covariance_sum,
+    input_diagonal_sum,
+    input_product_sum,
+    kfac_factors,
+)
+from advprune.methods.mad import (
+    as_matrix,
+    batch_saliency,
+    damage_saliency,
+    masked_forward,
+    optimise_masks,
+    remaining_part,
+    removal_saliency,
+    removed_part,
+)
 
 
 def random_psd(size: int, generator: torch.Generator, groups: int = 1) -> torch.Tensor:
@@ -137,6 +152,73 @@ def test_conv_factors_from_unfold_match_a_loop_over_positions(conv):
     input_covariance, gradient_covariance = naive_conv_factors(layer, head, x, y)
     torch.testing.assert_close(factors.input_covariance, input_covariance)
     torch.testing.assert_close(factors.gradient_covariance, gradient_covariance)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(2, 3, kernel_size=3, stride=2, padding=1),
+        nn.Conv2d(4, 6, (3, 2), padding=2, dilation=2, groups=2, padding_mode="reflect"),
+        nn.Conv2d(3, 4, 3, padding="same", bias=False),
+        nn.Linear(5, 4),
+    ],
+    ids=["strided", "grouped-reflect", "same-no-bias", "linear"],
+)
+def test_input_product_and_diagonal_equal_those_of_the_covariance(layer):
+    """M A and diag(A), computed without A, are M times and the diagonal of the covariance."""
+    torch.manual_seed(0)
+    layer = layer.double()
+    shape = (2, 3, 5) if isinstance(layer, nn.Linear) else (2, layer.in_channels, 7, 7)
+    x = torch.randn(*shape, dtype=torch.float64)
+    output = layer(x)
+    covariance = input_covariance_sum(layer, x, output)
+    groups, width = covariance.shape[0], covariance.shape[1]
+    matrix = torch.randn(output.shape[1 if x.dim() == 4 else -1], width, dtype=torch.float64)
+    expected = (matrix.reshape(groups, -1, width) @ covariance).reshape(matrix.shape)
+    torch.testing.assert_close(input_product_sum(matrix)(layer, x, output), expected)
+    diagonal = input_diagonal_sum(layer, x, output)
+    torch.testing.assert_close(diagonal, covariance.diagonal(dim1=1, dim2=2))
+
+
+@pytest.mark.parametrize("form", ["removal", "paper"])
+def test_batch_saliency_equals_the_formula_on_the_full_factors(form):
+    torch.manual_seed(0)
+    model = Residual().double().eval()
+    x, y = synthetic_batches(1)[0]
+    x = x.double()
+    parameters = prunable_parameters(model, include_bias=True)
+    ours = batch_saliency(model, x, y, parameters, mask_steps=3, mask_lr=0.1, form=form)
+    logits = optimise_masks(model, x, y, parameters, steps=3, lr=0.1)
+    layers = {layer_of(name): model.get_submodule(layer_of(name)) for name in parameters}
+    factors = kfac_factors(layers, masked_forward(model, logits), x, y)
+    part_of, score = (
+        (remaining_part, removal_saliency) if form == "removal" else (removed_part, damage_saliency)
+    )
+    for layer_name, layer in layers.items():
+        parts = part_of(layer_name, layer, logits)
+        layer_factors = factors[layer_name]
+        expected = score(
+            as_matrix(parts.values()),
+            layer_factors.input_covariance,
+            layer_factors.gradient_covariance.diagonal(),
+        )
+        widths = [tensor[0].numel() for tensor in parts.values()]
+        for (name, tensor), part in zip(parts.items(), expected.split(widths, 1), strict=True):
+            torch.testing.assert_close(ours[name], part.reshape(tensor.shape))
+
+
+def test_channels_last_weights_keep_their_layout_in_the_mask_optimisation():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    x, y = synthetic_batches(1)[0]
+    parameters = prunable_parameters(model, include_bias=True)
+    reference = optimise_masks(model, x, y, parameters, steps=3, lr=0.1)
+    model = model.to(memory_format=torch.channels_last)
+    parameters = prunable_parameters(model, include_bias=True)
+    logits = optimise_masks(model, x, y, parameters, steps=3, lr=0.1)
+    for name, tensor in logits.items():
+        assert tensor.stride() == parameters[name].stride()
+        torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=0)
 
 
 class Residual(nn.Module):

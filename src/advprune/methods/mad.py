@@ -64,7 +64,13 @@ from advprune.methods.base import (
     ScoredMethod,
     register_method,
 )
-from advprune.methods.kfac import at_least_float32, check_supported, kfac_factors
+from advprune.methods.kfac import (
+    at_least_float32,
+    check_supported,
+    input_diagonal_sum,
+    input_product_sum,
+    kronecker_statistics,
+)
 
 MASK_FLOOR = 1e-4  # softplus(m) is clamped into [MASK_FLOOR, 1]
 LOGIT_MIN = math.log(math.expm1(MASK_FLOOR))
@@ -101,24 +107,56 @@ def optimise_masks(
     """Mask logits m (one per entry of `parameters`) after `steps` Adam steps on CE(f(x), y).
 
     A fresh Adam state per batch and the clamp of softplus(m) into [1e-4, 1] follow the official
-    code; masks can only shrink weights, never grow them.
+    code; masks can only shrink weights, never grow them. Adam and the clamp act on each entry
+    alone, so all masks live in one flat tensor: one softplus, one Adam update and one clamp per
+    step instead of one per tensor, with the same numbers.
     """
-    logits = {
-        name: torch.full_like(p, LOGIT_MAX, dtype=torch.float32, requires_grad=True)
-        for name, p in parameters.items()
-    }
-    leaves = list(logits.values())
-    optimizer = torch.optim.Adam(leaves, lr=lr)
-    forward = masked_forward(model, logits)
+    frozen = {name: parameter.detach() for name, parameter in model.named_parameters()}
+    masked = [frozen[name] for name in parameters]
+    weights = torch.cat([_memory_order(tensor) for tensor in masked])
+    flat_logits = torch.full(
+        weights.shape, LOGIT_MAX, dtype=torch.float32, device=weights.device, requires_grad=True
+    )
+    optimizer = torch.optim.Adam([flat_logits], lr=lr)
     for _ in range(steps):
-        loss = F.cross_entropy(forward(x).float(), y)
-        for leaf, gradient in zip(leaves, torch.autograd.grad(loss, leaves), strict=True):
-            leaf.grad = gradient
+        effective = _shaped_like(masked, weights * F.softplus(flat_logits))
+        masked_now = dict(zip(parameters, effective, strict=True))
+        outputs = functional_call(model, {**frozen, **masked_now}, (x,))
+        loss = F.cross_entropy(outputs.float(), y)
+        (flat_logits.grad,) = torch.autograd.grad(loss, [flat_logits])
         optimizer.step()
         with torch.no_grad():
-            for leaf in leaves:
-                leaf.clamp_(LOGIT_MIN, LOGIT_MAX)
-    return {name: leaf.detach() for name, leaf in logits.items()}
+            flat_logits.clamp_(LOGIT_MIN, LOGIT_MAX)
+    logits = _shaped_like(masked, flat_logits.detach())
+    return {name: tensor.clone() for name, tensor in zip(parameters, logits, strict=True)}
+
+
+def _dense(tensor: Tensor) -> bool:
+    """Contiguous or channels_last: its elements fill one block of storage, in some order."""
+    return tensor.is_contiguous() or (
+        tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _memory_order(tensor: Tensor) -> Tensor:
+    """The elements of `tensor` as a flat tensor in the order they sit in memory."""
+    if _dense(tensor):
+        return tensor.as_strided((tensor.numel(),), (1,))
+    return tensor.reshape(-1)
+
+
+def _shaped_like(tensors: list[Tensor], flat: Tensor) -> list[Tensor]:
+    """Views of consecutive pieces of `flat` with the shape and memory layout of each tensor, so
+    a channels_last weight stays channels_last (the inverse of `_memory_order`)."""
+    views, offset = [], 0
+    for tensor in tensors:
+        piece = flat[offset : offset + tensor.numel()]
+        dense = _dense(tensor)
+        views.append(
+            piece.as_strided(tensor.shape, tensor.stride()) if dense else piece.view(tensor.shape)
+        )
+        offset += tensor.numel()
+    return views
 
 
 def removed_fraction(mask_logits: Tensor) -> Tensor:
@@ -134,7 +172,12 @@ def damage_saliency(delta: Tensor, input_covariance: Tensor, gradient_diagonal: 
     """
     groups, width = input_covariance.shape[0], delta.shape[1]
     product = (delta.reshape(groups, -1, width) @ input_covariance).reshape(delta.shape)
-    return 0.5 * gradient_diagonal[:, None] * delta * product
+    return damage_from_product(delta, product, gradient_diagonal)
+
+
+def damage_from_product(delta: Tensor, delta_times_a: Tensor, gradient_diagonal: Tensor) -> Tensor:
+    """`damage_saliency` given Δw A itself (`kfac.input_product_sum` forms it without A)."""
+    return 0.5 * gradient_diagonal[:, None] * delta * delta_times_a
 
 
 def removal_saliency(
@@ -145,8 +188,15 @@ def removal_saliency(
     Entry (i, j) is ½ δᵀ (G ⊗ A) δ for δ removing W̃_ij alone: ½ G_ii A_jj W̃_ij² ≥ 0.
     `input_covariance` is (groups, in, in); output row i uses the A of its group.
     """
-    groups = input_covariance.shape[0]
-    input_diagonal = input_covariance.diagonal(dim1=1, dim2=2)  # (groups, in)
+    input_diagonal = input_covariance.diagonal(dim1=1, dim2=2)
+    return removal_from_diagonal(remaining, input_diagonal, gradient_diagonal)
+
+
+def removal_from_diagonal(
+    remaining: Tensor, input_diagonal: Tensor, gradient_diagonal: Tensor
+) -> Tensor:
+    """`removal_saliency` given diag(A) alone, (groups, in) (`kfac.input_diagonal_sum`)."""
+    groups = input_diagonal.shape[0]
     per_row = input_diagonal.repeat_interleave(remaining.shape[0] // groups, dim=0)
     return 0.5 * gradient_diagonal[:, None] * per_row * remaining.square()
 
@@ -195,26 +245,48 @@ def batch_saliency(
 ) -> dict[str, Tensor]:
     """The saliency of each entry of `parameters` on one adversarial batch (steps 2–4)."""
     logits = optimise_masks(model, x_adv, y, parameters, steps=mask_steps, lr=mask_lr)
+    return masked_saliency(model, x_adv, y, parameters, logits, form=form)
+
+
+def masked_saliency(
+    model: nn.Module,
+    x_adv: Tensor,
+    y: Tensor,
+    parameters: dict[str, Tensor],
+    logits: dict[str, Tensor],
+    *,
+    form: str = "paper",
+) -> dict[str, Tensor]:
+    """Steps 3–4 for optimised mask `logits`: one K-FAC pass of the masked network, the saliency.
+
+    Only what the saliency reads is taken from the pass: diag(G), and Δw A ("paper") or diag(A)
+    ("removal"), never A itself; the numbers are those of `damage_saliency` and
+    `removal_saliency` on the full factors, up to float rounding.
+    """
     layers = {layer_of(name): model.get_submodule(layer_of(name)) for name in parameters}
-    factors = kfac_factors(layers, masked_forward(model, logits), x_adv, y)
-    saliency = {}
-    part_of, score = (
-        (remaining_part, removal_saliency) if form == "removal" else (removed_part, damage_saliency)
+    part_of = remaining_part if form == "removal" else removed_part
+    parts = {name: part_of(name, layer, logits) for name, layer in layers.items()}
+    matrices = {name: as_matrix(layer_parts.values()) for name, layer_parts in parts.items()}
+    input_statistics = {
+        name: input_diagonal_sum if form == "removal" else input_product_sum(matrices[name])
+        for name in layers
+    }
+    statistics = kronecker_statistics(
+        layers, masked_forward(model, logits), x_adv, y, input_statistics, full_gradient=False
     )
-    for layer_name, layer in layers.items():
-        parts = part_of(layer_name, layer, logits)
-        matrix = as_matrix(parts.values())
-        if layer_name in factors:
-            layer_factors = factors[layer_name]
-            scores = score(
-                matrix,
-                layer_factors.input_covariance,
-                layer_factors.gradient_covariance.diagonal(),
-            )
+    score = removal_from_diagonal if form == "removal" else damage_from_product
+    saliency = {}
+    for layer_name, layer_parts in parts.items():
+        matrix = matrices[layer_name]
+        if layer_name in statistics:
+            entry = statistics[layer_name]
+            scores = score(matrix, entry.input_statistic, entry.gradient_diagonal)
         else:  # never reached by the forward pass: removing it cannot change the loss
             scores = torch.zeros_like(matrix)
-        widths = [tensor[0].numel() for tensor in parts.values()]
-        for (name, tensor), part in zip(parts.items(), scores.split(widths, dim=1), strict=True):
+        widths = [tensor[0].numel() for tensor in layer_parts.values()]
+        for (name, tensor), part in zip(
+            layer_parts.items(), scores.split(widths, dim=1), strict=True
+        ):
             if name in parameters:
                 saliency[name] = part.reshape(tensor.shape)
     return saliency
