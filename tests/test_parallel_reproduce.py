@@ -4,6 +4,7 @@ report's mean ± std over the seeds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,9 +103,10 @@ def test_slots_split_the_thread_budget_or_take_one_device_each(monkeypatch, tmp_
 
 
 def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
-    """The assignment --devices cuda:0,cuda:1 makes, without a GPU: one step per device at a
-    time, the step's every `device` setting the device's, its record unchanged; a second run
-    of a method on the same source waits for the other steps (it would share a cached pass)."""
+    """The assignment --devices cuda:0,cuda:1 makes, without a GPU: one task per device at a
+    time, the step's every `device` setting the device's, its record unchanged; the pruned rows
+    need the dense row's build, not its evaluation; a second run of a method on the same source
+    waits for the other tasks (it would share a cached pass)."""
     steps = [*CHAIN, {"name": "random-90", "prune": {"method": "random", "from": "dense"}}]
     plan = make_plan(write_recipe(tmp_path / "four.yaml", steps), tmp_path)
     schedule = Schedule(plan.steps, [Slot("cuda:0", 4), Slot("cuda:1", 4)])
@@ -112,11 +114,12 @@ def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
 
     def started() -> dict[str, str]:
         placed = {}
-        for step, slot in schedule.start():
+        for task, slot in schedule.start():
+            step = task.step
             devices = {c.device for c in (*step.configs, step.evaluate) if hasattr(c, "device")}
             assert devices == {slot.device}
             assert step.record() == by_name[step.name].record()
-            placed[step.name] = slot.device
+            placed[task.label] = slot.device
         assert len(set(schedule.running.values())) == len(schedule.running)
         return placed
 
@@ -125,9 +128,28 @@ def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
     schedule.finish("dense")
     assert started() == {"mag-50": "cuda:1", "random-90": "cuda:0"}  # not two magnitude runs
     schedule.finish("random-90")
-    assert started() == {"mag-90": "cuda:0"}
+    assert started() == {"dense (eval)": "cuda:0"}  # before a second magnitude run
     schedule.finish("mag-50")
-    assert started() == {} and schedule.done == ["dense", "random-90", "mag-50"]
+    assert started() == {"mag-90": "cuda:1"}
+    schedule.finish("dense (eval)")
+    assert started() == {"mag-50 (eval)": "cuda:0"}
+    schedule.finish("mag-50 (eval)")
+    assert started() == {"random-90 (eval)": "cuda:0"}  # mag-90's waits for its build
+    assert [t.label for t in schedule.waiting] == ["mag-90 (eval)"]
+
+
+def test_a_task_that_starts_alone_gets_every_thread(tmp_path):
+    """With the threads split by --jobs (not set by --threads), the dense row, which nothing
+    else can run beside, trains on the whole budget; the rows after it on one thread each."""
+    plan = make_plan(write_recipe(tmp_path / "three.yaml", CHAIN), tmp_path)
+    schedule = Schedule(plan.steps, [Slot(None, 1), Slot(None, 1)], widen_to=2)
+    assert [(t.label, s.threads) for t, s in schedule.start()] == [("dense", 2)]
+    schedule.finish("dense")
+    assert [(t.label, s.threads) for t, s in schedule.start()] == [
+        ("mag-50", 1),
+        ("dense (eval)", 1),
+    ]
+    assert schedule.free == []
 
 
 # -------------------------------------------------------------------------- running at once
@@ -146,7 +168,7 @@ def test_jobs_2_runs_two_independent_steps_at_once(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "two.yaml", steps)
     messages: list[str] = []
     reproduce(recipe, tmp_path / "runs", jobs=2, threads=1, progress=False, log=messages.append)
-    assert len(list(barrier.iterdir())) == 2  # one process per step
+    assert len(list(barrier.iterdir())) == 4  # one process per task: two builds, two evaluations
     events = [m.split()[1:3] for m in messages if m.split()[1] in ("start", "done")]
     assert events[:2] == [["start", "a:"], ["start", "b:"]]
     # One after the other, the first step waits in vain: the barrier does tell.
@@ -183,16 +205,20 @@ def alive(pid: int) -> bool:
 
 
 def step_pids(runs: Path, names: list[str], timeout: float = 120) -> list[int]:
-    """The processes training `names`, as their run directories' locks name them, once each
-    has finished its first epoch."""
+    """The processes training any of `names`, as their run directories' locks name them, once
+    one has finished its first epoch (the dense row's evaluation may hold the other slot)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        logs = [runs / name / "log.txt" for name in names]
-        if all(log.is_file() and "epoch 1 " in log.read_text() for log in logs):
-            locks = [runs / name / ".advprune.lock" for name in names]
-            return [json.loads(lock.read_text())["pid"] for lock in locks]
+        pids = []
+        for name in names:
+            log, lock = runs / name / "log.txt", runs / name / ".advprune.lock"
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                if "epoch 1 " in log.read_text():
+                    pids.append(json.loads(lock.read_text())["pid"])
+        if pids:
+            return pids
         time.sleep(0.05)
-    raise AssertionError(f"the steps {names} did not start training in {timeout:.0f} s")
+    raise AssertionError(f"none of the steps {names} started training in {timeout:.0f} s")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent's death reaches its steps on Linux")
@@ -218,8 +244,9 @@ def test_an_interrupted_parallel_run_resumes(serial, tmp_path, stop):
     assert not any(map(alive, pids)), "a step outlived its reproduction"
     if stop == signal.SIGTERM:
         assert parent.returncode == 130 and b"interrupted" in stderr
-    stopped = [n for n in ("mag-50", "mag-90") if not (runs / n / "model.safetensors").exists()]
-    assert stopped, "both steps finished before the signal: the test stopped nothing"
+    started = [n for n in ("mag-50", "mag-90") if (runs / n / "log.txt").is_file()]
+    stopped = [n for n in started if not (runs / n / "model.safetensors").exists()]
+    assert stopped, "the started steps finished before the signal: the test stopped nothing"
     for name in stopped:
         assert (runs / name / "checkpoint.safetensors").is_file()
         assert "stopped" in (runs / name / "log.txt").read_text()
@@ -227,7 +254,9 @@ def test_an_interrupted_parallel_run_resumes(serial, tmp_path, stop):
     reproduce(recipe, runs, jobs=2, threads=1, progress=False, log=messages.append)
     assert "[reproduce] done dense: finished before" in messages
     for name in stopped:
-        assert "resuming" in (runs / name / "log.txt").read_text().split("=== ")[-1]
+        attempts = (runs / name / "log.txt").read_text().split("=== ")
+        builds = [attempt for attempt in attempts if f" {name} (process" in attempt]
+        assert "resuming" in builds[-1]
     for name in ("dense", "mag-50", "mag-90"):
         assert same_weights(runs / name, serial_root / name), name
 

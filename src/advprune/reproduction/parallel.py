@@ -89,6 +89,32 @@ def describe_slots(slots: Sequence[Slot]) -> str:
     return f"one step per device ({', '.join(str(slot.device) for slot in slots)}){each}"
 
 
+BUILD, EVALUATE = "build", "evaluate"  # runner.run_step's phases
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one process does: a step's build (train or prune) or its evaluation. The steps that
+    need a step need only its build, so they start while it is being evaluated."""
+
+    step: Step
+    phase: str = BUILD
+
+    @property
+    def label(self) -> str:
+        return self.step.label if self.phase == BUILD else f"{self.step.label} (eval)"
+
+    def needed_labels(self) -> set[str]:
+        return self.step.needed_labels() if self.phase == BUILD else {self.step.label}
+
+
+def tasks_of(steps: Sequence[Step]) -> list[Task]:
+    """Every step's build in plan order, then every evaluation: a build can unlock other steps,
+    an evaluation never does (a recipe that lists its longest chain first finishes soonest)."""
+    builds = [Task(step) for step in steps]
+    return builds + [Task(step, EVALUATE) for step in steps if step.evaluate is not None]
+
+
 def _on_device(config: Any, device: str) -> Any:
     return config.replace(device=device) if "device" in config.field_names() else config
 
@@ -167,41 +193,51 @@ def check_devices(devices: Sequence[str]) -> None:
                 )
 
 
-def _sharing(step: Step) -> tuple[str | None, frozenset[str]]:
-    """Steps with the same method and the same sources: they may share a cached pass."""
-    return step.method, frozenset(step.needed_labels())
+def _sharing(task: Task) -> tuple[str | None, frozenset[str]] | None:
+    """Builds with the same method and the same sources: they may share a cached pass."""
+    if task.phase != BUILD:
+        return None
+    return task.step.method, frozenset(task.step.needed_labels())
 
 
 class Schedule:
-    """Which steps start next and where: a step whose needed steps have all finished, on a free
+    """Which tasks start next and where: a task whose needed tasks have all finished, on a free
     slot. Pure bookkeeping, so that the assignment is tested without processes.
 
-    Among the steps that may start, one whose method already runs on the same source goes after
-    the others: such runs share passes through the cache (MAD's saliency, the same for every
-    sparsity), which a second run started alongside the first would compute again. Otherwise
-    the plan's order."""
+    Among the tasks that may start, a build whose method already runs on the same source goes
+    after the others: such runs share passes through the cache (MAD's saliency, the same for
+    every sparsity), which a second run started alongside the first would compute again.
+    Otherwise the order of `tasks_of`. With `widen_to`, a task that starts alone, with nothing
+    else ready or running (a recipe's dense row), gets that many threads instead of its slot's:
+    one thread would leave the other cores idle."""
 
-    def __init__(self, steps: Sequence[Step], slots: Sequence[Slot]) -> None:
-        self.waiting = list(steps)
+    def __init__(
+        self, steps: Sequence[Step], slots: Sequence[Slot], widen_to: int | None = None
+    ) -> None:
+        self.waiting = tasks_of(steps)
         self.free = list(slots)
+        self.slots = len(slots)
+        self.widen_to = widen_to
         self.running: dict[str, Slot] = {}
         self.done: list[str] = []
-        self._sharing: dict[str, tuple[str | None, frozenset[str]]] = {}
+        self._sharing: dict[str, tuple[str | None, frozenset[str]] | None] = {}
 
-    def start(self) -> list[tuple[Step, Slot]]:
-        """The steps that start now, each placed on its slot (its device set)."""
+    def start(self) -> list[tuple[Task, Slot]]:
+        """The tasks that start now, each with the slot it runs on (its device set)."""
         started = []
         while self.free:
-            ready = [s for s in self.waiting if s.needed_labels() <= set(self.done)]
+            ready = [t for t in self.waiting if t.needed_labels() <= set(self.done)]
             if not ready:
                 break
-            running = list(self._sharing.values())
-            step = min(ready, key=lambda s: running.count(_sharing(s)))  # the first of equals
+            running = [key for key in self._sharing.values() if key is not None]
+            task = min(ready, key=lambda t: running.count(_sharing(t)))  # the first of equals
             slot = self.free.pop(0)
-            self.waiting.remove(step)
-            self.running[step.label] = slot
-            self._sharing[step.label] = _sharing(step)
-            started.append((slot.place(step), slot))
+            self.waiting.remove(task)
+            self.running[task.label] = slot
+            self._sharing[task.label] = _sharing(task)
+            alone = len(ready) == 1 and len(self.running) == 1 and len(self.free) == self.slots - 1
+            placed = Slot(slot.device, self.widen_to) if alone and self.widen_to else slot
+            started.append((Task(placed.place(task.step), task.phase), placed))
         return started
 
     def finish(self, label: str) -> None:
@@ -214,28 +250,28 @@ class Schedule:
 class Worker:
     """One step running in its own process, and the pipe its outcome comes back on."""
 
-    step: Step
+    task: Task
     process: BaseProcess
     outcome: Connection
     started: float
 
     @classmethod
-    def start(cls, step: Step, slot: Slot) -> Worker:
+    def start(cls, task: Task, slot: Slot) -> Worker:
         context = get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
             target=work,
-            args=(step, slot.threads, send, os.getpid()),
-            name=f"advprune {step.label}",
+            args=(task.step, task.phase, slot.threads, send, os.getpid()),
+            name=f"advprune {task.label}",
             daemon=False,
         )
         process.start()
         send.close()
-        return cls(step, process, receive, time.perf_counter())
+        return cls(task, process, receive, time.perf_counter())
 
     @property
     def log_file(self) -> Path:
-        return self.step.run_dir / LOG_NAME
+        return self.task.step.run_dir / LOG_NAME
 
     def result(self) -> tuple[str, str | None, int]:
         """(status, message, exit code) once the process ended: "done" with its warning,
@@ -261,23 +297,25 @@ def run_parallel(
     slots: Sequence[Slot],
     log: Callable[[str], None] = print,
     *,
-    skip: Callable[[Step], bool] = lambda step: False,
+    skip: Callable[[Task], bool] = lambda task: False,
+    widen_to: int | None = None,
 ) -> list[str]:
-    """Run `steps` on `slots`, each as soon as its dependencies have finished, except those
-    `skip` says have nothing left to do; returns the gradient-masking warnings. A failure or an
-    interruption stops the running steps cleanly."""
-    schedule = Schedule(steps, slots)
+    """Run the builds and evaluations of `steps` on `slots`, each as soon as what it needs has
+    finished, except those `skip` says have nothing left to do; returns the gradient-masking
+    warnings. A failure or an interruption stops the running tasks cleanly."""
+    schedule = Schedule(steps, slots, widen_to)
+    total = len(schedule.waiting)
     workers: list[Worker] = []
     warnings: list[str] = []
     try:
         while schedule.waiting or workers:
             workers += _start_ready(schedule, skip, log)
-            if not workers:  # every step left was booked as finished before
+            if not workers:  # every task left was booked as finished before
                 continue
             ended = wait([worker.process.sentinel for worker in workers])
             for worker in [w for w in workers if w.process.sentinel in ended]:
                 workers.remove(worker)
-                warning = _finished(worker, schedule, len(steps), log)
+                warning = _finished(worker, schedule, total, log)
                 if warning:
                     warnings.append(warning)
     except BaseException:
@@ -287,24 +325,24 @@ def run_parallel(
 
 
 def _start_ready(
-    schedule: Schedule, skip: Callable[[Step], bool], log: Callable[[str], None]
+    schedule: Schedule, skip: Callable[[Task], bool], log: Callable[[str], None]
 ) -> list[Worker]:
-    """A process for each step that can start now; a step with nothing left to do is booked as
-    done at once, which may let the steps that need it start."""
+    """A process for each task that can start now; a task with nothing left to do is booked as
+    done at once, which may let the tasks that need it start."""
     workers = []
     while started := schedule.start():
-        skipped = [step for step, _ in started if skip(step)]
-        for step in skipped:
-            schedule.finish(step.label)
-            log(f"[reproduce] done {step.label}: finished before")
-        for step, slot in started:
-            if step in skipped:
+        skipped = [task for task, _ in started if skip(task)]
+        for task in skipped:
+            schedule.finish(task.label)
+            log(f"[reproduce] done {task.label}: finished before")
+        for task, slot in started:
+            if task in skipped:
                 continue
-            workers.append(Worker.start(step, slot))
+            workers.append(Worker.start(task, slot))
             where = f" ({slot.describe()})" if slot.describe() else ""
+            what = task.step.describe() if task.phase == BUILD else "attacks and checks"
             log(
-                f"[reproduce] start {step.label}: {step.describe()}{where}; "
-                f"log {step.run_dir / LOG_NAME}"
+                f"[reproduce] start {task.label}: {what}{where}; log {task.step.run_dir / LOG_NAME}"
             )
         if not skipped:
             break
@@ -314,9 +352,9 @@ def _start_ready(
 def _finished(
     worker: Worker, schedule: Schedule, total: int, log: Callable[[str], None]
 ) -> str | None:
-    """Book the end of `worker`'s step; a failure raises `StepFailedError` naming the step."""
+    """Book the end of `worker`'s task; a failure raises `StepFailedError` naming it."""
     status, message, code = worker.result()
-    label = worker.step.label
+    label = worker.task.label
     if status != "done":
         log(f"[reproduce] {label} {status} after {worker.elapsed()}: {message}")
         raise StepFailedError(
@@ -338,7 +376,7 @@ def _stop(workers: Sequence[Worker], log: Callable[[str], None]) -> None:
     for each; a second Ctrl-C meanwhile signals them again, which stops them at once."""
     if not workers:
         return
-    log(f"[reproduce] stopping {', '.join(w.step.label for w in workers)}: they resume on a rerun")
+    log(f"[reproduce] stopping {', '.join(w.task.label for w in workers)}: they resume on a rerun")
     for attempt in range(2):
         for worker in workers:
             if worker.process.is_alive():
@@ -367,8 +405,8 @@ def _detach(parent: int) -> None:
         raise SystemExit(1)
 
 
-def work(step: Step, threads: int | None, outcome: Connection, parent: int) -> None:
-    """The body of a step's process: its output to RUN_DIR/log.txt, its outcome to the parent
+def work(step: Step, phase: str, threads: int | None, outcome: Connection, parent: int) -> None:
+    """The body of a task's process: its output to RUN_DIR/log.txt, its outcome to the parent
     as (status, warning or error message, exit code)."""
     _detach(parent)
     log_path = step.run_dir / LOG_NAME
@@ -382,12 +420,14 @@ def work(step: Step, threads: int | None, outcome: Connection, parent: int) -> N
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
         sys.stdout = sys.stderr = log_file
-        result = _run_logged(step, threads, log_file)
+        result = _run_logged(step, phase, threads, log_file)
         with contextlib.suppress(OSError):  # the parent was killed: nobody to tell
             outcome.send(result)
 
 
-def _run_logged(step: Step, threads: int | None, log_file: Any) -> tuple[str, str | None, int]:
+def _run_logged(
+    step: Step, phase: str, threads: int | None, log_file: Any
+) -> tuple[str, str | None, int]:
     from advprune.reproduction.runner import run_step
 
     def log(message: str) -> None:
@@ -399,8 +439,9 @@ def _run_logged(step: Step, threads: int | None, log_file: Any) -> tuple[str, st
 
             torch.set_num_threads(threads)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        log(f"=== {now} step {step.label} (process {os.getpid()}, threads {threads or 'default'})")
-        return "done", run_step(step, progress=False, log=log), 0
+        label = Task(step, phase).label
+        log(f"=== {now} {label} (process {os.getpid()}, threads {threads or 'default'})")
+        return "done", run_step(step, progress=False, log=log, phase=phase), 0
     except AdvpruneError as err:
         log(f"error: {err}")
         return "failed", str(err), err.exit_code

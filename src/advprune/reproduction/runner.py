@@ -27,7 +27,16 @@ from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
 from advprune.report.runs import RunSummary
 from advprune.report.seeds import aggregate
-from advprune.reproduction.parallel import Slot, describe_slots, make_slots, run_parallel
+from advprune.reproduction.parallel import (
+    BUILD,
+    EVALUATE,
+    Slot,
+    Task,
+    describe_slots,
+    make_slots,
+    run_parallel,
+    thread_budget,
+)
 from advprune.reproduction.plan import Plan, Step, make_plan
 
 STEP_RECORD = "step.yaml"
@@ -44,15 +53,18 @@ def default_root(recipe: str, scale: float) -> Path:
     return Path("runs") / "reproduce" / f"{recipe_name(recipe)}{suffix}"
 
 
-def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> bool:
-    """Write the step's record, or check it against the one there. Other training settings are
-    refused; other evaluation settings are evaluated again (each attack's entry in results.json
-    records its settings, so no table mixes the two). Returns whether those changed."""
+def _saved_record(run: RunDir) -> dict[str, Any] | None:
     path = run.path / STEP_RECORD
-    wanted = {**step.record(), "evaluate": step.evaluation_record()}
-    changed = False
-    if path.is_file():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+
+
+def _check_record(step: Step, run: RunDir) -> None:
+    """Write the step's record of what it computes, or check it against the one there: other
+    training settings are refused. The evaluation's part is kept as it was until the
+    evaluation it describes has run (`_evaluation_changed`)."""
+    saved = _saved_record(run)
+    wanted = step.record()
+    if saved is not None:
         if any(saved.get(key) != wanted[key] for key in ("kind", "method", "settings")):
             changed = _changed(saved.get("settings") or {}, wanted["settings"])
             raise ConfigError(
@@ -60,16 +72,32 @@ def _check_record(step: Step, run: RunDir, log: Callable[[str], None]) -> bool:
                 f"({', '.join(changed) or 'its kind or method'}); delete it or pass another "
                 "--runs-dir"
             )
-        changed = saved.get("evaluate") != wanted["evaluate"] and run.results.exists()
-        if changed:
-            log("  the evaluation settings changed: evaluating again what they change")
     elif any(p.exists() for p in (run.config, run.checkpoint, run.model, run.results)):
         raise ConfigError(
             f"{run.path} holds a run that this recipe did not start; delete it or pass another "
             "--runs-dir"
         )
-    atomic_write_text(path, yaml.safe_dump(wanted, sort_keys=False))
+    evaluated = (saved or {}).get("evaluate")
+    atomic_write_text(
+        run.path / STEP_RECORD, yaml.safe_dump({**wanted, "evaluate": evaluated}, sort_keys=False)
+    )
+
+
+def _evaluation_changed(step: Step, run: RunDir, log: Callable[[str], None]) -> bool:
+    """Whether the results there were measured with other evaluation settings (each attack's
+    entry in results.json records its settings, so no table mixes the two: what they change
+    is evaluated again)."""
+    saved = _saved_record(run) or {}
+    changed = saved.get("evaluate") != step.evaluation_record() and run.results.exists()
+    if changed:
+        log("  the evaluation settings changed: evaluating again what they change")
     return changed
+
+
+def _record_evaluation(step: Step, run: RunDir) -> None:
+    saved = _saved_record(run) or step.record()
+    record = {**saved, "evaluate": step.evaluation_record()}
+    atomic_write_text(run.path / STEP_RECORD, yaml.safe_dump(record, sort_keys=False))
 
 
 def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -104,26 +132,32 @@ def _finished(step: Step, run: RunDir) -> bool:
     return wanted <= done and checked
 
 
+def is_built(step: Step) -> bool:
+    """The step's model is written with the settings the recipe asks for."""
+    run = RunDir(step.run_dir)
+    saved = _saved_record(run) if run.path.is_dir() else None
+    if saved is None or not run.model.exists():
+        return False
+    return all(saved.get(key) == value for key, value in step.record().items())
+
+
 def is_finished(step: Step) -> bool:
     """Nothing left to do: the step's record is the one there, its model is written and its
     evaluation has every attack. A parallel rerun books such a step without a process."""
+    if not is_built(step):
+        return False
+    if step.evaluate is None:
+        return True
     run = RunDir(step.run_dir)
-    record = run.path / STEP_RECORD
-    if not (record.is_file() and run.model.exists()):
-        return False
-    saved = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
-    if saved != {**step.record(), "evaluate": step.evaluation_record()}:
-        return False
-    return step.evaluate is None or _finished(step, run)
+    saved = _saved_record(run) or {}
+    return saved.get("evaluate") == step.evaluation_record() and _finished(step, run)
 
 
-def _evaluate(
-    step: Step, run: RunDir, changed: bool, progress: bool, log: Callable[[str], None]
-) -> str | None:
+def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None]) -> str | None:
     """Evaluate the step unless an earlier evaluation with the same settings finished it;
     `evaluate_run` keeps the attacks finished with the same model and settings. Returns a
     gradient-masking warning rather than stopping the reproduction (the report shows it)."""
-    if not changed and _finished(step, run):
+    if not _evaluation_changed(step, run, log) and _finished(step, run):
         log("  evaluated before: results.json has every attack")
         return None
     try:
@@ -131,18 +165,28 @@ def _evaluate(
     except GradientMaskingError as err:
         log(f"  warning: {err}")
         return f"{step.label}: {err}"
+    finally:
+        _record_evaluation(step, run)
     return None
 
 
-def run_step(step: Step, *, progress: bool, log: Callable[[str], None]) -> str | None:
+BOTH = "both"  # run_step: the build, then the evaluation
+
+
+def run_step(
+    step: Step, *, progress: bool, log: Callable[[str], None], phase: str = BOTH
+) -> str | None:
     """Train or prune the step (resuming it), then evaluate it; returns its gradient-masking
-    warning. The same in this process (`--jobs 1`) and in a step's own (parallel.work)."""
+    warning. `phase` BUILD or EVALUATE does one of the two: a parallel reproduction runs them
+    as separate tasks, so that the steps needing this one start while it is being evaluated.
+    The same in this process (`--jobs 1`) and in a task's own (parallel.work)."""
     run = RunDir.create(step.run_dir)
-    evaluation_changed = _check_record(step, run, log)
-    _train_or_prune(step, run, progress, log)
-    if step.evaluate is None:
+    if phase != EVALUATE:
+        _check_record(step, run)
+        _train_or_prune(step, run, progress, log)
+    if phase == BUILD or step.evaluate is None:
         return None
-    return _evaluate(step, run, evaluation_changed, progress, log)
+    return _evaluate(step, run, progress, log)
 
 
 @contextlib.contextmanager
@@ -191,7 +235,12 @@ def run_plan(
     if len(slots) == 1:
         return _run_here(plan.steps, slots[0], progress, log)
     log(f"[reproduce] {describe_slots(slots)}; each step's output goes to its log.txt")
-    return run_parallel(plan.steps, slots, log, skip=is_finished)
+    widen_to = thread_budget() if threads is None and not devices else None
+    return run_parallel(plan.steps, slots, log, skip=_nothing_left, widen_to=widen_to)
+
+
+def _nothing_left(task: Task) -> bool:
+    return is_built(task.step) if task.phase == BUILD else is_finished(task.step)
 
 
 def _by_step(plan: Plan, evaluated: Sequence[Step]) -> dict[str, RunSummary]:
