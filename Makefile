@@ -27,11 +27,12 @@ $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz:
 demo: install
 	$(BIN)/advprune demo
 
+# One test process per core (pytest-xdist): each test runs on one torch thread (tests/conftest.py).
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

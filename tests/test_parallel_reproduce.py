@@ -105,9 +105,15 @@ def test_slots_split_the_thread_budget_or_take_one_device_each(monkeypatch, tmp_
 def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
     """The assignment --devices cuda:0,cuda:1 makes, without a GPU: one task per device at a
     time, the step's every `device` setting the device's, its record unchanged; the pruned rows
-    need the dense row's build, not its evaluation; a second run of a method on the same source
-    waits for the other tasks (it would share a cached pass)."""
-    steps = [*CHAIN, {"name": "random-90", "prune": {"method": "random", "from": "dense"}}]
+    need the dense row's build, not its evaluation, which runs as a task of its own; a second
+    run of MAD on the same source waits for the other tasks (it would share the cached pass),
+    where two magnitude runs start together (test_jobs_2_runs_two_independent_steps_at_once)."""
+    steps = [
+        CHAIN[0],
+        {"name": "mad-50", "prune": {"method": "mad", "from": "dense", "sparsity": 0.5}},
+        {"name": "mad-90", "prune": {"method": "mad", "from": "dense", "sparsity": 0.9}},
+        {"name": "random-90", "prune": {"method": "random", "from": "dense"}},
+    ]
     plan = make_plan(write_recipe(tmp_path / "four.yaml", steps), tmp_path)
     schedule = Schedule(plan.steps, [Slot("cuda:0", 4), Slot("cuda:1", 4)])
     by_name = {step.name: step for step in plan.steps}
@@ -126,16 +132,13 @@ def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
     assert started() == {"dense": "cuda:0"}  # the pruned rows wait for it
     assert started() == {}
     schedule.finish("dense")
-    assert started() == {"mag-50": "cuda:1", "random-90": "cuda:0"}  # not two magnitude runs
+    assert started() == {"mad-50": "cuda:1", "random-90": "cuda:0"}  # not two MAD passes
     schedule.finish("random-90")
-    assert started() == {"dense (eval)": "cuda:0"}  # before a second magnitude run
-    schedule.finish("mag-50")
-    assert started() == {"mag-90": "cuda:1"}
+    assert started() == {"dense (eval)": "cuda:0"}  # before a second MAD run
+    schedule.finish("mad-50")  # built and evaluated in one process: nothing needs it
+    assert started() == {"mad-90": "cuda:1"}
     schedule.finish("dense (eval)")
-    assert started() == {"mag-50 (eval)": "cuda:0"}
-    schedule.finish("mag-50 (eval)")
-    assert started() == {"random-90 (eval)": "cuda:0"}  # mag-90's waits for its build
-    assert [t.label for t in schedule.waiting] == ["mag-90 (eval)"]
+    assert started() == {} and schedule.waiting == []
 
 
 def test_a_task_that_starts_alone_gets_every_thread(tmp_path):
@@ -147,7 +150,7 @@ def test_a_task_that_starts_alone_gets_every_thread(tmp_path):
     schedule.finish("dense")
     assert [(t.label, s.threads) for t, s in schedule.start()] == [
         ("mag-50", 1),
-        ("dense (eval)", 1),
+        ("mag-90", 1),  # builds first: they may unlock more; magnitude caches no pass
     ]
     assert schedule.free == []
 
@@ -168,7 +171,7 @@ def test_jobs_2_runs_two_independent_steps_at_once(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "two.yaml", steps)
     messages: list[str] = []
     reproduce(recipe, tmp_path / "runs", jobs=2, threads=1, progress=False, log=messages.append)
-    assert len(list(barrier.iterdir())) == 4  # one process per task: two builds, two evaluations
+    assert len(list(barrier.iterdir())) == 2  # one process per step
     events = [m.split()[1:3] for m in messages if m.split()[1] in ("start", "done")]
     assert events[:2] == [["start", "a:"], ["start", "b:"]]
     # One after the other, the first step waits in vain: the barrier does tell.

@@ -53,6 +53,18 @@ def test_scale_shrinks_epochs_and_examples_as_documented():
     assert scale_settings(train, 1.0, "cifar10") is train
 
 
+def test_a_setting_given_with_set_is_not_scaled(tmp_path):
+    """`--scale 0.5 --set autoattack_limit=500`: the half-size run still attacks 500 examples;
+    the other counts shrink as documented."""
+    overrides = {"autoattack_limit": 500, "latency_repeats": 10}
+    plan = make_plan("fashion-mnist-suite", tmp_path, scale=0.5, overrides=overrides)
+    step = next(step for step in plan.steps if step.name == "magnitude-99")
+    assert (step.evaluate.autoattack_limit, step.evaluate.latency_repeats) == (500, 10)
+    assert step.evaluate.limit_test == 5000 and step.setting("limit_train") == 30000
+    unset = make_plan("fashion-mnist-suite", tmp_path, scale=0.5, only=["magnitude-99"])
+    assert unset.steps[-1].evaluate.autoattack_limit == 250
+
+
 @pytest.mark.parametrize("scale", [0, -0.5, 1.5, float("nan")])
 def test_scale_outside_0_1_is_refused(scale, tmp_path):
     with pytest.raises(ConfigError, match="--scale"):

@@ -238,6 +238,9 @@ class PruningMethod:
     uses_sparsity: ClassVar[bool] = True  # False: the method learns how much to remove
     exports: ClassVar[bool] = False  # True: the run ends with `advprune export` (smaller network)
     start_hint: ClassVar[str] = "prune a trained run: pass --from RUN_DIR"
+    # True: runs from one source share a cached pass (MAD's saliency, whatever the sparsity), so
+    # a parallel reproduction starts a second one only after the first.
+    caches_pass: ClassVar[bool] = False
 
     def __init__(self, settings: MethodSettings | None = None) -> None:
         self.settings = (settings or self.Settings()).validate()

@@ -224,27 +224,39 @@ def kronecker_statistics(
     gradients = iter(torch.autograd.grad(loss, captured, allow_unused=True))
     statistics = {}
     for name, layer_outputs in outputs.items():
-        layer = layers[name]
-        covariance, diagonal = 0, 0
-        for output in layer_outputs:
-            gradient = next(gradients)
-            if gradient is None:
-                gradient = torch.zeros_like(output)
-            gradient = at_least_float32(gradient)
-            if full_gradient:
-                rows = gradient_rows(layer, gradient)
-                covariance = covariance + rows.T @ rows
-            else:
-                dims = [
-                    d for d in range(gradient.dim()) if d != _channel_dim(layer) % gradient.dim()
-                ]
-                diagonal = diagonal + gradient.square().sum(dims)
+        layer_gradients = [next(gradients) for _ in layer_outputs]
+        covariance, diagonal = _gradient_statistics(
+            layers[name], layer_outputs, layer_gradients, full_gradient
+        )
         statistics[name] = KroneckerStatistics(
             input_sums[name] / row_counts[name],
-            (covariance.diagonal() if full_gradient else diagonal) / len(y),
+            diagonal / len(y),
             covariance / len(y) if full_gradient else None,
         )
     return statistics
+
+
+def _gradient_statistics(
+    layer: nn.Module,
+    outputs: list[Tensor],
+    gradients: list[Tensor | None],
+    full_gradient: bool,
+) -> tuple[Tensor | int, Tensor]:
+    """Σ gᵀg over the rows of the layer's output gradients (with `full_gradient`; else 0) and
+    its diagonal, summed over every call of the layer in the pass."""
+    covariance, diagonal = 0, 0
+    for output, gradient in zip(outputs, gradients, strict=True):
+        gradient = at_least_float32(torch.zeros_like(output) if gradient is None else gradient)
+        if full_gradient:
+            rows = gradient_rows(layer, gradient)
+            covariance = covariance + rows.T @ rows
+        else:
+            channel = _channel_dim(layer) % gradient.dim()
+            dims = [d for d in range(gradient.dim()) if d != channel]
+            diagonal = diagonal + gradient.square().sum(dims)
+    if full_gradient:
+        diagonal = covariance.diagonal()
+    return covariance, diagonal
 
 
 def kfac_factors(

@@ -310,6 +310,19 @@ def _batch_iterator(batches: Batches, fraction: float) -> tuple[Iterable, int | 
     return islice(source, count), count
 
 
+def _check_pass(model: nn.Module, mask_steps: int, mask_lr: float, form: str) -> None:
+    if mask_steps < 1 or mask_lr <= 0:
+        raise ConfigError(
+            f"mask optimisation needs mask_steps ≥ 1 and mask_lr > 0, got {mask_steps} and "
+            f"{mask_lr}; MAD uses 20 steps of lr 0.1"
+        )
+    if form not in SALIENCY_FORMS:
+        raise ConfigError(
+            f"unknown saliency form {form!r}; choose one of {', '.join(SALIENCY_FORMS)}"
+        )
+    check_supported(prunable_layers(model))
+
+
 def compute_saliency(
     model: nn.Module,
     batches: Batches,
@@ -337,16 +350,7 @@ def compute_saliency(
     Under torchrun, pass each rank its shard of the batches: the sums are all-reduced, so every
     rank returns the mean over all ranks' batches.
     """
-    if mask_steps < 1 or mask_lr <= 0:
-        raise ConfigError(
-            f"mask optimisation needs mask_steps ≥ 1 and mask_lr > 0, got {mask_steps} and "
-            f"{mask_lr}; MAD uses 20 steps of lr 0.1"
-        )
-    if form not in SALIENCY_FORMS:
-        raise ConfigError(
-            f"unknown saliency form {form!r}; choose one of {', '.join(SALIENCY_FORMS)}"
-        )
-    check_supported(prunable_layers(model))
+    _check_pass(model, mask_steps, mask_lr, form)
     parameters = prunable_parameters(model, include_bias=include_bias)
     device = next(iter(parameters.values())).device
     source, count = _batch_iterator(batches, saliency_fraction)
@@ -477,6 +481,7 @@ class MAD(ScoredMethod):
     scores_bias = True
     rule = OFFICIAL  # int(p·n) pruned, ties by position: compute_saliency.py's sort
     form = "paper"
+    caches_pass = True
 
     def resolved(self, prune: PruneSettings) -> dict[str, Any]:
         return {**super().resolved(prune), "saliency_form": self.form}

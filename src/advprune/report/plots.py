@@ -126,9 +126,9 @@ def plot_robust_vs_speedup(
     """One panel per robust attack present: a point per exported run (structured or ANP-VS) at
     its measured speed-up over the dense network (median of the paired ratios, bars min–max),
     labelled with its run directory's name; dense runs at 1×. None when no run has both."""
-    attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in summaries)]
     exported = [s for s in summaries if batch in s.measured_speedup]
-    if not attacks or not any(a in s.accuracy for s in exported for a in attacks):
+    attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in exported)]
+    if not attacks:
         return None
     plt = pyplot()
     figure, panels = plt.subplots(

@@ -207,7 +207,6 @@ def summarize(
     """
     metadata = mapping(model_metadata)
     config = mapping(config)
-    trained = mapping(metadata.get("config"))
     architecture = mapping(metadata.get("architecture"))
     accuracy = mapping(results.get("accuracy"))
     masking = mapping(results.get("gradient_masking_check"))
@@ -216,21 +215,7 @@ def summarize(
     passed = masking.get("passed")
     return RunSummary(
         path=Path(path),
-        # The label names every setting that departs from the published method: mad [scheme=…]
-        method=first(
-            text(mapping(metadata.get("method")).get("label")),
-            text(results.get("method")),
-            text(mapping(metadata.get("method")).get("name")),
-        ),
-        dataset=first(
-            text(results.get("dataset")), text(trained.get("dataset")), text(config.get("dataset"))
-        ),
-        model=first(
-            text(results.get("model")), text(architecture.get("name")), text(config.get("model"))
-        ),
-        eps=first(
-            number(results.get("eps")), number(metadata.get("eps")), number(config.get("eps"))
-        ),
+        **_identity(results, metadata, config),
         sparsity=number(results.get("sparsity")),
         unit_sparsity=number(results.get("unit_sparsity")),
         channel_sparsity=number(results.get("channel_sparsity")),
@@ -258,6 +243,30 @@ def summarize(
         },
         **_checks_and_costs(results, architecture),
     )
+
+
+def _identity(
+    results: Mapping[str, Any], metadata: Mapping[str, Any], config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The run's method (its label names every setting that departs from the published method:
+    mad [scheme=…]), dataset, model and ε, each from the first source that has it."""
+    trained = mapping(metadata.get("config"))
+    architecture = mapping(metadata.get("architecture"))
+    method = mapping(metadata.get("method"))
+    return {
+        "method": first(
+            text(method.get("label")), text(results.get("method")), text(method.get("name"))
+        ),
+        "dataset": first(
+            text(results.get("dataset")), text(trained.get("dataset")), text(config.get("dataset"))
+        ),
+        "model": first(
+            text(results.get("model")), text(architecture.get("name")), text(config.get("model"))
+        ),
+        "eps": first(
+            number(results.get("eps")), number(metadata.get("eps")), number(config.get("eps"))
+        ),
+    }
 
 
 def _checks_and_costs(results: Mapping[str, Any], architecture: Mapping[str, Any]) -> dict:

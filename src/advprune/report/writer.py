@@ -65,21 +65,15 @@ def _common_eps(group: Group) -> float | None:
     return values.pop() if len(values) == 1 else None
 
 
+Drawer = tuple[str, str, Callable[[Path], "Path | None"], str]  # caption, stem, draw, missing
+
+
 def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path | None, str]]:
     """(caption, file or None, why it is missing) for each figure of one (dataset, model)."""
     slug = _slug(group_name)
     summaries = [summary for _, summary in group]
     curves = {label: s for label, s in group if s.security_curve}
-    sparsities = {label: layer_sparsity_of(s) for label, s in group}
-    sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
-    vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
-    spreads = {
-        "sparsity": {label: layer_spread(s, layer_sparsity_of) for label, s in group},
-        "vulnerability": {
-            label: layer_spread(s, lambda run: run.layer_vulnerability) for label, s in group
-        },
-    }
-    drawers: list[tuple[str, str, Callable[[Path], Path | None], str]] = [
+    drawers: list[Drawer] = [
         (
             "robust accuracy against sparsity",
             "robust_vs_sparsity",
@@ -102,44 +96,50 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
             ),
             "no run has a security curve (gradient_masking_check in results.json)",
         ),
+        *_layer_figures(group_name, group),
+    ]
+    return [
+        (caption, draw(out / f"{stem}-{slug}.png"), missing)
+        for caption, stem, draw, missing in drawers
+    ]
+
+
+def _layer_figures(group_name: str, group: Group) -> list[Drawer]:
+    """The per-layer figures: sparsity and vulnerability, with their spread over seeds."""
+    sparsities = {label: layer_sparsity_of(s) for label, s in group}
+    sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
+    vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
+    values = {"sparsity": sparsities, "vulnerability": vulnerabilities}
+    spreads = {
+        "sparsity": {label: layer_spread(s, layer_sparsity_of) for label, s in group},
+        "vulnerability": {
+            label: layer_spread(s, lambda run: run.layer_vulnerability) for label, s in group
+        },
+    }
+
+    def draw(kind: str, axis: str, percent: bool) -> Callable[[Path], Path | None]:
+        def plot(path: Path) -> Path | None:
+            if not values[kind]:
+                return None
+            return plot_layer_values(
+                values[kind], axis, group_name, path, percent=percent, deviations=spreads[kind]
+            )
+
+        return plot
+
+    return [
         (
             "per-layer sparsity",
             "layer_sparsity",
-            lambda path: (
-                plot_layer_values(
-                    sparsities,
-                    "zero weights (%)",
-                    group_name,
-                    path,
-                    percent=True,
-                    deviations=spreads["sparsity"],
-                )
-                if sparsities
-                else None
-            ),
+            draw("sparsity", "zero weights (%)", percent=True),
             "no run has zero weights in model.safetensors",
         ),
         (
             "per-layer vulnerability",
             "layer_vulnerability",
-            lambda path: (
-                plot_layer_values(
-                    vulnerabilities,
-                    "vulnerability E|z(x) − z(x̃)|",
-                    group_name,
-                    path,
-                    percent=False,
-                    deviations=spreads["vulnerability"],
-                )
-                if vulnerabilities
-                else None
-            ),
+            draw("vulnerability", "vulnerability E|z(x) − z(x̃)|", percent=False),
             "no run has a per-layer vulnerability (vulnerability.per_layer in results.json)",
         ),
-    ]
-    return [
-        (caption, draw(out / f"{stem}-{slug}.png"), missing)
-        for caption, stem, draw, missing in drawers
     ]
 
 

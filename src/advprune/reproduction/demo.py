@@ -8,6 +8,7 @@ from pathlib import Path
 from advprune.core.io import read_json
 from advprune.report import format_results
 from advprune.reproduction import reproduce
+from advprune.reproduction.plan import Plan
 
 
 def run_demo(root: str | Path = "runs/demo", *, progress: bool = True) -> list[dict]:
@@ -18,7 +19,24 @@ def run_demo(root: str | Path = "runs/demo", *, progress: bool = True) -> list[d
     print(format_results(results))
     print(
         f"[demo] total {time.perf_counter() - started:.0f}s; report in "
-        f"{Path(root) / 'report' / 'report.md'} (AutoAttack on the first 64 test images, "
-        "every other figure on the first 2,000)"
+        f"{Path(root) / 'report' / 'report.md'} ({subsets(plan)})"
     )
     return results
+
+
+def subsets(plan: Plan) -> str:
+    """What the rows were evaluated on, from the recipe: "every row on the first 1,000 test
+    images, AutoAttack on the first 32 (pgd-at, mad-99)"."""
+    evaluated = [step for step in plan.steps if step.evaluate is not None]
+    tests = {_first(step.evaluate.limit_test) for step in evaluated}
+    with_aa = [s for s in evaluated if "autoattack" in s.evaluate.attacks.split(",")]
+    text = f"every row on {' or '.join(sorted(tests))} test images"
+    if with_aa:
+        names = ", ".join(step.label for step in with_aa)
+        limits = {_first(step.evaluate.autoattack_limit) for step in with_aa}
+        text += f"; AutoAttack on {' or '.join(sorted(limits))} for {names}"
+    return text
+
+
+def _first(limit: int | None) -> str:
+    return "all" if limit is None else f"the first {limit:,}"

@@ -89,30 +89,34 @@ def describe_slots(slots: Sequence[Slot]) -> str:
     return f"one step per device ({', '.join(str(slot.device) for slot in slots)}){each}"
 
 
-BUILD, EVALUATE = "build", "evaluate"  # runner.run_step's phases
+BUILD, EVALUATE, BOTH = "build", "evaluate", "both"  # runner.run_step's phases
 
 
 @dataclass(frozen=True)
 class Task:
-    """What one process does: a step's build (train or prune) or its evaluation. The steps that
-    need a step need only its build, so they start while it is being evaluated."""
+    """What one process does: a step's build (train or prune) and its evaluation, or one of the
+    two for a step that others need: they need only its build, so they start while it is being
+    evaluated."""
 
     step: Step
-    phase: str = BUILD
+    phase: str = BOTH
 
     @property
     def label(self) -> str:
-        return self.step.label if self.phase == BUILD else f"{self.step.label} (eval)"
+        return f"{self.step.label} (eval)" if self.phase == EVALUATE else self.step.label
 
     def needed_labels(self) -> set[str]:
-        return self.step.needed_labels() if self.phase == BUILD else {self.step.label}
+        return {self.step.label} if self.phase == EVALUATE else self.step.needed_labels()
 
 
 def tasks_of(steps: Sequence[Step]) -> list[Task]:
-    """Every step's build in plan order, then every evaluation: a build can unlock other steps,
-    an evaluation never does (a recipe that lists its longest chain first finishes soonest)."""
-    builds = [Task(step) for step in steps]
-    return builds + [Task(step, EVALUATE) for step in steps if step.evaluate is not None]
+    """The tasks of `steps`, in plan order but the evaluations of needed steps last: a build can
+    let other steps start, an evaluation never does (a recipe that lists its longest chain first
+    finishes soonest). A step nothing needs is one task: a process costs seconds to start."""
+    needed = set().union(*(step.needed_labels() for step in steps))
+    split = [step for step in steps if step.label in needed and step.evaluate is not None]
+    first = [Task(step, BUILD if step in split else BOTH) for step in steps]
+    return first + [Task(step, EVALUATE) for step in split]
 
 
 def _on_device(config: Any, device: str) -> Any:
@@ -194,8 +198,13 @@ def check_devices(devices: Sequence[str]) -> None:
 
 
 def _sharing(task: Task) -> tuple[str | None, frozenset[str]] | None:
-    """Builds with the same method and the same sources: they may share a cached pass."""
-    if task.phase != BUILD:
+    """Builds with the same method and the same sources, of a method that caches a pass from
+    its source: they may share it."""
+    from advprune.methods import get_method
+
+    if task.phase == EVALUATE or task.step.method is None:
+        return None
+    if not get_method(task.step.method).caches_pass:
         return None
     return task.step.method, frozenset(task.step.needed_labels())
 
@@ -204,8 +213,8 @@ class Schedule:
     """Which tasks start next and where: a task whose needed tasks have all finished, on a free
     slot. Pure bookkeeping, so that the assignment is tested without processes.
 
-    Among the tasks that may start, a build whose method already runs on the same source goes
-    after the others: such runs share passes through the cache (MAD's saliency, the same for
+    Among the tasks that may start, a build whose method already runs on the same source and
+    caches a pass from it goes after the others: such runs share it (MAD's saliency, the same for
     every sparsity), which a second run started alongside the first would compute again.
     Otherwise the order of `tasks_of`. With `widen_to`, a task that starts alone, with nothing
     else ready or running (a recipe's dense row), gets that many threads instead of its slot's:
@@ -340,7 +349,7 @@ def _start_ready(
                 continue
             workers.append(Worker.start(task, slot))
             where = f" ({slot.describe()})" if slot.describe() else ""
-            what = task.step.describe() if task.phase == BUILD else "attacks and checks"
+            what = "attacks and checks" if task.phase == EVALUATE else task.step.describe()
             log(
                 f"[reproduce] start {task.label}: {what}{where}; log {task.step.run_dir / LOG_NAME}"
             )

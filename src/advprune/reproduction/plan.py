@@ -32,7 +32,8 @@ max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recip
 the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
 gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
 examples than these limits is used whole. A scaled run measures no latency: a smoke run's
-timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU.
+timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU. A setting given with
+`--set` is not scaled (`--scale 0.5 --set autoattack_limit=500`: AutoAttack on 500 examples).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -211,8 +212,11 @@ def _scaled_count(factor: float, full: int, minimum: int) -> int:
     return min(full, max(minimum, math.ceil(factor * full)))
 
 
-def scale_settings(settings: Config, factor: float, dataset: str) -> Config:
-    """The settings shrunk by `factor` as the module docstring states; unchanged at 1."""
+def scale_settings(
+    settings: Config, factor: float, dataset: str, keep: Iterable[str] = ()
+) -> Config:
+    """The settings shrunk by `factor` as the module docstring states, but those named in `keep`
+    (set with `--set`: what the user asked for wins); unchanged at 1."""
     if factor == 1:
         return settings
     spec = get_spec(dataset)
@@ -233,7 +237,7 @@ def scale_settings(settings: Config, factor: float, dataset: str) -> Config:
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
-    return settings.replace(**changes)
+    return settings.replace(**{k: v for k, v in changes.items() if k not in set(keep)})
 
 
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
@@ -500,7 +504,7 @@ def _plan_step(
     configs = kind_of_step.make(values, where)
     dataset = next((c.dataset for c in configs if hasattr(c, "dataset")), None)
     dataset = dataset or source.dataset
-    configs = tuple(scale_settings(config, scale, dataset) for config in configs)
+    configs = tuple(scale_settings(c, scale, dataset, recipe.overrides) for c in configs)
     evaluate = _plan_evaluation(recipe, raw, where, scale, dataset, location, steps, needs)
     return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs)
 
@@ -526,7 +530,7 @@ def _plan_evaluation(
     where = f"{where}: evaluate"
     values, eval_needs = _resolve_references(values, _fields(EvalConfig), steps, where)
     needs.update(eval_needs)
-    return scale_settings(_build(EvalConfig, values, where), scale, dataset)
+    return scale_settings(_build(EvalConfig, values, where), scale, dataset, recipe.overrides)
 
 
 def _check_paper(recipe: _Recipe) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from advprune.report.comparison import compare, comparison_csv, comparison_markd
 from advprune.report.runs import RunSummary
 from advprune.report.seeds import aggregate
 from advprune.reproduction.parallel import (
+    BOTH,
     BUILD,
     EVALUATE,
     Slot,
@@ -87,8 +88,8 @@ def _evaluation_changed(step: Step, run: RunDir, log: Callable[[str], None]) -> 
     """Whether the results there were measured with other evaluation settings (each attack's
     entry in results.json records its settings, so no table mixes the two: what they change
     is evaluated again)."""
-    saved = _saved_record(run) or {}
-    changed = saved.get("evaluate") != step.evaluation_record() and run.results.exists()
+    evaluated = (_saved_record(run) or {}).get("evaluate")  # None: never evaluated here
+    changed = evaluated is not None and evaluated != step.evaluation_record()
     if changed:
         log("  the evaluation settings changed: evaluating again what they change")
     return changed
@@ -168,9 +169,6 @@ def _evaluate(step: Step, run: RunDir, progress: bool, log: Callable[[str], None
     finally:
         _record_evaluation(step, run)
     return None
-
-
-BOTH = "both"  # run_step: the build, then the evaluation
 
 
 def run_step(
