@@ -1,0 +1,32 @@
+"""The demo's claim checks: yes, no, and "within noise" where the subsets cannot tell rows apart."""
+
+from advprune.reproduction.claims import same_order, speedup, units_removed, verdicts, within
+
+
+def run(n: int = 1000, **accuracy: float) -> dict:
+    return {"accuracy": accuracy, "examples": dict.fromkeys(accuracy, n)}
+
+
+def test_within_says_yes_no_or_within_noise():
+    claim = within("pruned", "dense", "pgd", 1.0)
+    assert claim.line({"pruned": run(pgd=0.575), "dense": run(pgd=0.580)}).endswith("— yes")
+    assert claim.line({"pruned": run(pgd=0.40), "dense": run(pgd=0.58)}).endswith("— no")
+    small = {"pruned": run(32, pgd=0.50), "dense": run(32, pgd=0.60)}
+    assert claim.line(small).endswith("— within noise")  # 10 pp on 32 images
+
+
+def test_units_speedup_and_a_missing_figure():
+    pruned = {"unit_sparsity": 0.8, "measured_speedup": {"batch_128": {"median": 1.4, "min": 1}}}
+    lines = verdicts([units_removed("p", 0.7), speedup("p", 128, 1.5)], {"p": pruned})
+    assert lines[0].endswith("80.0 % — yes") and lines[1].endswith("— no")
+    assert "not measured" in speedup("p", 1, 1.5).line({"p": pruned})
+
+
+def test_same_order_agrees_or_flips_within_or_beyond_noise():
+    claim = same_order(["a", "b"], ["pgd", "autoattack"])
+    agree = {"a": run(pgd=0.5, autoattack=0.4), "b": run(pgd=0.3, autoattack=0.2)}
+    assert claim.line(agree).endswith("— yes")
+    noisy = {"a": run(32, pgd=0.5, autoattack=0.40), "b": run(32, pgd=0.45, autoattack=0.44)}
+    assert claim.line(noisy).endswith("— within noise")
+    flipped = {"a": run(pgd=0.6, autoattack=0.2), "b": run(pgd=0.3, autoattack=0.5)}
+    assert claim.line(flipped).endswith("— no")
