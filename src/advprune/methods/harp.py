@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from advprune.core.config import group, setting
 from advprune.core.distributed import average_gradients
@@ -67,6 +66,7 @@ from advprune.methods.base import (
     register_method,
 )
 from advprune.methods.hydra import (
+    MaskedNetwork,
     scaled_channel_scores,
     scaled_scores,
     straight_through,
@@ -149,7 +149,7 @@ class CompressionRate:
         return torch.clamp(self(rates) / target_rate - 1, min=0)
 
 
-class RatedNetwork(nn.Module):
+class RatedNetwork(MaskedNetwork):
     """`network` with each scored tensor (or channel group) masked by the top-k of its scores at
     its learnt rate, straight-through to the scores and the rate; the network's own tensors and
     state dict are untouched (as HYDRA's `ScoredNetwork`)."""
@@ -183,22 +183,12 @@ class RatedNetwork(nn.Module):
             name: hard_mask(s, float(self.rate(name)), channels) for name, s in self.scores.items()
         }
 
-    def forward(self, x: Tensor) -> Tensor:
+    def weight_masks(self) -> dict[str, Tensor]:
         masks = {}
         for name, scores in self.scores.items():
             rate = self.rate(name)
             masks[name] = straight_through(self.masks[name], scores) + (rate - rate.detach())
-        if self.groups is not None:
-            masks = parameter_masks(self.groups, masks)
-        weights = dict(self.network.named_parameters())
-        masked = {name: weights[name] * mask for name, mask in masks.items()}
-        return functional_call(self.network, masked, (x,))
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
-        return self.network.load_state_dict(state, strict=strict, assign=assign)
+        return masks if self.groups is None else parameter_masks(self.groups, masks)
 
 
 def scaled_to_target(

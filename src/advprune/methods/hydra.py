@@ -104,12 +104,35 @@ def straight_through(hard_mask: Tensor, scores: Tensor) -> Tensor:
     return hard_mask + (magnitude - magnitude.detach())
 
 
-class ScoredNetwork(nn.Module):
-    """`network` with each scored weight w used as w ⊙ top-k(|s|): the subnetwork being learnt.
+class MaskedNetwork(nn.Module):
+    """`network` run with each masked weight w used as w ⊙ mask: the subnetwork being learnt.
 
     The network's tensors are untouched; `state_dict` and `load_state_dict` are the network's own,
-    so checkpoints and model files keep its keys. The hard masks change only when the scores do
-    (`update_masks` after each optimizer step), not on every forward of an attack.
+    so checkpoints and model files keep its keys. A subclass says what the masks are
+    (`weight_masks`, straight-through to what it learns).
+    """
+
+    network: nn.Module
+
+    def weight_masks(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = dict(self.network.named_parameters())
+        masked = {name: weights[name] * mask for name, mask in self.weight_masks().items()}
+        return functional_call(self.network, masked, (x,))
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.network.load_state_dict(state, strict=strict, assign=assign)
+
+
+class ScoredNetwork(MaskedNetwork):
+    """`network` with each scored weight w used as w ⊙ top-k(|s|). The hard masks change only
+    when the scores do (`update_masks` after each optimizer step), not on every forward of an
+    attack.
     """
 
     def __init__(
@@ -136,21 +159,11 @@ class ScoredNetwork(nn.Module):
     def update_masks(self) -> None:
         self.masks = {name: top_k_mask(s, self.pruned[name]) for name, s in self.scores.items()}
 
-    def forward(self, x: Tensor) -> Tensor:
-        weights = dict(self.network.named_parameters())
+    def weight_masks(self) -> dict[str, Tensor]:
         masks = {
             name: straight_through(self.masks[name], scores) for name, scores in self.scores.items()
         }
-        if self.groups:
-            masks = parameter_masks(self.groups, masks)
-        masked = {name: weights[name] * mask for name, mask in masks.items()}
-        return functional_call(self.network, masked, (x,))
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
-        return self.network.load_state_dict(state, strict=strict, assign=assign)
+        return parameter_masks(self.groups, masks) if self.groups else masks
 
 
 def hydra_masks(
