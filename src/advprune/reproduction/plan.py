@@ -237,7 +237,8 @@ def scale_settings(
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
-    return settings.replace(**{k: v for k, v in changes.items() if k not in set(keep)})
+    kept = set(keep)
+    return settings.replace(**{k: v for k, v in changes.items() if k not in kept})
 
 
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
