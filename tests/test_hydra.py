@@ -8,7 +8,13 @@ from advprune.core.errors import ConfigError
 from advprune.core.tensor_files import load_tensors
 from advprune.masks import WeightMasks, prunable_parameters, pruned_count, select
 from advprune.methods import PruneSettings, create_method
-from advprune.methods.hydra import ScoredNetwork, ScoreTraining, hydra_masks, scaled_scores
+from advprune.methods.hydra import (
+    ScoredNetwork,
+    ScoreTraining,
+    hydra_masks,
+    scaled_scores,
+    top_k_mask,
+)
 from advprune.models import create_model
 from advprune.models.serialization import load_model
 from advprune.training import TrainConfig, train
@@ -43,6 +49,16 @@ def test_scaled_init_starts_from_layerwise_magnitude_pruning():
     )
     learnt = hydra_masks(scores, SPARSITY)
     assert all(torch.equal(learnt[name], magnitude[name]) for name in weights)
+
+
+@pytest.mark.parametrize("levels", [3, 1000])  # many ties at the threshold, few
+def test_top_k_prunes_what_a_stable_sort_of_the_magnitudes_prunes(levels):
+    generator = torch.Generator().manual_seed(levels)
+    scores = torch.randint(-levels, levels + 1, (7, 11), generator=generator).float()
+    for pruned in range(scores.numel() + 1):
+        lowest = scores.abs().flatten().argsort(stable=True)[:pruned]
+        expected = torch.ones(scores.numel()).index_fill_(0, lowest, 0).view_as(scores)
+        assert torch.equal(top_k_mask(scores, pruned), expected), pruned
 
 
 def test_top_k_keeps_exactly_k_per_layer_and_passes_gradients_straight_through():
