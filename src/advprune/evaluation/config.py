@@ -110,7 +110,7 @@ class EvalConfig(Config):
     )
     batch_size: int = setting(500, "examples per attacked batch")
     latency_repeats: int = setting(
-        10, "timed pairs (model, dense) of the CPU latency at batch 1 and 128 (0: skip)"
+        30, "timed pairs (model, dense) of the latency at batch 1 and 128 (0: skip)"
     )
     seed: int = setting(0, "seed of the random starts and the gate noise")
     device: str = setting("auto", "cpu | cuda | cuda:N | auto")

@@ -2,18 +2,26 @@
 
 A latency in milliseconds says as much about the machine as about the network, and two runs timed
 minutes apart on a shared machine differ by more than many pruning methods gain. So every model is
-timed against its dense reference in the same process, interleaved — A B A B …, one pass of each
+timed against its dense reference in the same process, interleaved — A B A B …, one sample of each
 per repeat — and what results.json keeps is the ratio: the median over repeats of the per-pair
 ratio model/dense, with its min–max range. A load change during the measurement slows both members
 of a pair alike and cancels in their ratio. Absolute times are kept beside the device name.
+
+A sample is a block of passes at least `MIN_SAMPLE_MS` long (a LeNet pass at batch 1 takes 0.4 ms,
+shorter than a scheduler's time slice), and on a CPU the ratio is of the process's CPU time, which
+another job's time slices do not inflate: under a load of 3.5 on 2 cores, identical networks
+measured 0.95–1.18× each other by single-pass wall time and 0.97–1.05× by 30 ms blocks of CPU
+time. With one thread a pass's CPU time is its latency on an idle core; the wall-clock figures
+are kept beside. On CUDA the ratio is of wall time between synchronisations.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +30,7 @@ from torch import nn
 from advprune.evaluation.provenance import device_name
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+MIN_SAMPLE_MS = 30.0
 
 
 def time_interleaved(
@@ -33,14 +42,15 @@ def time_interleaved(
     warmup: int = 5,
     repeats: int = 30,
     device: torch.device | str = "cpu",
-) -> dict[str, dict[Any, list[float]]]:
-    """Milliseconds of each forward pass of each model (already on `device`) under `threads` CPU
+    min_sample_ms: float = MIN_SAMPLE_MS,
+) -> dict[str, Any]:
+    """Milliseconds per forward pass of each model (already on `device`) under `threads` CPU
     threads, the models taking turns within every repeat: {"wall": {name: [ms per repeat]},
-    "cpu": {…}}. On CUDA each pass is timed between two synchronisations.
+    "cpu": {…}, "passes": passes per sample}. On CUDA each sample is timed between two
+    synchronisations.
 
-    Wall-clock time is the latency; the process's CPU time is kept beside it because, on a machine
-    shared with other jobs, it is what preemption does not inflate. Inference mode, after `warmup`
-    untimed passes of each model.
+    Each sample times the same number of passes of every model, enough for the fastest to run
+    `min_sample_ms`. Inference mode, after `warmup` untimed passes of each model.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -55,17 +65,28 @@ def time_interleaved(
                 model.eval()
                 for _ in range(warmup):
                     model(x)
+            fastest = min(_sample(model, x, 1, synchronize)[0] for model in models.values())
+            passes = max(1, math.ceil(min_sample_ms / max(fastest, 1e-6)))
             for _ in range(repeats):
                 for name, model in models.items():
-                    synchronize()
-                    started, started_cpu = time.perf_counter(), time.process_time()
-                    model(x)
-                    synchronize()
-                    wall[name].append(1000 * (time.perf_counter() - started))
-                    cpu[name].append(1000 * (time.process_time() - started_cpu))
+                    wall_ms, cpu_ms = _sample(model, x, passes, synchronize)
+                    wall[name].append(wall_ms / passes)
+                    cpu[name].append(cpu_ms / passes)
     finally:
         torch.set_num_threads(previous)
-    return {"wall": wall, "cpu": cpu}
+    return {"wall": wall, "cpu": cpu, "passes": passes}
+
+
+def _sample(
+    model: nn.Module, x: torch.Tensor, passes: int, synchronize: Callable[[], None]
+) -> tuple[float, float]:
+    """(wall ms, CPU ms) of `passes` forward passes of `model` on `x`."""
+    synchronize()
+    started, started_cpu = time.perf_counter(), time.process_time()
+    for _ in range(passes):
+        model(x)
+    synchronize()
+    return 1000 * (time.perf_counter() - started), 1000 * (time.process_time() - started_cpu)
 
 
 def _no_sync() -> None:
@@ -84,8 +105,8 @@ def paired_latency(
 ) -> dict[str, Any]:
     """`model`'s latency as a multiple of `dense`'s, per batch size, on `device`: {"batch_B":
     {"ratio": median of model/dense over the pairs, "ratio_range": [min, max], "model": ms,
-    "dense": ms, "layout": {name: layout}, "cpu_time": {…}}} plus the device, its name, threads
-    and repeats.
+    "dense": ms, "clock": "cpu" | "wall", "layout": {name: layout}, "wall_time": {…},
+    "cpu_time": {…}}} plus the device, its name, threads and repeats.
 
     Each network is timed in both memory layouts and counted in its faster one: on CPU a layout
     can change a layer's time several-fold (NCHW max-pooling is ~7× slower than channels_last
@@ -109,29 +130,37 @@ def paired_latency(
         times = time_interleaved(
             copies, input_shape, batch_size, threads=threads, repeats=repeats, device=device
         )
-        result[f"batch_{batch_size}"] = _pair_summary(times, list(names))
+        result[f"batch_{batch_size}"] = _pair_summary(times, list(names), device)
     return result
 
 
-def _pair_summary(times: dict[str, dict[Any, list[float]]], names: list[str]) -> dict[str, Any]:
-    """Each network in its faster layout (by median wall time), and the per-repeat ratios of the
-    first network to the second, which were timed in the same repeats."""
-    median = {key: statistics.median(samples) for key, samples in times["wall"].items()}
+def _pair_summary(
+    times: dict[str, Any], names: list[str], device: torch.device | str
+) -> dict[str, Any]:
+    """Each network in its faster layout, and the per-repeat ratios of the first network to the
+    second, which were timed in the same repeats: by CPU time on a CPU, by wall time on CUDA,
+    the other clock's medians beside."""
+    clock = "wall" if torch.device(device).type == "cuda" else "cpu"
+    median = {key: statistics.median(samples) for key, samples in times[clock].items()}
     layout = {name: min(LAYOUTS, key=lambda lay: median[(name, lay)]) for name in names}
     first, second = ((name, layout[name]) for name in names)
-    ratios = [a / b for a, b in zip(times["wall"][first], times["wall"][second], strict=True)]
-    cpu_ratios = [
-        a / max(b, 1e-9) for a, b in zip(times["cpu"][first], times["cpu"][second], strict=True)
-    ]
+
+    def clock_summary(samples: dict[Any, list[float]]) -> dict[str, Any]:
+        ratios = [a / max(b, 1e-9) for a, b in zip(samples[first], samples[second], strict=True)]
+        return {
+            **{name: statistics.median(samples[(name, layout[name])]) for name in names},
+            "ratio": statistics.median(ratios),
+            "ratio_range": [min(ratios), max(ratios)],
+        }
+
+    chosen = clock_summary(times[clock])
     return {
-        "ratio": statistics.median(ratios),
-        "ratio_range": [min(ratios), max(ratios)],
-        **{name: median[(name, layout[name])] for name in names},
+        **chosen,
+        "clock": clock,
         "layout": layout,
-        "cpu_time": {
-            **{name: statistics.median(times["cpu"][(name, layout[name])]) for name in names},
-            "ratio": statistics.median(cpu_ratios),
-        },
+        "passes_per_sample": times["passes"],
+        "wall_time": clock_summary(times["wall"]),
+        "cpu_time": clock_summary(times["cpu"]),
     }
 
 
@@ -156,9 +185,10 @@ def latency_comparison(
         if key.startswith("batch_"):
             value["exported"] = value.pop("model")
             value["layout"]["exported"] = value["layout"].pop("model")
-            value["cpu_time"]["exported"] = value["cpu_time"].pop("model")
             value["speedup"] = 1 / value["ratio"]
-            value["cpu_time"]["speedup"] = 1 / max(value["cpu_time"]["ratio"], 1e-9)
+            for clock in ("wall_time", "cpu_time"):
+                value[clock]["exported"] = value[clock].pop("model")
+                value[clock]["speedup"] = 1 / max(value[clock]["ratio"], 1e-9)
     return result
 
 

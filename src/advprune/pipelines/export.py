@@ -127,10 +127,11 @@ def format_export(summary: dict[str, Any]) -> str:
     for key, value in latency.items():
         if key.startswith("batch_"):
             lines.append(
-                f"CPU latency, batch {key.removeprefix('batch_')}, {latency['threads']} thread(s): "
-                f"dense {value['dense']:.3f} ms ({value['layout']['dense']}), exported "
-                f"{value['exported']:.3f} ms ({value['layout']['exported']}) "
-                f"(×{value['speedup']:.2f}; in CPU time ×{value['cpu_time']['speedup']:.2f})"
+                f"latency ({value['clock']} time), batch {key.removeprefix('batch_')}, "
+                f"{latency['threads']} thread(s): dense {value['dense']:.3f} ms "
+                f"({value['layout']['dense']}), exported {value['exported']:.3f} ms "
+                f"({value['layout']['exported']}) (×{value['speedup']:.2f}; in wall time "
+                f"×{value['wall_time']['speedup']:.2f})"
             )
     speedup = summary.get("measured_speedup", {})
     for key, value in speedup.items():
