@@ -234,3 +234,28 @@ def test_the_official_rule_prunes_floor_counts_and_breaks_ties_by_position():
     assert (~flat[:15]).all() and flat[15:].all()  # the lowest flat indices go first
     rows = select_per_row({"w": torch.zeros(3, 10)}, 0.35, rule=OFFICIAL)["w"]
     assert (~rows[:, :3]).all() and rows[:, 3:].all()  # int(3.5) = 3 per row, leading columns
+
+
+def sorted_keep(matrix, count, shuffle=None):
+    """What each row keeps when a stable sort (of the shuffled columns) prunes its `count` lowest,
+    NaN last: the selection's definition."""
+    columns = torch.arange(matrix.shape[1]) if shuffle is None else shuffle
+    order = columns[torch.sort(matrix[:, columns], dim=1, stable=True).indices]
+    return torch.ones_like(matrix, dtype=torch.bool).scatter_(1, order[:, :count], False)
+
+
+@pytest.mark.parametrize("levels", [2, 50, 10_000])  # mostly ties at the threshold, some, none
+def test_selection_prunes_what_a_stable_sort_prunes(levels):
+    from advprune.masks import OFFICIAL, SEEDED
+
+    generator = torch.Generator().manual_seed(levels)
+    matrix = torch.randint(levels, (6, 40), generator=generator).float()
+    matrix[0, 3] = float("nan")
+    for sparsity in (0.0, 0.1, 0.5, 0.9, 0.99):
+        rows = select_per_row({"w": matrix}, sparsity, rule=OFFICIAL)["w"]
+        assert torch.equal(rows, sorted_keep(matrix, OFFICIAL.count(40, sparsity)))
+        flat = matrix.flatten()[None]
+        seeded = select_global({"w": flat[0]}, sparsity, seed=5, rule=SEEDED)["w"]
+        shuffle = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(5))
+        expected = sorted_keep(flat, SEEDED.count(flat.shape[1], sparsity), shuffle)[0]
+        assert torch.equal(seeded, expected), sparsity
