@@ -95,7 +95,7 @@ class TrainConfig(Config):
     )
     limit_train: int | None = setting(None, "use only the first N training examples")
     limit_test: int | None = setting(None, "use only the first N test examples")
-    monitor_examples: int = setting(1000, "test examples attacked (PGD-10) after each epoch")
+    monitor_examples: int = setting(256, "test examples attacked (PGD-10) after each epoch")
     data_dir: str | None = setting(None, "where the dataset files are (standard formats)")
     download: bool = setting(False, "fetch a missing dataset (with checksums)")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
