@@ -62,30 +62,36 @@ def pruned_count(size: int, sparsity: float, rule: SelectionRule = SEEDED) -> in
     return rule.count(size, sparsity)
 
 
-def _prune_lowest(scores: Tensor, sparsity: float, seed: int, rule: SelectionRule) -> Tensor:
-    """Keep-mask of a 2-D score matrix with the `sparsity` fraction of each row's lowest pruned,
-    ties at the threshold in seeded order (or by position), NaN counted as the highest.
+def lowest_entries(scores: Tensor, count: int, *, seed: int = 0, ties: str = "position") -> Tensor:
+    """True on the `count` lowest entries of each row of a 2-D score matrix, ties at the threshold
+    by position (lower index first) or in a seeded order, NaN counted as the highest.
 
-    What a stable sort of each row (after a seeded shuffle of the columns) would prune, found by
+    What a stable sort of each row (after a seeded shuffle of the columns) would take, found by
     selection (`kthvalue`, linear time): ranking a VGG-16's 15M weights by sort costs seconds on
-    a CPU. The shuffle is drawn only when some ties at the threshold are kept and some pruned.
+    a CPU, and HYDRA and HARP recompute their masks after every optimizer step. The shuffle is
+    drawn only when some ties at the threshold are taken and some not.
     """
-    count = rule.count(scores.shape[1], sparsity)
-    if count == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
     scores = torch.where(scores.isnan(), float("inf"), scores)
     threshold = scores.kthvalue(count, dim=1, keepdim=True).values
     below = scores < threshold
     tied = scores == threshold
-    ties_pruned = count - below.sum(1, keepdim=True)
-    if rule.ties == "position" or bool((tied.sum(1, keepdim=True) == ties_pruned).all()):
+    ties_taken = count - below.sum(1, keepdim=True)
+    if ties == "position" or bool((tied.sum(1, keepdim=True) == ties_taken).all()):
         tie_rank = tied.cumsum(1)
     else:
         generator = torch.Generator().manual_seed(seed)
         shuffle = torch.randperm(scores.shape[1], generator=generator).to(scores.device)
         tie_rank = torch.empty_like(scores, dtype=torch.long)
         tie_rank[:, shuffle] = tied[:, shuffle].cumsum(1)
-    return ~(below | (tied & (tie_rank <= ties_pruned)))
+    return below | (tied & (tie_rank <= ties_taken))
+
+
+def _prune_lowest(scores: Tensor, sparsity: float, seed: int, rule: SelectionRule) -> Tensor:
+    """Keep-mask of a 2-D score matrix with the `sparsity` fraction of each row's lowest pruned."""
+    count = rule.count(scores.shape[1], sparsity)
+    return ~lowest_entries(scores, count, seed=seed, ties=rule.ties)
 
 
 def _split(keep: Tensor, scores: Scores) -> dict[str, Tensor]:
