@@ -27,7 +27,7 @@ METHODS = {  # name: (min_sample_ms, clock)
 }
 
 
-def ratios(batch: int, pairs: int, threads: int, min_sample_ms: float, clock: str) -> float:
+def median_ratio(batch: int, pairs: int, threads: int, min_sample_ms: float, clock: str) -> float:
     """The median per-pair ratio of two identical networks (their weights differ, their sizes
     do not), as `paired_latency` computes it."""
     networks = {}
@@ -54,7 +54,7 @@ def main() -> None:
     for batch in (1, 128):
         for method, (min_sample_ms, clock) in METHODS.items():
             found = [
-                ratios(batch, args.pairs, args.threads, min_sample_ms, clock)
+                median_ratio(batch, args.pairs, args.threads, min_sample_ms, clock)
                 for _ in range(args.trials)
             ]
             worst = max(abs(r - 1) for r in found)

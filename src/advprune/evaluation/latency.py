@@ -9,10 +9,10 @@ of a pair alike and cancels in their ratio. Absolute times are kept beside the d
 
 A sample is a block of passes at least `MIN_SAMPLE_MS` long (a LeNet pass at batch 1 takes 0.4 ms,
 shorter than a scheduler's time slice), and on a CPU the ratio is of the process's CPU time, which
-another job's time slices do not inflate: under a load of 3.5 on 2 cores, identical networks
-measured 0.95–1.18× each other by single-pass wall time and 0.97–1.05× by 30 ms blocks of CPU
-time. With one thread a pass's CPU time is its latency on an idle core; the wall-clock figures
-are kept beside. On CUDA the ratio is of wall time between synchronisations.
+another job's time slices do not inflate (benchmarks/latency_noise.py measures both ways on
+identical networks; docs/benchmarks.md). With one thread a pass's CPU time is its latency on an
+idle core; the wall-clock figures are kept beside. On CUDA the ratio is of wall time between
+synchronisations.
 """
 
 from __future__ import annotations
