@@ -132,12 +132,14 @@ def test_a_step_starts_when_its_needs_are_done_on_a_free_device(tmp_path):
     assert started() == {"dense": "cuda:0"}  # the pruned rows wait for it
     assert started() == {}
     schedule.finish("dense")
-    assert started() == {"mad-50": "cuda:1", "random-90": "cuda:0"}  # not two MAD passes
-    schedule.finish("random-90")
-    assert started() == {"dense (eval)": "cuda:0"}  # before a second MAD run
-    schedule.finish("mad-50")  # built and evaluated in one process: nothing needs it
-    assert started() == {"mad-90": "cuda:1"}
+    # The reference row's evaluation first, then one MAD run (not two MAD passes at once).
+    assert started() == {"dense (eval)": "cuda:1", "mad-50": "cuda:0"}
     schedule.finish("dense (eval)")
+    assert started() == {"random-90": "cuda:1"}  # before a second MAD run
+    schedule.finish("mad-50")  # built and evaluated in one process: nothing needs it
+    assert started() == {"mad-90": "cuda:0"}
+    schedule.finish("random-90")
+    schedule.finish("mad-90")
     assert started() == {} and schedule.waiting == []
 
 
@@ -149,8 +151,8 @@ def test_a_task_that_starts_alone_gets_every_thread(tmp_path):
     assert [(t.label, s.threads) for t, s in schedule.start()] == [("dense", 2)]
     schedule.finish("dense")
     assert [(t.label, s.threads) for t, s in schedule.start()] == [
+        ("dense (eval)", 1),  # the reference row first: a run stopped half-way has it
         ("mag-50", 1),
-        ("mag-90", 1),  # builds first: they may unlock more; magnitude caches no pass
     ]
     assert schedule.free == []
 

@@ -110,13 +110,17 @@ class Task:
 
 
 def tasks_of(steps: Sequence[Step]) -> list[Task]:
-    """The tasks of `steps`, in plan order but the evaluations of needed steps last: a build can
-    let other steps start, an evaluation never does (a recipe that lists its longest chain first
-    finishes soonest). A step nothing needs is one task: a process costs seconds to start."""
+    """The tasks of `steps`: first the builds that other steps need (they unlock more work),
+    then those steps' evaluations (the reference rows every comparison is made against, so a
+    run stopped half-way already has them), then the rest, each group in plan order. A step
+    nothing needs is one task: a process costs seconds to start."""
     needed = set().union(*(step.needed_labels() for step in steps))
     split = [step for step in steps if step.label in needed and step.evaluate is not None]
-    first = [Task(step, BUILD if step in split else BOTH) for step in steps]
-    return first + [Task(step, EVALUATE) for step in split]
+    builds = [
+        Task(step, BUILD if step in split else BOTH) for step in steps if step.label in needed
+    ]
+    rest = [Task(step) for step in steps if step.label not in needed]
+    return builds + [Task(step, EVALUATE) for step in split] + rest
 
 
 def _on_device(config: Any, device: str) -> Any:
