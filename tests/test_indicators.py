@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from advprune.evaluation.indicators import LIMITS, attack_failure_indicators
+from advprune.evaluation.indicators import LIMITS, _verdict, attack_failure_indicators
 
 EPS = 0.1
 
@@ -173,3 +173,13 @@ def test_unbounded_attack(robust_mlp):
     found = indicators(Quantised(model).eval(), x, y)[1]
     assert found["unbounded_attack"]["passed"] is False and found["unbounded_attack"]["share"] > 0
     assert indicators(model, x, y)[1]["unbounded_attack"]["share"] == 0
+
+
+@pytest.mark.parametrize("failed, passed", [(5, True), (6, False)])
+def test_a_share_at_the_limit_passes_and_one_example_more_fails(failed, passed):
+    """5 of 100 is exactly the 5 % limit (a float32 mean made it 0.0500000007, a failure)."""
+    failures = torch.zeros(100, dtype=torch.bool)
+    failures[:failed] = True
+    verdict = _verdict("incomplete_optimisation", failures, None)
+    assert verdict["passed"] is passed and verdict["count"] == failed
+    assert verdict["share"] == failed / 100
