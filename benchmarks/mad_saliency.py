@@ -12,7 +12,7 @@ Prints, on the current device and in one run:
 4. for each form, the Spearman rank correlation of the saliency from the first 10 %, 25 % and
    50 % of the batches (`--fractions`) against all of them, the overlap of the weights each would
    prune at 90 %, and its time against the epoch; and that of a second pass over all batches
-   with PGD from other random starts, the repeatability no subset can exceed.
+   with PGD from other random starts: how far the full pass itself moves with its PGD seed.
 
 The model is first adversarially trained for a few epochs on the same batches.
 
@@ -235,7 +235,7 @@ def main() -> None:
         print(f"rank stability of the {form} form ({name}) against the saliency from all batches:")
         reference = flat(full[form])
         pruned_by_all = ~torch.cat([m.flatten() for m in mad_masks(full[form], 0.9).values()])
-        # The floor no subset can beat: all batches again, PGD from other random starts.
+        # How much the reference itself moves with PGD's random starts (the subsets share them).
         again = compute_saliency(model, loader, form=form, seed=1, **settings)
         rho = spearmanr(flat(again).numpy(), reference.numpy()).statistic
         print(f"  all batches, PGD seed 1 (not 0)      Spearman {rho:.3f}")
