@@ -214,6 +214,7 @@ def trainer_against_plain_loop(args: argparse.Namespace, device: torch.device) -
     whole_ratio = statistics.median(run[1] / run[0] for run in runs)
     rest_ratio = statistics.median((run[1] - run[2]) / run[0] for run in runs)
     unit = "CPU s" if device.type == "cpu" else "s"
+    defaults = TrainConfig()
     print(
         f"advprune train against a plain PGD-{steps} AT loop, one epoch of "
         f"{len(train_split):,} {source} images, lenet5-caffe, Adam, batch {batch} "
@@ -222,8 +223,9 @@ def trainer_against_plain_loop(args: argparse.Namespace, device: torch.device) -
     print(f"  plain loop                       {plain:>8.1f} {unit}")
     print(f"  train(), whole call              {whole:>8.1f} {unit}   ratio {whole_ratio:.3f}")
     print(
-        f"    of which the test monitor      {watch:>8.1f} {unit}   (clean on {len(test_split):,}"
-        f" test images, PGD-10 on {TrainConfig().monitor_examples:,})"
+        f"    of which the test monitor      {watch:>8.1f} {unit}   (clean on "
+        f"{min(defaults.monitor_clean_examples, len(test_split)):,} test images, PGD-10 on "
+        f"{defaults.monitor_examples:,})"
     )
     print(f"  train() less its monitor                    ratio {rest_ratio:.3f}")
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from advprune.core.errors import ConfigError
+from advprune.data import ImageDataset, get_spec
 from advprune.masks import WeightMasks
 from advprune.models import create_model
 from advprune.models.serialization import load_model
@@ -45,6 +46,7 @@ def test_config_round_trips_through_yaml(tmp_path):
         ({"eps": 8}, r"ε is in \[0, 1\] pixels; for 8/255 pass 0.0314 or --eps 8/255"),
         ({"epochs": 0}, "epochs must be ≥ 1"),
         ({"limit_train": 0}, "limit_train must be ≥ 1"),
+        ({"monitor_clean_examples": 0}, "monitor_clean_examples must be ≥ 1"),
         ({"milestones": [1.5]}, "milestones are fractions"),
         ({"precision": "fp8"}, "unknown precision"),
     ],
@@ -202,3 +204,23 @@ def test_speed_flags_train_the_same_model(tmp_path, flags):
     assert record["test_clean_accuracy"] > 0.3
     loaded, _ = load_model(tmp_path / "model.safetensors")
     assert not any(k.startswith("_orig_mod") for k in loaded.state_dict())
+
+
+def test_the_monitor_classifies_only_its_first_clean_examples():
+    """Labels that the model gets right on the first 40 test images and wrong on the rest: the
+    monitor reads 100 % with 40 clean examples, as it would not if it read the whole split."""
+    torch.manual_seed(0)
+    model = create_model("lenet300-100", num_classes=10, in_channels=1, image_size=28).eval()
+    images = torch.rand(100, 1, 28, 28)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    labels = torch.cat([predicted[:40], (predicted[40:] + 1) % 10])
+    test = ImageDataset("fashion-mnist", images, labels, 10)
+    data = trainer_module.TrainingData(get_spec("fashion-mnist"), test, test)
+    config = tiny_config(monitor_clean_examples=40, monitor_examples=0)
+    record = trainer_module.monitor(model, data, config, torch.device("cpu"), epoch=0)
+    assert record["test_clean_accuracy"] == 1.0
+    wider = trainer_module.monitor(
+        model, data, dataclasses.replace(config, monitor_clean_examples=50), torch.device("cpu"), 0
+    )
+    assert wider["test_clean_accuracy"] == pytest.approx(0.8)

@@ -232,7 +232,7 @@ def scale_settings(
     for key in ("limit_test", "autoattack_limit"):
         if key in flat and spec.test_size is not None:
             changes[key] = _scaled_count(factor, flat[key] or spec.test_size, 1)
-    for key in ("monitor_examples", "sanity_examples"):
+    for key in ("monitor_examples", "monitor_clean_examples", "sanity_examples"):
         if key in flat and flat[key] > 0:
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:

@@ -96,6 +96,9 @@ class TrainConfig(Config):
     limit_train: int | None = setting(None, "use only the first N training examples")
     limit_test: int | None = setting(None, "use only the first N test examples")
     monitor_examples: int = setting(256, "test examples attacked (PGD-10) after each epoch")
+    monitor_clean_examples: int = setting(
+        2000, "test examples classified clean after each epoch (±2 pp at 2,000: chance shows)"
+    )
     data_dir: str | None = setting(None, "where the dataset files are (standard formats)")
     download: bool = setting(False, "fetch a missing dataset (with checksums)")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
@@ -122,7 +125,15 @@ class TrainConfig(Config):
         check_eps(self.eps)
         check_model_name(self.model)
         check_positive_counts(
-            self, ("epochs", "batch_size", "attack_steps", "limit_train", "limit_test")
+            self,
+            (
+                "epochs",
+                "batch_size",
+                "attack_steps",
+                "limit_train",
+                "limit_test",
+                "monitor_clean_examples",
+            ),
         )
         if self.checkpoint_every < 0:
             raise ConfigError(

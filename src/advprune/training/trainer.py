@@ -475,12 +475,15 @@ class _Training:
 def monitor(
     model: nn.Module, data: TrainingData, config: TrainConfig, device: torch.device, epoch: int
 ) -> dict[str, float]:
-    """Test accuracy after an epoch: clean on the test split, PGD-10 on its first examples.
+    """Test accuracy after an epoch: clean and PGD-10, each on the test split's first examples.
 
+    A health check and a progress line, not the run's result (`advprune eval` is): its clean half
+    on all 10,000 images cost 3 % of a 12,800-image epoch, on 2,000 it sees chance just as well.
     The attack's random starts come from (seed, epoch), not from the training's generators.
     """
     model.eval()
-    record = {"test_clean_accuracy": sharded_accuracy(model, data.test, None, device)}
+    clean = data.test.take(min(config.monitor_clean_examples, len(data.test)))
+    record = {"test_clean_accuracy": sharded_accuracy(model, clean, None, device)}
     if config.monitor_examples and config.objective != "standard":
         subset = data.test.take(min(config.monitor_examples, len(data.test)))
         generator = torch.Generator(device).manual_seed(epoch_seed(config.seed, epoch, "monitor"))
