@@ -11,6 +11,8 @@ from advprune.cli import main
 from advprune.core.errors import ConfigError
 from advprune.evaluation import EvalConfig, results_file
 from advprune.methods import method_names
+from advprune.methods.anpvs import ANPVSSettings
+from advprune.methods.hydra import HydraSettings
 from advprune.recipes import available_recipes, load_recipe
 from advprune.reproduction import make_plan, reproduce, runnable_steps
 from advprune.reproduction.plan import scale_settings
@@ -52,6 +54,16 @@ def test_scale_shrinks_epochs_and_examples_as_documented():
     assert evaluation.limit_test == math.ceil(0.01 * 26032) == evaluation.autoattack_limit
     assert evaluation.sanity_examples == 5
     assert scale_settings(train, 1.0, "cifar10") is train
+
+
+def test_scale_keeps_anpvs_kl_weight_per_example():
+    """ANP-VS divides the gates' KL by the training-set size: on a fifth of the data its β is a
+    fifth, so β/N is the full run's. HYDRA's TRADES β weighs a per-example term: not scaled."""
+    anpvs = ANPVSSettings(beta=15.0)
+    assert scale_settings(anpvs, 0.2, "fashion-mnist").beta == pytest.approx(3.0)
+    assert scale_settings(anpvs, 0.2, "fashion-mnist", keep={"beta"}).beta == 15.0
+    hydra = scale_settings(HydraSettings(), 0.2, "fashion-mnist").to_flat()
+    assert (hydra["score_epochs"], hydra["score_beta"], hydra["finetune_beta"]) == (4, 6.0, 6.0)
 
 
 def test_a_setting_given_with_set_is_not_scaled(tmp_path):

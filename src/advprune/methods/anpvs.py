@@ -77,6 +77,8 @@ ANPVS_TRAINING = {
 class ANPVSSettings(MethodSettings):
     """ANP-VS's own settings; defaults are the official MNIST LeNet-5-Caffe ones (fidelity.md)."""
 
+    PER_DATASET_WEIGHTS = ("beta",)
+
     beta: float = setting(4.0, "weight β of the gates' KL/N (MNIST 4, CIFAR-10 2, CIFAR-100 1)")
     vs_lambda: float = setting(
         1e-3, "weight λ of the vulnerability suppression loss (0: ANP without VS)"

@@ -129,6 +129,11 @@ class PhaseSettings(Config):
 class MethodSettings(Config):
     """Base of a method's own settings: the defaults of its training phase."""
 
+    # Weights of a loss term divided by the training-set size N (a variational KL/N): a run on
+    # F·N examples (`reproduce --scale F`) multiplies them by F, so that each example's loss
+    # weighs the prior as the full run's does.
+    PER_DATASET_WEIGHTS: ClassVar[tuple[str, ...]] = ()
+
     finetune: PhaseSettings = group(PhaseSettings, "the method's training phase", epochs=10)
 
 

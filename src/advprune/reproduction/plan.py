@@ -31,7 +31,10 @@ seeds is refused (it would say two things).
 max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train);
 the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
 gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
-examples than these limits is used whole. A scaled run measures no latency: a smoke run's
+examples than these limits is used whole. A weight of a term divided by the training-set size
+(ANP-VS's β of the gates' KL/N: a method's `PER_DATASET_WEIGHTS`) becomes F·β, so that a scaled
+run's loss per example is the full run's; unscaled, β/N grew 5× at F = 0.2 and the gates of the
+Fashion-MNIST suite closed within an epoch. A scaled run measures no latency: a smoke run's
 timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU. A setting given with
 `--set` is not scaled (`--scale 0.5 --set autoattack_limit=500`: AutoAttack on 500 examples).
 """
@@ -237,6 +240,8 @@ def scale_settings(
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
+    for key in getattr(settings, "PER_DATASET_WEIGHTS", ()):
+        changes[key] = factor * flat[key]
     kept = set(keep)
     return settings.replace(**{k: v for k, v in changes.items() if k not in kept})
 
