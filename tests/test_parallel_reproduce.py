@@ -5,6 +5,8 @@ report's mean ± std over the seeds."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import signal
@@ -343,6 +345,29 @@ def fake_run(path: Path, clean: float, pgd: float, ratio: float, sparsity: float
         "latency": {"batch_1": {"ratio": ratio, "ratio_range": [ratio - 0.1, ratio + 0.1]}},
     }
     (path / "results.json").write_text(json.dumps(results))
+
+
+def test_an_exported_rows_channels_and_speed_up_are_averaged_over_seeds(tmp_path):
+    """The structured rows' channel sparsity and measured speed-up, which every run has, appear
+    in the row over seeds as their mean (± the medians' sample std), in the table and the CSV."""
+    for seed, (median, channels) in enumerate([(3.0, 0.84), (3.4, 0.86)]):
+        run = tmp_path / "root" / f"seed-{seed}" / "mag-c85"
+        fake_run(run, 0.70, 0.50, 1.0, 0.97)
+        results = json.loads((run / "results.json").read_text())
+        results["channel_sparsity"] = channels
+        results["measured_speedup"] = {
+            "batch_128": {"median": median, "min": median - 0.5, "max": median + 0.5}
+        }
+        (run / "results.json").write_text(json.dumps(results))
+    report = write_report([tmp_path / "root"], tmp_path / "out").read_text()
+    over_seeds = report.split("## Every run")[0]
+    row = next(line for line in over_seeds.splitlines() if line.startswith("| mag-c85 |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert "85.0%" in cells  # channel sparsity
+    assert "3.20 ± 0.28×" in cells  # speed-up at batch 128
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "report-seeds.csv").read_text())))
+    assert float(rows[0]["speedup_batch_128_mean"]) == pytest.approx(3.2)
+    assert float(rows[0]["channel_sparsity_mean"]) == pytest.approx(0.85)
 
 
 def test_the_report_puts_a_steps_seeds_in_one_row_and_keeps_single_runs_intervals(tmp_path):

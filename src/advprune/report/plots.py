@@ -125,7 +125,9 @@ def plot_robust_vs_speedup(
 ) -> Path | None:
     """One panel per robust attack present: a point per exported run (structured or ANP-VS) at
     its measured speed-up over the dense network (median of the paired ratios, bars min–max),
-    labelled with its run directory's name; dense runs at 1×. None when no run has both."""
+    labelled with its run directory's name; dense runs at 1×. Over seeds: the mean of the
+    medians, bars from the lowest to the highest ratio of any run and ± one standard deviation
+    of the accuracy. None when no run has both."""
     exported = [s for s in summaries if batch in s.measured_speedup]
     attacks = [a for a in ROBUST_ATTACKS if any(a in s.accuracy for s in exported)]
     if not attacks:
@@ -140,11 +142,16 @@ def plot_robust_vs_speedup(
             accuracy = 100 * summary.accuracy[attack]
             low, high = spread["median"] - spread["min"], spread["max"] - spread["median"]
             axes.errorbar(
-                spread["median"], accuracy, xerr=[[low], [high]], marker="o", capsize=3,
+                spread["median"], accuracy, xerr=[[low], [high]],
+                yerr=error_bars([_percent_spread(summary, attack)]), marker="o", capsize=3,
                 label=summary.path.name or summary.method,
             )  # fmt: skip
         for dense in (s for s in summaries if is_dense(s) and attack in s.accuracy):
-            axes.plot(1.0, 100 * dense.accuracy[attack], "s", color="grey", label="dense")
+            error = error_bars([_percent_spread(dense, attack)])
+            axes.errorbar(
+                1.0, 100 * dense.accuracy[attack], yerr=error, marker="s", color="grey",
+                capsize=3, label="dense",
+            )  # fmt: skip
         axes.set(
             xlabel=f"measured speed-up over dense, {batch.replace('_', ' ')} (×)",
             ylabel=f"{ATTACK_HEADERS[attack]} accuracy (%)",

@@ -81,6 +81,22 @@ def _curve(members: Sequence[RunSummary]) -> list[dict[str, float]]:
     ]
 
 
+def _speedups(members: Sequence[RunSummary]) -> dict[str, dict[str, float]]:
+    """Per batch every run measured: the mean of the runs' medians, the lowest and the highest
+    of their paired ratios (the standard deviation of the medians is `spread`'s)."""
+    batches = [
+        b for b in members[0].measured_speedup if all(b in m.measured_speedup for m in members)
+    ]
+    return {
+        batch: {
+            "median": statistics.fmean(m.measured_speedup[batch]["median"] for m in members),
+            "min": min(m.measured_speedup[batch]["min"] for m in members),
+            "max": max(m.measured_speedup[batch]["max"] for m in members),
+        }
+        for batch in batches
+    }
+
+
 def aggregate(members: Sequence[RunSummary], path: Path) -> RunSummary:
     """One summary of a step's runs over seeds: each figure the mean over the runs (absent if a
     run lacks it), a check passed only if every run passed it, the runs kept in `members`."""
@@ -94,6 +110,8 @@ def aggregate(members: Sequence[RunSummary], path: Path) -> RunSummary:
         eps=first.eps,
         sparsity=_mean(m.sparsity for m in members),
         unit_sparsity=_mean(m.unit_sparsity for m in members),
+        channel_sparsity=_mean(m.channel_sparsity for m in members),
+        measured_speedup=_speedups(members),
         params=_count(m.params for m in members),
         nonzero_params=_count(m.nonzero_params for m in members),
         flops=_count(m.flops for m in members),
@@ -160,7 +178,15 @@ def _columns(
         (f"latency_ratio_b{batch}", lambda s, b=batch: (s.latency_ratio.get(b) or (None,))[0])
         for batch in LATENCY_BATCHES
     ]
-    columns += [("sparsity", lambda s: s.sparsity), ("vulnerability", lambda s: s.vulnerability)]
+    columns += [
+        (f"speedup_{batch}", lambda s, b=batch: s.measured_speedup.get(b, {}).get("median"))
+        for batch in (f"batch_{b}" for b in LATENCY_BATCHES)
+    ]
+    columns += [
+        ("sparsity", lambda s: s.sparsity),
+        ("channel_sparsity", lambda s: s.channel_sparsity),
+    ]
+    columns += [("vulnerability", lambda s: s.vulnerability)]
     return columns
 
 

@@ -71,11 +71,14 @@ def subset_suffix(summary: RunSummary, attack: str) -> str:
 
 
 def speedup(summary: RunSummary, batch: str = "batch_128") -> str:
-    """The measured speed-up: median of the paired ratios (min–max)."""
-    spread = summary.measured_speedup.get(batch)
-    if spread is None:
+    """The measured speed-up: median of the paired ratios (min–max); over seeds, the mean of the
+    runs' medians ± their standard deviation."""
+    ratios = summary.measured_speedup.get(batch)
+    if ratios is None:
         return MISSING
-    return f"{spread['median']:.2f}× ({spread['min']:.2f}–{spread['max']:.2f})"
+    if summary.members:
+        return _with_spread(summary, lambda s: _median_speedup(s, batch), ".2f") + "×"
+    return f"{ratios['median']:.2f}× ({ratios['min']:.2f}–{ratios['max']:.2f})"
 
 
 def _median_speedup(summary: RunSummary, batch: str) -> float | None:
