@@ -211,17 +211,18 @@ def alive(pid: int) -> bool:
         return False
 
 
-def step_pids(runs: Path, names: list[str], timeout: float = 120) -> list[int]:
-    """The processes training any of `names`, as their run directories' locks name them, once
-    one has finished its first epoch (the dense row's evaluation may hold the other slot)."""
+def training_steps(runs: Path, names: list[str], timeout: float = 120) -> dict[str, int]:
+    """Name → process of those of `names` that have finished their first epoch, as their run
+    directories' locks name them, once one has (the dense row's evaluation may hold the other
+    slot, or the other step may still be starting)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = []
+        pids = {}
         for name in names:
             log, lock = runs / name / "log.txt", runs / name / ".advprune.lock"
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                 if "epoch 1 " in log.read_text():
-                    pids.append(json.loads(lock.read_text())["pid"])
+                    pids[name] = json.loads(lock.read_text())["pid"]
         if pids:
             return pids
         time.sleep(0.05)
@@ -232,7 +233,9 @@ def step_pids(runs: Path, names: list[str], timeout: float = 120) -> list[int]:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_an_interrupted_parallel_run_resumes(serial, tmp_path, stop):
     """Stopped half-way (SIGTERM: the parent stops its steps; SIGKILL: they notice its death),
-    a rerun skips the finished steps and resumes the others to the serial run's very weights."""
+    a rerun skips the finished steps and resumes the others to the serial run's very weights.
+    A step stopped in its first epoch checkpoints; one still starting up (a loaded machine) has
+    nothing to keep and starts again."""
     recipe, serial_root = serial
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -240,20 +243,19 @@ def test_an_interrupted_parallel_run_resumes(serial, tmp_path, stop):
     command += ["--runs-dir", str(runs), "--jobs", "2", "--threads", "1"]
     parent = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        pids = step_pids(runs, ["mag-50", "mag-90"])
+        training = training_steps(runs, ["mag-50", "mag-90"])
         parent.send_signal(stop)
         _, stderr = parent.communicate(timeout=120)
     finally:
         parent.kill()
     deadline = time.monotonic() + 60
-    while any(map(alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, training.values())) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(map(alive, pids)), "a step outlived its reproduction"
+    assert not any(map(alive, training.values())), "a step outlived its reproduction"
     if stop == signal.SIGTERM:
         assert parent.returncode == 130 and b"interrupted" in stderr
-    started = [n for n in ("mag-50", "mag-90") if (runs / n / "log.txt").is_file()]
-    stopped = [n for n in started if not (runs / n / "model.safetensors").exists()]
-    assert stopped, "the started steps finished before the signal: the test stopped nothing"
+    stopped = [n for n in training if not (runs / n / "model.safetensors").exists()]
+    assert stopped, "the training steps finished before the signal: the test stopped nothing"
     for name in stopped:
         assert (runs / name / "checkpoint.safetensors").is_file()
         assert "stopped" in (runs / name / "log.txt").read_text()
