@@ -185,8 +185,8 @@ def _columns(
     columns += [
         ("sparsity", lambda s: s.sparsity),
         ("channel_sparsity", lambda s: s.channel_sparsity),
+        ("vulnerability", lambda s: s.vulnerability),
     ]
-    columns += [("vulnerability", lambda s: s.vulnerability)]
     return columns
 
 
