@@ -25,7 +25,7 @@ import platform
 import torch
 from torch import nn
 
-from advprune.core.device import resolve_device
+from advprune.core.device import channel_block, resolve_device
 from advprune.evaluation.complexity import model_complexity
 from advprune.evaluation.latency import latency_comparison, measured_speedup
 from advprune.masks.channels import (
@@ -34,7 +34,7 @@ from advprune.masks.channels import (
     filter_norms,
     select_channels,
 )
-from advprune.masks.export import ROUND_TO, channel_sparsity, export_gated
+from advprune.masks.export import channel_sparsity, export_gated
 from advprune.models import create_model
 from layer_latency import leaf_times
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--round-to", type=int, default=ROUND_TO)
+    parser.add_argument("--round-to", type=int, default=channel_block(torch.device("cpu")))
     parser.add_argument("--device", default="auto", help="auto: CUDA when there is one")
     parser.add_argument("--layers", help="MODEL:SPARSITY whose per-layer times to print")
     args = parser.parse_args()

@@ -131,7 +131,7 @@ def build(name: str) -> nn.Module:
     return create_model(name, 10, 1, image_size=28)
 
 
-@pytest.mark.parametrize("round_to", [1, 8])
+@pytest.mark.parametrize("round_to", [1, 8, 16])
 @pytest.mark.parametrize(
     ("name", "channels", "size"), [("lenet5-caffe", 1, 28), ("tiny-residual", 3, 16)]
 )

@@ -5,11 +5,12 @@ channels are zero in every slice). Writes RUN_DIR/exported/model.safetensors —
 conv/linear/BN layers at their pruned widths, rebuilt by `load_model` from the zoo architecture
 and the recorded layer shapes, no gate code — and merges into RUN_DIR/results.json the channels
 (`channel_sparsity`, the benchmark's structured sparsity, for both kinds of run), units and weights
-removed, the size and FLOPs of the dense and exported networks, the CPU latency of each
-(`latency`) and the measured speed-up (`measured_speedup`): the exported network against the dense
-one, interleaved in pairs in one process, on CUDA when there is one, as the median of the per-pair
-ratios with their min–max, at batch 1 and 128. `advprune eval RUN_DIR/exported` evaluates the
-exported network like any run.
+removed, the width multiple kept (`round_to`; by default the measuring device's `channel_block`,
+16 on AVX-512 CPUs, else 8), the size and FLOPs of the dense and exported networks, the CPU latency
+of each (`latency`) and the measured speed-up (`measured_speedup`): the exported network against
+the dense one, interleaved in pairs in one process, on CUDA when there is one, as the median of
+the per-pair ratios with their min–max, at batch 1 and 128. `advprune eval RUN_DIR/exported`
+evaluates the exported network like any run.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from advprune.core.device import resolve_device
+from advprune.core.device import channel_block, resolve_device
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_json, read_json
 from advprune.core.run_dir import RunDir
 from advprune.evaluation.complexity import gated_complexity, model_complexity
 from advprune.evaluation.latency import latency_comparison, measured_speedup
-from advprune.masks.export import ROUND_TO, channel_sparsity, export_gated, layer_shapes
+from advprune.masks.export import channel_sparsity, export_gated, layer_shapes
 from advprune.masks.gated import find_gates, fold_gates
 from advprune.models import create_model, input_shape
 from advprune.models.layer_types import PRUNABLE
@@ -40,13 +41,16 @@ def export_run(
     threads: int = 1,
     repeats: int = 30,
     batch_sizes: Sequence[int] = (1, 128),
-    round_to: int = ROUND_TO,
+    round_to: int | None = None,
     device: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export the run's gated or channel-masked model (widths multiples of `round_to` where they
-    can be), measure it against the dense network (`repeats` passes or pairs; the speed-up on
-    `device`, default CUDA when there is one), and merge the figures into results.json."""
+    can be, default the `channel_block` of `device`), measure it against the dense network
+    (`repeats` passes or pairs; the speed-up on `device`, default CUDA when there is one), and
+    merge the figures into results.json."""
+    target_device = resolve_device(device)
+    round_to = channel_block(target_device) if round_to is None else round_to
     if threads < 1 or repeats < 1 or round_to < 1 or any(b < 1 for b in batch_sizes):
         raise ConfigError("threads, repeats, round_to and batch sizes must be ≥ 1")
     run = RunDir.existing(run_dir)
@@ -81,10 +85,11 @@ def export_run(
     dense = create_model(**{key: architecture[key] for key in ARCHITECTURE_KEYS})
     summary["latency"] = latency_comparison(
         dense, exported, shape, batch_sizes, threads=threads, repeats=repeats,
-        device=resolve_device(device),
+        device=target_device,
     )  # fmt: skip
     summary["measured_speedup"] = measured_speedup(summary["latency"])
     summary["exported_model"] = str(target.model)
+    summary["round_to"] = round_to
     results = read_json(run.results, "results") if run.results.exists() else {}
     atomic_write_json(run.results, {**results, **summary})
     log(format_export(summary))
@@ -113,7 +118,8 @@ def format_export(summary: dict[str, Any]) -> str:
         f"channels kept {channels['kept']}/{channels['total']} "
         f"(channel sparsity {summary['channel_sparsity']:.2%}); "
         f"weights zero or removed {summary['sparsity']:.2%}",
-        f"params {sizes['dense']['params']:,} dense → {sizes['exported']['params']:,} exported; "
+        f"params {sizes['dense']['params']:,} dense → {sizes['exported']['params']:,} exported "
+        f"(widths multiples of {summary.get('round_to', 1)} where they can be); "
         f"memory {summary['memory_fraction']:.2%} of dense; "
         f"FLOPs ×{summary['flops_speedup']:.2f} fewer",
     ]
