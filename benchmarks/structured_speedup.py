@@ -64,11 +64,13 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--round-to", type=int, default=channel_block(torch.device("cpu")))
+    parser.add_argument("--round-to", type=int, help="default: the device's channel_block")
     parser.add_argument("--device", default="auto", help="auto: CUDA when there is one")
     parser.add_argument("--layers", help="MODEL:SPARSITY whose per-layer times to print")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.round_to is None:
+        args.round_to = channel_block(device)
     torch.set_num_threads(args.threads)
     print(
         f"device: {device} ({platform.processor() or platform.machine()}), torch "
