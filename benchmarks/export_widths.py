@@ -5,8 +5,8 @@ units (same outputs). This script exports the same run's model at each rounding,
 export against the dense network with `evaluation.latency.latency_comparison`, as `advprune
 export` does (interleaved pairs in one process, CPU time, each model in its faster layout). It
 prints each rounding's widths and its batch-128 speed-up, and that speed-up over the first
-rounding's (the reference, measured in the same run). It is the evidence for the default
-rounding, `core.device.channel_block`.
+rounding's (the reference, measured in the same run). It is the evidence for `advprune export`'s
+default, which measures the roundings and keeps the fastest (`pipelines.export.fastest_export`).
 
     python benchmarks/export_widths.py RUN_DIR [RUN_DIR …] [--round-to 1,8,16] [--pairs 30]
                                        [--batch-size 128] [--threads 1]
@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from advprune.core.device import channel_block
 from advprune.core.run_dir import RunDir
 from advprune.evaluation.complexity import model_complexity
 from advprune.evaluation.latency import latency_comparison, measured_speedup
@@ -71,10 +70,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     roundings = [int(value) for value in args.round_to.split(",")]
-    cpu = torch.device("cpu")
     print(
-        f"cpu ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()}: channel_block "
-        f"{channel_block(cpu)}), torch {torch.__version__}, {args.threads} thread(s), batch "
+        f"cpu ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()}), torch "
+        f"{torch.__version__}, {args.threads} thread(s), batch "
         f"{args.batch_size}, {args.pairs} pairs; load average {os.getloadavg()[0]:.2f}"
     )
     for run_dir in args.run_dirs:

@@ -25,7 +25,7 @@ import platform
 import torch
 from torch import nn
 
-from advprune.core.device import channel_block, resolve_device
+from advprune.core.device import resolve_device
 from advprune.evaluation.complexity import model_complexity
 from advprune.evaluation.latency import latency_comparison, measured_speedup
 from advprune.masks.channels import (
@@ -36,21 +36,30 @@ from advprune.masks.channels import (
 )
 from advprune.masks.export import channel_sparsity, export_gated
 from advprune.models import create_model
+from advprune.pipelines.export import ROUNDINGS, fastest_export
 from layer_latency import leaf_times
 
 SHAPE = (3, 32, 32)
 
 
-def pruned_network(dense: nn.Module, sparsity: float, round_to: int) -> tuple[nn.Module, float]:
+def pruned_network(
+    dense: nn.Module, sparsity: float, round_to: int | None, device: torch.device, threads: int
+) -> tuple[nn.Module, float, int]:
     """The export of `dense` without the `sparsity` fraction of each group's channels (lowest
-    L1 filter norm), and the channel sparsity it has."""
+    L1 filter norm), the channel sparsity it has and its width multiple: `round_to`, or when
+    None the fastest of `ROUNDINGS` on `device`, as `advprune export` chooses."""
     example = torch.zeros(1, *SHAPE)
     groups = channel_groups(dense, example)
     keep = select_channels(filter_norms(dense, groups), sparsity, scheme="layerwise")
     masked = copy.deepcopy(dense)
     channel_weight_masks(masked, groups, keep).apply(masked)
     removed = channel_sparsity(masked, example)["channel_sparsity"]
-    return export_gated(masked, example, round_to), removed
+    if round_to is not None:
+        return export_gated(masked, example, round_to), removed, round_to
+    exported, choice = fastest_export(
+        masked, example, batch_size=128, threads=threads, device=device
+    )
+    return exported, removed, choice["round_to"]
 
 
 def spread(result: dict, batch: int) -> str:
@@ -64,21 +73,22 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--round-to", type=int, help="default: the device's channel_block")
+    parser.add_argument(
+        "--round-to", type=int, help="width multiple (default: the fastest, as advprune export)"
+    )
     parser.add_argument("--device", default="auto", help="auto: CUDA when there is one")
     parser.add_argument("--layers", help="MODEL:SPARSITY whose per-layer times to print")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    if args.round_to is None:
-        args.round_to = channel_block(device)
     torch.set_num_threads(args.threads)
+    rounding = args.round_to or f"the fastest of {ROUNDINGS}"
     print(
         f"device: {device} ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {args.threads} thread(s), {args.pairs} pairs, round-to "
-        f"{args.round_to}; load average {os.getloadavg()[0]:.2f} at the start"
+        f"{rounding}; load average {os.getloadavg()[0]:.2f} at the start"
     )
     print(
-        f"{'network':10} {'channels':>8} {'FLOPs':>7} {'batch 1 (min–max)':>22} "
+        f"{'network':10} {'channels':>8} {'round':>5} {'FLOPs':>7} {'batch 1 (min–max)':>22} "
         f"{'batch 128 (min–max)':>22} {'b1/FLOPs':>8} {'b128/FLOPs':>10}"
     )
     for name in args.models:
@@ -86,7 +96,9 @@ def main() -> None:
         dense = create_model(name, num_classes=10, in_channels=3, image_size=32).eval()
         dense_flops = model_complexity(dense, SHAPE)["flops"]
         for sparsity in args.sparsities:
-            exported, removed = pruned_network(dense, sparsity, args.round_to)
+            exported, removed, round_to = pruned_network(
+                dense, sparsity, args.round_to, device, args.threads
+            )
             flops = dense_flops / model_complexity(exported, SHAPE)["flops"]
             comparison = latency_comparison(
                 dense, exported, SHAPE, (1, 128), threads=args.threads, repeats=args.pairs,
@@ -95,7 +107,7 @@ def main() -> None:
             measured = measured_speedup(comparison)
             quotients = [measured[f"batch_{b}"]["median"] / flops for b in (1, 128)]
             print(
-                f"{name:10} {removed:8.0%} {flops:6.2f}x {spread(measured, 1):>22} "
+                f"{name:10} {removed:8.0%} {round_to:5} {flops:6.2f}x {spread(measured, 1):>22} "
                 f"{spread(measured, 128):>22} {quotients[0]:8.2f} {quotients[1]:10.2f}"
             )
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
@@ -103,11 +115,11 @@ def main() -> None:
         print_layers(*args.layers.split(":"), args.round_to)
 
 
-def print_layers(name: str, sparsity: str, round_to: int) -> None:
+def print_layers(name: str, sparsity: str, round_to: int | None) -> None:
     """Median time of each leaf module, dense against exported, batch 128, channels_last."""
     torch.manual_seed(0)
     dense = create_model(name, num_classes=10, in_channels=3, image_size=32).eval()
-    exported, _ = pruned_network(dense, float(sparsity), round_to)
+    exported, _, _ = pruned_network(dense, float(sparsity), round_to, torch.device("cpu"), 1)
     x = torch.rand((128, *SHAPE), generator=torch.Generator().manual_seed(0))
     x = x.contiguous(memory_format=torch.channels_last)
     models = [m.to(memory_format=torch.channels_last) for m in (dense, exported)]

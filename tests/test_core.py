@@ -134,12 +134,3 @@ def test_the_command_line_allocator_settings_are_taken_on_glibc():
     assert isinstance(taken, bool)
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert taken  # page-fault savings are measured in docs/benchmarks.md, not here
-
-
-@pytest.mark.parametrize(("capability", "block"), [("AVX512", 16), ("AVX2", 8), ("DEFAULT", 8)])
-def test_the_channel_block_is_the_cpus_vector_width(monkeypatch, capability, block):
-    from advprune.core.device import channel_block
-
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert channel_block(torch.device("cpu")) == block
-    assert channel_block(torch.device("cuda")) == 8  # tensor cores, whatever the host CPU

@@ -260,6 +260,16 @@ def test_latency_is_a_paired_ratio_to_the_dense_network():
     assert slower["batch_16"]["ratio"] > 2 > same["batch_16"]["ratio"] > 0.5
 
 
+def test_the_fastest_model_is_the_one_that_costs_least():
+    from advprune.evaluation.latency import fastest_model
+
+    dense = create_model("lenet300-100", 10, 1, image_size=28)
+    models = {"4x": Repeated(dense, 4), "1x": dense, "3x": Repeated(dense, 3)}
+    best, medians = fastest_model(models, (1, 28, 28), 16, repeats=5)
+    assert best == "1x" and set(medians) == set(models)
+    assert medians["4x"] > 2 * medians["1x"] > 0
+
+
 # ---------------------------------------------------------------------------- sampled gates
 
 

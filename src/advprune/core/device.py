@@ -41,20 +41,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def channel_block(device: torch.device) -> int:
-    """How many channels the device's conv kernels compute at once, so a pruned width that is a
-    multiple of it wastes no lanes: 16 fp32 lanes on AVX-512 CPUs (oneDNN's blocked layouts), 8 on
-    other CPUs and on CUDA (tensor cores). On the AVX-512 development CPU LeNet-5-Caffe's conv2
-    runs 32 output channels faster than 24 (docs/benchmarks.md).
-
-    >>> channel_block(torch.device("cuda"))
-    8
-    """
-    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX512":
-        return 16
-    return 8
-
-
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 

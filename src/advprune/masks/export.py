@@ -11,8 +11,9 @@ With `round_to` r > 1 a layer keeps its width a multiple of r where it can: it k
 units as padding (their incoming weights zeroed, so they compute 0 and pin nothing upstream).
 The outputs are unchanged; CPU and GPU kernels are vectorised over 8 or 16 channels, and on the
 AVX2 development CPU LeNet-5-Caffe's first layer is 2× faster with 16 channels than with 14
-(docs/benchmarks.md). By default r is the device's `channel_block`. Torch-Pruning's `round_to`
-serves the same purpose.
+(docs/benchmarks.md). Which r is fastest depends on the device and the widths, so `advprune export`
+measures it (pipelines/export.py); without a measurement r is 8. Torch-Pruning's `round_to` serves
+the same purpose.
 
 `export_gated` checks that the result computes what the gated model computes. A plain network
 whose pruned channels are zeroed in every slice (a structured scored run, masks/channels.py)
@@ -28,13 +29,13 @@ import torch
 import torch_pruning
 from torch import Tensor, nn
 
-from advprune.core.device import channel_block
 from advprune.core.errors import CheckpointError
 from advprune.masks.channels import output_layer
 from advprune.masks.gated import dependency_graph, fold_gates
 from advprune.models.features import trace_layer_chains
 from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
 
+ROUND_TO = 8  # the width multiple when none is measured (SIMD lanes, tensor cores)
 EXPORT_TOLERANCE = 1e-4  # max |exported − gated| on random inputs, relative to the logits' scale
 
 
@@ -140,10 +141,9 @@ def max_output_difference(first: nn.Module, second: nn.Module, example: Tensor) 
         return (first.eval()(x) - second.eval()(x)).abs().max().item()
 
 
-def export_gated(model: nn.Module, example: Tensor, round_to: int | None = None) -> nn.Module:
+def export_gated(model: nn.Module, example: Tensor, round_to: int = ROUND_TO) -> nn.Module:
     """The plain, smaller network that computes what the gated `model` computes in eval mode,
-    its widths multiples of `round_to` (default: `channel_block` of the example's device) where
-    the pruned widths allow."""
+    its widths multiples of `round_to` where the pruned widths allow."""
     chains = trace_layer_chains(model, example)
     output = next((name for name, chain in chains.items() if chain.is_output), None)
     if output is None:
@@ -151,8 +151,7 @@ def export_gated(model: nn.Module, example: Tensor, round_to: int | None = None)
             "cannot find the layer that produces the model's output; export needs one"
         )
     exported = fold_gates(model, example)
-    block = channel_block(example.device) if round_to is None else round_to
-    remove_unread_units(exported, example, output, block)
+    remove_unread_units(exported, example, output, round_to)
     difference = max_output_difference(model, exported, example)
     with torch.no_grad():
         scale = max(1.0, model.eval()(example).abs().max().item())
