@@ -20,6 +20,8 @@ def test_units_speedup_and_a_missing_figure():
     lines = verdicts([units_removed("p", 0.7), speedup("p", 128, 1.5)], {"p": pruned})
     assert lines[0].endswith("80.0 % — yes") and lines[1].endswith("— no")
     assert "not measured" in speedup("p", 1, 1.5).line({"p": pruned})
+    edge = {"measured_speedup": {"batch_128": {"median": 1.4962, "min": 1.35}}}
+    assert "×1.496 (paired" in speedup("p", 128, 1.5).line({"p": edge})  # not "×1.50 … no"
 
 
 def test_same_order_agrees_or_flips_within_or_beyond_noise():

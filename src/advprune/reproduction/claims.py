@@ -66,7 +66,10 @@ def within(step: str, reference: str, attack: str, points: float) -> Claim:
 def speedup(step: str, batch: int, at_least: float) -> Claim:
     def measure(results: Results) -> tuple[str, str]:
         spread = results[step]["measured_speedup"][f"batch_{batch}"]
-        measured = f"×{spread['median']:.2f} (paired, min {spread['min']:.2f})"
+        median = f"{spread['median']:.2f}"
+        if (float(median) >= at_least) != (spread["median"] >= at_least):
+            median = f"{spread['median']:.3f}"  # ×1.496 fails 1.5×: do not print it as ×1.50
+        measured = f"×{median} (paired, min {spread['min']:.2f})"
         return measured, "yes" if spread["median"] >= at_least else "no"
 
     return Claim(f"{step} measured batch-{batch} speed-up ≥ {at_least:g}×", measure)
