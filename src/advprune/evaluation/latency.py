@@ -93,6 +93,17 @@ def _no_sync() -> None:
     """CPU passes end when the call returns."""
 
 
+def in_every_layout(
+    models: dict[Any, nn.Module], device: torch.device | str
+) -> dict[tuple[Any, str], nn.Module]:
+    """A copy of each model on `device` in each memory layout of `LAYOUTS`, by (key, layout)."""
+    return {
+        (key, layout): copy.deepcopy(model).to(device, memory_format=memory_format)
+        for key, model in models.items()
+        for layout, memory_format in LAYOUTS.items()
+    }
+
+
 def paired_latency(
     model: nn.Module,
     dense: nn.Module,
@@ -113,11 +124,7 @@ def paired_latency(
     here), and a ratio against a baseline left in its slow layout would be the layout's.
     """
     names = {"model": model, "dense": dense}
-    copies = {
-        (name, layout): copy.deepcopy(network).to(device, memory_format=memory_format)
-        for name, network in names.items()
-        for layout, memory_format in LAYOUTS.items()
-    }
+    copies = in_every_layout(names, device)
     result: dict[str, Any] = {
         "device": str(device),
         "device_name": device_name(torch.device(device)),
@@ -177,11 +184,7 @@ def fastest_model(
     interleaved (`time_interleaved`), and every model's median milliseconds in that layout: by
     CPU time on a CPU, by wall time on CUDA. Used to choose between equivalent networks; a
     latency to report is measured afterwards, on fresh samples."""
-    copies = {
-        (key, layout): copy.deepcopy(model).to(device, memory_format=memory_format)
-        for key, model in models.items()
-        for layout, memory_format in LAYOUTS.items()
-    }
+    copies = in_every_layout(models, device)
     times = time_interleaved(
         copies, input_shape, batch_size, threads=threads, repeats=repeats, device=device
     )
