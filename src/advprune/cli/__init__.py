@@ -18,7 +18,7 @@ from advprune.cli import evaluate, export, listing, prune, report, reproduce, tr
 from advprune.cli.flags import Parser
 from advprune.core import distributed
 from advprune.core.config import closest
-from advprune.core.device import keep_freed_host_memory
+from advprune.core.device import flush_denormals, keep_freed_host_memory
 from advprune.core.errors import AdvpruneError
 
 # What to run after Ctrl-C (or SIGTERM), by subcommand.
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
     keep_freed_host_memory()
+    flush_denormals()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return handler(args)
