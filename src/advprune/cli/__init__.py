@@ -18,7 +18,7 @@ from advprune.cli import evaluate, export, listing, prune, report, reproduce, tr
 from advprune.cli.flags import Parser
 from advprune.core import distributed
 from advprune.core.config import closest
-from advprune.core.device import flush_denormals, keep_freed_host_memory
+from advprune.core.device import tune_process
 from advprune.core.errors import AdvpruneError
 
 # What to run after Ctrl-C (or SIGTERM), by subcommand.
@@ -82,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(unrecognized(args.command, extra, options_of(parser, args.command)), file=sys.stderr)
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
-    keep_freed_host_memory()
-    flush_denormals()
+    tune_process()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return handler(args)

@@ -77,3 +77,11 @@ def keep_freed_host_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30))
     return all([mallopt(option, value) == 1 for option, value in settings])
+
+
+def tune_process() -> None:
+    """The process-wide speed settings of every advprune process: freed memory kept for reuse
+    (`keep_freed_host_memory`) and subnormal floats flushed (`flush_denormals`). The command line
+    calls it, and so does each step `reproduce` runs in a process of its own."""
+    keep_freed_host_memory()
+    flush_denormals()

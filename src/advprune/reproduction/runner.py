@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from advprune.attacks import parse_attacks
+from advprune.core.device import tune_process
 from advprune.core.errors import ConfigError, GradientMaskingError
 from advprune.core.io import atomic_write_text, read_json
 from advprune.core.run_dir import RunDir
@@ -231,6 +232,7 @@ def run_plan(
     gradient-masking warnings."""
     slots = make_slots(plan.steps, jobs, devices, threads)
     if len(slots) == 1:
+        tune_process()  # as each parallel step does: serial and parallel runs compute alike
         return _run_here(plan.steps, slots[0], progress, log)
     log(f"[reproduce] {describe_slots(slots)}; each step's output goes to its log.txt")
     widen_to = thread_budget() if threads is None and not devices else None
