@@ -111,7 +111,7 @@ def fastest_export(
     """The export of `model` whose widths run fastest on `device` among the roundings
     `ROUNDINGS`, and the choice: {"round_to", "round_to_ms": median ms of each distinct export at
     `batch_size`}. Which rounding is fastest depends on the device and the widths (on an AVX-512
-    CPU, 16 for the demo's ANP-VS LeNet, 8 for a VGG-16 at 90 % of its channels;
+    CPU, 16 for the demo's ANP-VS LeNet, the exact widths for a VGG-16 at 90 % of its channels;
     docs/benchmarks.md), so it is measured; the reported latency is timed afresh afterwards."""
     exports: dict[int, nn.Module] = {}
     for round_to in ROUNDINGS:
