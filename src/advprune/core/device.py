@@ -45,10 +45,10 @@ def flush_denormals() -> bool:
     """Have the CPU treat subnormal floats (|x| < 1.2e-38 in float32) as zero.
 
     ANP-VS's relaxed-Bernoulli gates at temperature 0.1 saturate, and their samples and
-    gradients reach subnormal values, on which x86 arithmetic is many times slower: the demo's
-    first ANP-VS epoch ran in 26 s, and in 17 s with this set (docs/benchmarks.md). Results move
-    by float rounding only. Called by the command line, which owns its process; a program using
-    the API can call it itself. Returns whether the CPU supports it.
+    gradients reach subnormal values, on which x86 arithmetic is many times slower: one epoch of
+    the demo's ANP-VS on 6,000 images takes 19.1 s, and 12.2 s with this set, to the same weights
+    (benchmarks/subnormals.py). Part of `tune_process`; a program using the API can call either
+    itself. Returns whether the CPU supports it.
     """
     return torch.set_flush_denormal(True)
 
