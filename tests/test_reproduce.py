@@ -363,3 +363,14 @@ def test_every_paper_recipe_has_representative_steps():
 @pytest.mark.parametrize("recipe", PAPER_RECIPES)
 def test_paper_recipes_run_at_scale_on_synthetic_data(recipe, data_dir, tmp_path):
     run_paper_recipe(recipe, representative_steps()[recipe], data_dir, tmp_path / recipe)
+
+
+def test_the_demo_says_what_it_evaluated_and_which_latencies_it_did_not_time(tmp_path):
+    from advprune.reproduction.demo import subsets
+
+    text = subsets(make_plan("demo", tmp_path / "demo"))
+    assert text.startswith("every row on the first 1,000 or the first 500 test images")
+    assert "AutoAttack on the first 32 for hydra-99, magnitude-99, mad-99" in text
+    assert "no row's latency timed" in text  # the demo's recipe times none; its export does
+    timed = subsets(make_plan("demo", tmp_path / "timed", overrides={"latency_repeats": 5}))
+    assert "latency" not in timed

@@ -42,7 +42,8 @@ def run_demo(root: str | Path = "runs/demo", *, progress: bool = True) -> list[d
 
 def subsets(plan: Plan) -> str:
     """What the rows were evaluated on, from the recipe: "every row on the first 1,000 test
-    images, AutoAttack on the first 32 (pgd-at, mad-99)"."""
+    images; AutoAttack on the first 32 for pgd-at, mad-99", and which rows' latency was not
+    timed."""
     evaluated = [step for step in plan.steps if step.evaluate is not None]
     tests = {_first(step.evaluate.limit_test) for step in evaluated}
     with_aa = [s for s in evaluated if "autoattack" in s.evaluate.attacks.split(",")]
@@ -51,6 +52,11 @@ def subsets(plan: Plan) -> str:
         names = ", ".join(step.label for step in with_aa)
         limits = {_first(step.evaluate.autoattack_limit) for step in with_aa}
         text += f"; AutoAttack on {' or '.join(sorted(limits))} for {names}"
+    untimed = [step for step in evaluated if not step.evaluate.latency_repeats]
+    if len(untimed) == len(evaluated):
+        text += "; no row's latency timed (an exported network's speed-up is timed by its export)"
+    elif untimed:
+        text += f"; latency not timed for {', '.join(step.label for step in untimed)}"
     return text
 
 
