@@ -441,14 +441,12 @@ def work(step: Step, phase: str, threads: int | None, outcome: Connection, paren
 def _run_logged(
     step: Step, phase: str, threads: int | None, log_file: Any
 ) -> tuple[str, str | None, int]:
-    from advprune.core.device import tune_process
     from advprune.reproduction.runner import run_step
 
     def log(message: str) -> None:
         print(message, file=log_file, flush=True)
 
     try:
-        tune_process()  # a spawned interpreter: the command line's settings are not inherited
         if threads is not None:
             import torch
 

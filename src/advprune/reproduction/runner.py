@@ -178,7 +178,9 @@ def run_step(
     """Train or prune the step (resuming it), then evaluate it; returns its gradient-masking
     warning. `phase` BUILD or EVALUATE does one of the two: a parallel reproduction runs them
     as separate tasks, so that the steps needing this one start while it is being evaluated.
-    The same in this process (`--jobs 1`) and in a task's own (parallel.work)."""
+    The same in this process (`--jobs 1`) and in a task's own (parallel.work), both with the
+    command line's process settings (`tune_process`: a spawned task does not inherit them)."""
+    tune_process()
     run = RunDir.create(step.run_dir)
     if phase != EVALUATE:
         _check_record(step, run)
@@ -232,7 +234,6 @@ def run_plan(
     gradient-masking warnings."""
     slots = make_slots(plan.steps, jobs, devices, threads)
     if len(slots) == 1:
-        tune_process()  # as each parallel step does: serial and parallel runs compute alike
         return _run_here(plan.steps, slots[0], progress, log)
     log(f"[reproduce] {describe_slots(slots)}; each step's output goes to its log.txt")
     widen_to = thread_budget() if threads is None and not devices else None
