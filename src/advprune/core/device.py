@@ -82,6 +82,6 @@ def keep_freed_host_memory() -> bool:
 def tune_process() -> None:
     """The process-wide speed settings of every advprune process: freed memory kept for reuse
     (`keep_freed_host_memory`) and subnormal floats flushed (`flush_denormals`). The command line
-    calls it, and so does every step `reproduce` runs (`run_step`), here or in a spawned process."""
+    calls it, and so does every step `reproduce` runs (`run_step`), here or in its own process."""
     keep_freed_host_memory()
     flush_denormals()

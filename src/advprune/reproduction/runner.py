@@ -179,7 +179,7 @@ def run_step(
     warning. `phase` BUILD or EVALUATE does one of the two: a parallel reproduction runs them
     as separate tasks, so that the steps needing this one start while it is being evaluated.
     The same in this process (`--jobs 1`) and in a task's own (parallel.work), both with the
-    command line's process settings (`tune_process`: a spawned task does not inherit them)."""
+    command line's process settings (`tune_process`: a task's process does not inherit them)."""
     tune_process()
     run = RunDir.create(step.run_dir)
     if phase != EVALUATE:
