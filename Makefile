@@ -4,20 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# pip compiles the bytecode on one core; this uses them all (10 s less of a 35-s install on 2
+# cores). A file that cannot compile (torch ships Python 3.12 syntax in its tests) is left to the
+# interpreter, as pip leaves it, hence the `|| true`.
+COMPILE := $(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install install-dev demo test test-fast lint format clean
 
+# What the demo needs; `install-dev` adds the test and lint tools.
 install: $(STAMP) $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz
+
+install-dev: install $(DEV_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0 -e '.[dev]'
-	@# pip compiles the bytecode on one core; this uses them all (10 s less of a 35-s install on
-	@# 2 cores). A file that cannot compile (torch ships Python 3.12 syntax in its tests) is left
-	@# to the interpreter, as pip leaves it, hence the `|| true`.
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0 -e .
+	$(COMPILE)
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(COMPILE)
+	touch $(DEV_STAMP)
 
 # Debian's dataset-fashion-mnist package; installed when we are root and the files are missing.
 $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz:
@@ -31,17 +41,17 @@ demo: install
 	$(BIN)/advprune demo
 
 # One test process per core (pytest-xdist): each test runs on one torch thread (tests/conftest.py).
-test: install
+test: install-dev
 	$(BIN)/pytest -q -n auto
 
-test-fast: install
+test-fast: install-dev
 	$(BIN)/pytest -q -n auto -m "not slow"
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
