@@ -56,7 +56,8 @@ def main() -> None:
     print(f"start method of the steps: {forkserver.get_start_method()}; {args.trials} trials each")
     print(f"  first forkserver step (starts the server): {first:.2f} s")
     for way, values in times.items():
-        print(f"  {way:<10} median {median[way]:.3f} s  (min {min(values):.3f}, max {max(values):.3f})")
+        spread = f"min {min(values):.3f}, max {max(values):.3f}"
+        print(f"  {way:<10} median {median[way]:.3f} s  ({spread})")
     print(f"  spawn / forkserver: {median['spawn'] / median['forkserver']:.1f}x")
 
 
