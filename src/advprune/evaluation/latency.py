@@ -137,8 +137,8 @@ def paired_latency(
         "unit": "ms",
         "ratio_of": "model / dense",
     }
+    timing = {"threads": threads, "device": device}
     for batch_size in batch_sizes:
-        timing = {"threads": threads, "device": device}
         layout = faster_layouts(copies, input_shape, batch_size, **timing)
         chosen = {name: copies[(name, layout[name])] for name in names}
         times = time_interleaved(chosen, input_shape, batch_size, repeats=repeats, **timing)
@@ -159,9 +159,14 @@ def faster_layouts(
     times = time_interleaved(
         copies, input_shape, batch_size, threads=threads, repeats=LAYOUT_REPEATS, device=device
     )
-    median = {key: statistics.median(samples) for key, samples in times[_clock(device)].items()}
+    median = _medians(times, device)
     keys = dict.fromkeys(key for key, _ in copies)
     return {key: min(LAYOUTS, key=lambda layout: median[(key, layout)]) for key in keys}
+
+
+def _medians(times: dict[str, Any], device: torch.device | str) -> dict[Any, float]:
+    """Each timed copy's median milliseconds on the device's clock (`_clock`)."""
+    return {key: statistics.median(samples) for key, samples in times[_clock(device)].items()}
 
 
 def _clock(device: torch.device | str) -> str:
@@ -215,11 +220,8 @@ def fastest_model(
     times = time_interleaved(
         copies, input_shape, batch_size, threads=threads, repeats=repeats, device=device
     )
-    clock = _clock(device)
-    medians = {
-        key: min(statistics.median(times[clock][(key, layout)]) for layout in LAYOUTS)
-        for key in models
-    }
+    median = _medians(times, device)
+    medians = {key: min(median[(key, layout)] for layout in LAYOUTS) for key in models}
     return min(medians, key=medians.__getitem__), medians
 
 
