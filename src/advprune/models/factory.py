@@ -17,6 +17,7 @@ from torch import nn
 
 from advprune.core.errors import ConfigError
 from advprune.data import DatasetSpec
+from advprune.models.few_channel_conv import speed_up_input_gradients
 from advprune.models.normalization import with_normalization
 from advprune.models.registry import is_import_path, model_entry, normalizes
 
@@ -126,6 +127,7 @@ def create_model(
     Example: `create_model("resnet18")` is a `ResNet` with keys "conv1.weight", …;
     `create_model("lenet5-caffe", 10, 1, image_size=28, mean=[0.29], std=[0.35])` has
     "normalize.mean", "body.0.weight", ….
+    Its first convolutions backpropagate to the image faster on the CPU (`few_channel_conv`).
     """
     normalization = _normalization(name, in_channels, mean, std)
     sizes = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
@@ -133,6 +135,7 @@ def create_model(
         network = _build_imported(name, **sizes)
     else:
         network = model_entry(name).factory(**sizes)
+    speed_up_input_gradients(network)
     return network if normalization is None else with_normalization(network, *normalization)
 
 
