@@ -11,6 +11,7 @@ zoo is named by import path, `create_model("mypkg.nets:MyCNN", num_classes=10)`,
 
 from advprune.models import lenet, resnet, vgg, wide_resnet  # noqa: F401  (they register)
 from advprune.models.factory import architecture, create_model, input_shape
+from advprune.models.few_channel_conv import speed_up_input_gradients
 from advprune.models.normalization import Normalize, with_normalization
 from advprune.models.registry import (
     MODELS,
@@ -32,5 +33,6 @@ __all__ = [
     "list_models",
     "model_entry",
     "register_model",
+    "speed_up_input_gradients",
     "with_normalization",
 ]
