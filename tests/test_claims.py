@@ -1,5 +1,8 @@
 """The demo's claim checks: yes, no, and "within noise" where the subsets cannot tell rows apart."""
 
+import torch
+
+from advprune.evaluation.statistics import pack_bits
 from advprune.reproduction.claims import same_order, speedup, units_removed, verdicts, within
 
 
@@ -32,3 +35,35 @@ def test_same_order_agrees_or_flips_within_or_beyond_noise():
     assert claim.line(noisy).endswith("— within noise")
     flipped = {"a": run(pgd=0.6, autoattack=0.2), "b": run(pgd=0.3, autoattack=0.5)}
     assert claim.line(flipped).endswith("— no")
+
+
+def scored(correct: torch.Tensor) -> dict:
+    """A row with its per-example bits under PGD, as an evaluation writes it."""
+    n = len(correct)
+    return {
+        "accuracy": {"pgd": correct.float().mean().item()},
+        "examples": {"pgd": n},
+        "per_example": {"correct": {"pgd": pack_bits(correct)}},
+    }
+
+
+def test_rows_on_the_same_images_are_compared_example_by_example():
+    dense = torch.arange(1000) < 580  # 58.0 % on the first 1,000 test images
+    pruned = dense.clone()
+    pruned[:30] = False  # 3 pp lower, failing on 30 images the dense model gets right
+    claim = within("pruned", "dense", "pgd", 1.0)
+    line = claim.line({"pruned": scored(pruned), "dense": scored(dense)})
+    # Side by side their Wilson intervals overlap (±3 pp each); paired, the 3 pp are certain.
+    assert "55.00 against 58.00 on 1,000 images (-3.00 pp" in line and line.endswith("— no")
+    pruned[:30], pruned[580:600] = True, True  # +2 pp: 20 wins, no losses
+    pruned[:32] = False  # and 32 losses: -1.2 pp over 52 disagreements, within noise
+    assert claim.line({"pruned": scored(pruned), "dense": scored(dense)}).endswith("within noise")
+
+
+def test_a_shorter_subset_is_compared_on_the_images_it_shares():
+    dense = torch.arange(1000) % 2 == 0  # 50 % on 1,000, 50 % on the first 500 as well
+    pruned = dense[:500].clone()
+    line = within("pruned", "dense", "pgd", 1.0).line(
+        {"pruned": scored(pruned), "dense": scored(dense)}
+    )
+    assert "50.00 against 50.00 on 500 images (+0.00 pp" in line and line.endswith("— yes")

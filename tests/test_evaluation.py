@@ -206,6 +206,47 @@ def test_worst_case_and_mcnemar():
     assert mcnemar_p_value(first, first) == 1.0
 
 
+def _paired_rows(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two models on the same n images: 57 % and 55.5 % correct, agreeing on all but ~6 %."""
+    first = torch.rand(n, generator=generator) < 0.57
+    flips = torch.rand(n, generator=generator)
+    second = first.clone()
+    second[first & (flips < 0.0789)] = False  # 4.5 % of the images: only the first is right
+    second[~first & (flips > 1 - 0.0698)] = True  # 3 %: only the second
+    return first, second
+
+
+def test_paired_difference_interval_covers_the_truth_and_is_narrower_than_unpaired():
+    from advprune.evaluation.statistics import difference_interval, paired_difference_interval
+
+    generator = torch.Generator().manual_seed(0)
+    truth, covered, paired_widths, unpaired_widths = 0.57 * 0.0789 - 0.43 * 0.0698, 0, [], []
+    for _ in range(400):
+        first, second = _paired_rows(1000, generator)
+        low, high = paired_difference_interval(first, second)
+        covered += low <= truth <= high
+        counts = (int(first.sum()), 1000), (int(second.sum()), 1000)
+        unpaired = difference_interval(*counts)
+        assert low <= (counts[0][0] - counts[1][0]) / 1000 <= high
+        paired_widths.append(high - low)
+        unpaired_widths.append(unpaired[1] - unpaired[0])
+    assert 0.92 <= covered / 400 <= 0.99
+    assert max(paired_widths) < 0.5 * min(unpaired_widths)
+
+
+def test_unpaired_difference_interval_covers_the_truth():
+    from advprune.evaluation.statistics import difference_interval
+
+    generator = torch.Generator().manual_seed(1)
+    covered = 0
+    for _ in range(400):
+        first = int((torch.rand(300, generator=generator) < 0.6).sum())
+        second = int((torch.rand(500, generator=generator) < 0.5).sum())
+        low, high = difference_interval((first, 300), (second, 500))
+        covered += low <= 0.1 <= high
+    assert 0.92 <= covered / 400 <= 0.99
+
+
 def test_git_commit_is_recorded_in_a_checkout_and_absent_elsewhere(tmp_path):
     from advprune.evaluation.provenance import git_commit
 

@@ -1,8 +1,10 @@
 """What each method claims, checked on a reproduction's own results: the demo's verdict lines.
 
 A claim reads the results.json of the steps it names and says what was measured and whether it
-holds: "yes", "no", or "within noise" where two rows' 95 % Wilson intervals overlap, so that the
-subset sizes cannot tell them apart.
+holds: "yes", "no", or "within noise" where the 95 % interval of the two rows' difference still
+allows the claim, so that the subset sizes cannot tell. Rows scored on the same test images are
+compared example by example (their per-example bits): that interval is two to three times
+narrower than one built as if they were independent samples.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from advprune.evaluation.statistics import wilson_interval
+from advprune.evaluation.statistics import (
+    difference_interval,
+    paired_difference_interval,
+    unpack_bits,
+)
 
 Results = Mapping[str, Mapping[str, Any]]  # step name → its results.json
 
@@ -36,9 +42,42 @@ def _accuracy(run: Mapping[str, Any], attack: str) -> tuple[float, int]:
     return run["accuracy"][attack], run["examples"][attack]
 
 
-def _overlap(a: tuple[float, int], b: tuple[float, int]) -> bool:
-    (low_a, high_a), (low_b, high_b) = (wilson_interval(round(p * n), n) for p, n in (a, b))
-    return low_a <= high_b and low_b <= high_a
+def _bits(run: Mapping[str, Any], attack: str) -> Any:
+    bits = run.get("per_example", {}).get("correct", {}).get(attack)
+    return None if bits is None else unpack_bits(bits, run["examples"][attack])
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Two rows' accuracies on the images they are compared on, and the 95 % interval of
+    `first` − `second`."""
+
+    first: float
+    second: float
+    examples: int
+    low: float
+    high: float
+
+    @property
+    def gap(self) -> float:
+        return self.first - self.second
+
+
+def difference(one: Mapping[str, Any], two: Mapping[str, Any], attack: str) -> Difference:
+    """`one`'s accuracy under `attack` against `two`'s.
+
+    Paired on the test images both rows were scored on (each subset is the first N test images)
+    where both carry their per-example bits; as independent samples otherwise.
+    """
+    first, second = _bits(one, attack), _bits(two, attack)
+    if first is None or second is None:
+        (p1, n1), (p2, n2) = _accuracy(one, attack), _accuracy(two, attack)
+        low, high = difference_interval((round(p1 * n1), n1), (round(p2 * n2), n2))
+        return Difference(p1, p2, min(n1, n2), low, high)
+    shared = min(len(first), len(second))
+    first, second = first[:shared], second[:shared]
+    low, high = paired_difference_interval(first, second)
+    return Difference(float(first.float().mean()), float(second.float().mean()), shared, low, high)
 
 
 def units_removed(step: str, at_least: float) -> Claim:
@@ -53,12 +92,16 @@ def within(step: str, reference: str, attack: str, points: float) -> Claim:
     """`step`'s accuracy under `attack` at most `points` pp below `reference`'s."""
 
     def measure(results: Results) -> tuple[str, str]:
-        ours, theirs = _accuracy(results[step], attack), _accuracy(results[reference], attack)
-        gap = 100 * (ours[0] - theirs[0])
-        measured = f"{100 * ours[0]:.2f} against {100 * theirs[0]:.2f} ({gap:+.2f} pp)"
+        compared = difference(results[step], results[reference], attack)
+        gap, high = 100 * compared.gap, 100 * compared.high
+        measured = (
+            f"{100 * compared.first:.2f} against {100 * compared.second:.2f} on "
+            f"{compared.examples:,} images ({gap:+.2f} pp, 95 % interval "
+            f"{100 * compared.low:+.1f} to {high:+.1f})"
+        )
         if gap >= -points:
             return measured, "yes"
-        return measured, "within noise" if _overlap(ours, theirs) else "no"
+        return measured, "within noise" if high >= -points else "no"
 
     return Claim(f"{step} {attack} within {points:g} pp of {reference}", measure)
 
@@ -76,7 +119,8 @@ def speedup(step: str, batch: int, at_least: float) -> Claim:
 
 
 def same_order(steps: Sequence[str], attacks: Sequence[str]) -> Claim:
-    """The steps rank alike under every attack, or each pair ranked otherwise is within noise."""
+    """The steps rank alike under every attack, or each pair ranked otherwise is within noise
+    (the interval of its difference under that attack holds 0)."""
 
     def measure(results: Results) -> tuple[str, str]:
         orders = {
@@ -91,8 +135,9 @@ def same_order(steps: Sequence[str], attacks: Sequence[str]) -> Claim:
 
         for one, two in combinations(steps, 2):
             for attack in others:
-                pair = _accuracy(results[one], attack), _accuracy(results[two], attack)
-                if ahead(attack, one, two) != ahead(first, one, two) and not _overlap(*pair):
+                compared = difference(results[one], results[two], attack)
+                noise = compared.low <= 0 <= compared.high
+                if ahead(attack, one, two) != ahead(first, one, two) and not noise:
                     return measured, "no"
         same = all(orders[attack] == orders[first] for attack in others)
         return measured, "yes" if same else "within noise"
