@@ -221,6 +221,21 @@ def test_channels_last_weights_keep_their_layout_in_the_mask_optimisation():
         torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=0)
 
 
+def test_a_channels_last_model_gets_channels_last_batches_and_the_same_saliency():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    reference = quick_saliency(model, synthetic_batches(2))
+    model = model.to(memory_format=torch.channels_last)
+    layouts = []
+    model.branch.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    saliency = quick_saliency(model, synthetic_batches(2))
+    assert layouts and all(layouts)  # the PGD, every mask step and the K-FAC pass
+    for name, score in saliency.items():
+        torch.testing.assert_close(score, reference[name], atol=1e-6, rtol=1e-3)
+
+
 class Residual(nn.Module):
     """Not a Sequential: functional ops, an in-place ReLU after a conv, BN, a skip connection."""
 

@@ -43,6 +43,25 @@ def test_published_mad_records_the_paper_settings(dense_run, tmp_path):
     assert metadata["config"]["weight_decay"] == 2e-4 and metadata["config"]["lr"] == 0.1
 
 
+def test_the_saliency_pass_runs_in_the_source_runs_channels_last_layout(tmp_path, monkeypatch):
+    import advprune.methods.mad as mad
+    from advprune.models import input_memory_format
+    from conftest import train_tiny
+
+    source = train_tiny(
+        tmp_path / "dense", model="lenet5-caffe", channels_last=True, limit_train=128
+    )
+    layouts, compute = [], mad.compute_saliency
+
+    def recording(model, batches, **options):
+        layouts.append(input_memory_format(model))
+        return compute(model, batches, **options)
+
+    monkeypatch.setattr(mad, "compute_saliency", recording)
+    prune_tiny(source, tmp_path / "run", "mad-obd", sparsity=0.5, finetune_epochs=1, **FAST_MAD)
+    assert layouts == [torch.channels_last]
+
+
 def test_mad_saliency_is_cached_for_every_sparsity(dense_run, tmp_path):
     settings = dict(finetune_epochs=1, **FAST_MAD)
     prune_tiny(dense_run, tmp_path / "a", "mad", sparsity=0.5, **settings)

@@ -242,6 +242,8 @@ def _context(
     log: Callable[[str], None],
 ) -> PruneContext:
     model = source.model.to(device).eval()
+    if source.config.channels_last:  # the source run's layout: a method's own pass runs in it too
+        model = model.to(memory_format=torch.channels_last)
 
     def run_phase(name: str, config: TrainConfig, method: Any, initial: Any) -> nn.Module:
         return train_phase(
