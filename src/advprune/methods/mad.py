@@ -367,7 +367,7 @@ def compute_saliency(
     parameters = prunable_parameters(model, include_bias=include_bias)
     device = next(iter(parameters.values())).device
     source, count = _batch_iterator(batches, saliency_fraction)
-    layout = input_memory_format(model)  # a channels_last model: 1.6× faster mask steps here
+    layout = input_memory_format(model)  # channels_last: 1.6× faster mask steps on a CPU
     generator = torch.Generator(device).manual_seed(seed)
     totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in parameters.items()}
     used = 0

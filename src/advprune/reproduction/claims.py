@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from torch import Tensor
+
 from advprune.evaluation.statistics import (
     difference_interval,
     paired_difference_interval,
@@ -42,7 +44,7 @@ def _accuracy(run: Mapping[str, Any], attack: str) -> tuple[float, int]:
     return run["accuracy"][attack], run["examples"][attack]
 
 
-def _bits(run: Mapping[str, Any], attack: str) -> Any:
+def _bits(run: Mapping[str, Any], attack: str) -> Tensor | None:
     bits = run.get("per_example", {}).get("correct", {}).get(attack)
     return None if bits is None else unpack_bits(bits, run["examples"][attack])
 
