@@ -16,6 +16,7 @@ def test_within_says_yes_no_or_within_noise():
     assert claim.line({"pruned": run(pgd=0.40), "dense": run(pgd=0.58)}).endswith("— no")
     small = {"pruned": run(32, pgd=0.50), "dense": run(32, pgd=0.60)}
     assert claim.line(small).endswith("— within noise")  # 10 pp on 32 images
+    assert "on 32 and 32 images, unpaired" in claim.line(small)  # no per-example bits to pair
 
 
 def test_units_speedup_and_a_missing_figure():

@@ -15,9 +15,6 @@ def input_memory_format(model: nn.Module) -> torch.memory_format:
     """
     for parameter in model.parameters():
         if parameter.dim() == 4 and not parameter.is_contiguous():
-            return torch.channels_last if _channels_last(parameter) else torch.contiguous_format
+            channels_last = parameter.is_contiguous(memory_format=torch.channels_last)
+            return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format
-
-
-def _channels_last(parameter: torch.Tensor) -> bool:
-    return parameter.is_contiguous(memory_format=torch.channels_last)

@@ -56,7 +56,7 @@ class Difference:
 
     first: float
     second: float
-    examples: int
+    images: str  # what they were compared on: "1,000 images", or two subsets unpaired
     low: float
     high: float
 
@@ -75,11 +75,13 @@ def difference(one: Mapping[str, Any], two: Mapping[str, Any], attack: str) -> D
     if first is None or second is None:
         (p1, n1), (p2, n2) = _accuracy(one, attack), _accuracy(two, attack)
         low, high = difference_interval((round(p1 * n1), n1), (round(p2 * n2), n2))
-        return Difference(p1, p2, min(n1, n2), low, high)
+        return Difference(p1, p2, f"{n1:,} and {n2:,} images, unpaired", low, high)
     shared = min(len(first), len(second))
     first, second = first[:shared], second[:shared]
     low, high = paired_difference_interval(first, second)
-    return Difference(float(first.float().mean()), float(second.float().mean()), shared, low, high)
+    return Difference(
+        float(first.float().mean()), float(second.float().mean()), f"{shared:,} images", low, high
+    )
 
 
 def units_removed(step: str, at_least: float) -> Claim:
@@ -98,7 +100,7 @@ def within(step: str, reference: str, attack: str, points: float) -> Claim:
         gap, high = 100 * compared.gap, 100 * compared.high
         measured = (
             f"{100 * compared.first:.2f} against {100 * compared.second:.2f} on "
-            f"{compared.examples:,} images ({gap:+.2f} pp, 95 % interval "
+            f"{compared.images} ({gap:+.2f} pp, 95 % interval "
             f"{100 * compared.low:+.1f} to {high:+.1f})"
         )
         if gap >= -points:
