@@ -187,7 +187,8 @@ def make_slots(
 
 def _auto_jobs(steps: Sequence[Step], budget: int) -> int:
     """`--jobs auto`: on a CPU machine one job per thread of the budget, no more than can run
-    at once; with a GPU one (several processes would share it: name them with --devices)."""
+    at once; with a GPU one, since the steps would share it (`--jobs N --set device=cuda` puts
+    N steps on it; `--devices` names each device once)."""
     import torch
 
     return 1 if torch.cuda.is_available() else max(1, min(budget, widest(steps)))
