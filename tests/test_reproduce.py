@@ -369,7 +369,7 @@ def test_the_demo_says_what_it_evaluated_and_which_latencies_it_did_not_time(tmp
     from advprune.reproduction.demo import subsets
 
     text = subsets(make_plan("demo", tmp_path / "demo"))
-    assert text.startswith("every row on the first 1,000 or the first 500 test images")
+    assert text.startswith("every row on the first 2,000 or the first 500 test images")
     assert "AutoAttack on the first 32 for hydra-99, magnitude-99, mad-99" in text
     assert "no row's latency timed" in text  # the demo's recipe times none; its export does
     timed = subsets(make_plan("demo", tmp_path / "timed", overrides={"latency_repeats": 5}))
