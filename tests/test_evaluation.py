@@ -355,3 +355,19 @@ def test_evaluate_model_on_any_module_in_memory_or_resumed_from_a_file(
         )  # fmt: skip
     assert stored["accuracy"] == results["accuracy"] == json.loads(path.read_text())["accuracy"]
     assert sum("kept from before" in m for m in messages) == 2  # the second call: clean, pgd
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_run_is_attacked_in_the_layout_it_trained_in(tmp_path, channels_last):
+    from advprune.core.run_dir import RunDir
+    from advprune.evaluation.run import open_evaluation
+    from advprune.models import input_memory_format
+    from conftest import train_tiny
+
+    run = train_tiny(
+        tmp_path / "run", model="lenet5-caffe", channels_last=channels_last, limit_train=128
+    )
+    config = EvalConfig(attacks="clean", limit_test=8)
+    evaluation, _ = open_evaluation(RunDir.existing(run), config, None, False, lambda _: None)
+    expected = torch.channels_last if channels_last else torch.contiguous_format
+    assert input_memory_format(evaluation.model) == expected

@@ -85,6 +85,8 @@ def open_evaluation(
     device = resolve_device(config.device)
     model, metadata = load_model(run.model, device=device)
     trained = metadata.get("config", {})
+    if trained.get("channels_last"):  # attacked in the layout it trained in (docs/benchmarks.md)
+        model = model.to(memory_format=torch.channels_last)
     dataset = trained.get("dataset")
     if dataset is None:
         raise CheckpointError(
