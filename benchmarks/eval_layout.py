@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from advprune.attacks import pgd
 from advprune.attacks.autoattack import autoattack
+from advprune.core.errors import CheckpointError
 from advprune.data.registry import load_dataset
 from advprune.evaluation.robustness import correctness
 from advprune.models.serialization import load_model
@@ -65,8 +66,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     try:
         model, metadata = load_model(f"{args.run}/model.safetensors")
-    except FileNotFoundError:
-        sys.exit(f"no finished run in {args.run}: run `make demo` first or pass --run RUN_DIR")
+    except CheckpointError as error:
+        sys.exit(f"{error} (`make demo` makes the default run; or pass --run RUN_DIR)")
     model.eval().requires_grad_(False)
     eps = metadata["eps"]
     test = load_dataset(metadata["config"]["dataset"], "test", limit=args.images)

@@ -11,9 +11,11 @@ Prints, on the current device and in one run:
    speed-up;
 4. for each form, the Spearman rank correlation against the full pass of the saliency from the
    first 25 %, 35 % and 50 % of the batches (`--fractions`) and from all batches with 5 and 10
-   mask steps instead of 20 (`--fewer-mask-steps`), the overlap of the weights each would prune
-   at 90 %, and its time against the epoch; and that of a second full pass with PGD from other
-   random starts: how far the full pass itself moves with its PGD seed.
+   mask steps instead of 20 (`--fewer-mask-steps`), and with `--bf16` of the pass in bf16 autocast
+   (PGD and mask steps; the saliency itself in float32) on all and on the first half of the
+   batches, the overlap of the weights each would prune at 90 %, and its time against the
+   (float32) epoch; and that of a second full pass with PGD from other random starts: how far
+   the full pass itself moves with its PGD seed.
 
 The model is first adversarially trained for a few epochs on the same batches, in the layout the
 demo trains in (channels_last; `--layout nchw` for the other), which the pass then runs in too.
@@ -22,14 +24,16 @@ pass grows with the number of batches it averages, so it is measured at the size
 
     python benchmarks/mad_saliency.py [--model lenet5-caffe] [--batches 47] [--device cuda]
                                       [--threads 1] [--fractions 0.25 0.35 0.5] [--layout nchw]
+                                      [--bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -40,7 +44,7 @@ from advprune.attacks import pgd
 from advprune.core.device import resolve_device
 from advprune.data import BatchLoader, get_spec, load_dataset
 from advprune.masks import layer_of, prunable_layers, prunable_parameters
-from advprune.methods import compute_saliency, mad_masks
+from advprune.methods import compute_saliency, mad, mad_masks
 from advprune.methods.kfac import kfac_factors
 from advprune.methods.mad import (
     as_matrix,
@@ -204,6 +208,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.35, 0.5])
     parser.add_argument("--fewer-mask-steps", type=int, nargs="*", default=[5, 10])
     parser.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
+    parser.add_argument("--bf16", action="store_true", help="add the pass in bf16 autocast")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -251,6 +256,28 @@ def main() -> None:
     print(f"  ({flat(full['paper']).numel():,} scored weights and biases in {layers} layers)")
 
 
+@contextlib.contextmanager
+def bf16_pgd_and_masks(device: torch.device) -> Iterator[None]:
+    """The pass's PGD and mask steps in bf16 autocast, its K-FAC pass in float32 (under
+    autocast its convolution weight gradients would mix dtypes): what bf16 would buy."""
+    originals = {name: getattr(mad, name) for name in ("pgd", "optimise_masks")}
+
+    def in_bf16(function: Callable) -> Callable:
+        def run(*args, **kwargs):
+            with torch.autocast(device.type, torch.bfloat16):
+                return function(*args, **kwargs)
+
+        return run
+
+    try:
+        for name, function in originals.items():
+            setattr(mad, name, in_bf16(function))
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(mad, name, function)
+
+
 def rank_stability(model, loader, args, device, form, name, full, epoch_time, settings) -> None:
     """Spearman and 90 %-overlap against the full pass of: the full pass with other PGD starts,
     the first fractions of the batches, and all batches with fewer mask steps."""
@@ -261,15 +288,23 @@ def rank_stability(model, loader, args, device, form, name, full, epoch_time, se
     again = compute_saliency(model, loader, form=form, seed=1, **settings)
     rho = spearmanr(flat(again).numpy(), reference.numpy()).statistic
     print(f"  all batches, PGD seed 1 (not 0)        Spearman {rho:.3f}")
-    variants = [(f"{f:>4.0%} of the batches", {"saliency_fraction": f}) for f in args.fractions]
+    variants = [
+        (f"{f:>4.0%} of the batches", {"saliency_fraction": f}, False) for f in args.fractions
+    ]
     variants += [
-        (f"{steps:>2} mask steps, all batches", {"mask_steps": steps})
+        (f"{steps:>2} mask steps, all batches", {"mask_steps": steps}, False)
         for steps in args.fewer_mask_steps
     ]
-    for label, change in variants:
-        seconds, partial = timed(
-            device, compute_saliency, model, loader, form=form, **{**settings, **change}
-        )
+    if args.bf16:
+        variants += [
+            ("bf16, all batches", {}, True),
+            ("bf16, 50% of the batches", {"saliency_fraction": 0.5}, True),
+        ]
+    for label, change, bf16 in variants:
+        with bf16_pgd_and_masks(device) if bf16 else contextlib.nullcontext():
+            seconds, partial = timed(
+                device, compute_saliency, model, loader, form=form, **{**settings, **change}
+            )
         rho = spearmanr(flat(partial).numpy(), reference.numpy()).statistic
         pruned = ~torch.cat([m.flatten() for m in mad_masks(partial, 0.9).values()]).cpu()
         overlap = (pruned & pruned_by_all).sum() / pruned_by_all.sum()
