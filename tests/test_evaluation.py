@@ -73,6 +73,18 @@ def test_the_check_catches_a_gradient_masking_model(fashion_slice):
     assert gradient_masking_problems(points), points
 
 
+def test_the_security_curve_draws_its_random_starts_from_its_seed(fashion_slice):
+    data = fashion_slice("train", 400)
+    model = trained_mlp(data)
+    curves = []
+    for global_seed in (1, 2):  # what ran before it, e.g. in a resumed evaluation, differs
+        torch.manual_seed(global_seed)
+        curves.append(security_curve(model, data.take(200), [0.05, 0.1, 0.2], steps=3, seed=7))
+    assert curves[0] == curves[1]
+    other = security_curve(model, data.take(200), [0.05, 0.1, 0.2], steps=3, seed=8)
+    assert other != curves[0]  # the seed reaches PGD's starts
+
+
 def test_sparsity_and_complexity():
     model = create_model("lenet5-caffe", 10, 1, image_size=28)
     assert weight_sparsity(model) == 0.0

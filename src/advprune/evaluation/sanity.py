@@ -14,7 +14,7 @@ check instead, so that its row is never read as a robust one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -60,7 +60,9 @@ def security_curve(
 ) -> list[dict[str, float]]:
     """PGD-`steps` accuracy for each ε, as [{"eps": ε, "accuracy": a}, ...] in ascending ε.
 
-    With `autoattack_examples`, each point also holds "autoattack": AutoAttack's accuracy on the
+    PGD's random starts come from `seed` alone, as the evaluation's attacks' do, so a curve
+    measured in a resumed evaluation is the one an uninterrupted run gives. With
+    `autoattack_examples`, each point also holds "autoattack": AutoAttack's accuracy on the
     first that many examples (AutoAttack costs far more than PGD, so a subset).
     """
     subset = dataset.take(autoattack_examples) if autoattack_examples else None
@@ -71,7 +73,7 @@ def security_curve(
             "accuracy": accuracy(
                 model,
                 dataset,
-                partial(pgd, eps=eps, steps=steps),
+                _seeded_pgd(eps, steps, seed),
                 device=device,
                 batch_size=batch_size,
             ),
@@ -83,6 +85,14 @@ def security_curve(
             )
         curve.append(point)
     return curve
+
+
+def _seeded_pgd(eps: float, steps: int, seed: int) -> Callable[..., torch.Tensor]:
+    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        return pgd(model, x, y, eps, steps=steps, generator=generator)
+
+    return attack
 
 
 def gradient_masking_problems(curve: Sequence[dict[str, float]]) -> list[str]:
