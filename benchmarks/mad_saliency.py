@@ -280,7 +280,8 @@ def bf16_pgd_and_masks(device: torch.device) -> Iterator[None]:
 
 def rank_stability(model, loader, args, device, form, name, full, epoch_time, settings) -> None:
     """Spearman and 90 %-overlap against the full pass of: the full pass with other PGD starts,
-    the first fractions of the batches, and all batches with fewer mask steps."""
+    the first fractions of the batches, all batches with fewer mask steps, and (`--bf16`) the pass
+    in bf16."""
     print(f"rank stability of the {form} form ({name}) against the saliency from all batches:")
     reference = flat(full)
     pruned_by_all = ~torch.cat([m.flatten() for m in mad_masks(full, 0.9).values()]).cpu()
