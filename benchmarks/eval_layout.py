@@ -1,8 +1,8 @@
 """Attacking a finished run in NCHW against channels_last, the layout `advprune eval` now uses
-for a run that trained in it (evaluation/run.py): PGD-20 over the first `--images` test images
-and AutoAttack standard over the first `--autoattack-images`, as an evaluation batches them
-(500). CPU seconds of this process, the two layouts taking turns `--repeats` times; medians, their
-ratio, and on how many examples the two layouts' verdicts differ (float rounding).
+for a run that trained in it (`models.in_trained_layout`): PGD-20 over the first `--images` test
+images and AutoAttack standard over the first `--autoattack-images`, as an evaluation batches
+them (500). CPU seconds of this process, the two layouts taking turns `--repeats` times;
+medians, their ratio, and on how many examples the two layouts' verdicts differ (float rounding).
 
     python benchmarks/eval_layout.py [--run runs/demo/pgd-at] [--threads 1]
 """

@@ -376,10 +376,19 @@ def test_a_run_is_attacked_in_the_layout_it_trained_in(tmp_path, channels_last):
     from advprune.models import input_memory_format
     from conftest import train_tiny
 
-    run = train_tiny(
-        tmp_path / "run", model="lenet5-caffe", channels_last=channels_last, limit_train=128
+    run, source = (
+        train_tiny(
+            tmp_path / name,
+            model="lenet5-caffe",
+            channels_last=channels_last,
+            limit_train=128,
+            seed=seed,
+            allow_chance=True,  # the layout is the point, not the accuracy
+        )
+        for seed, name in enumerate(("run", "source"))
     )
-    config = EvalConfig(attacks="clean", limit_test=8)
+    config = EvalConfig(attacks="clean,transfer", limit_test=8, transfer_from=str(source))
     evaluation, _ = open_evaluation(RunDir.existing(run), config, None, False, lambda _: None)
     expected = torch.channels_last if channels_last else torch.contiguous_format
     assert input_memory_format(evaluation.model) == expected
+    assert input_memory_format(evaluation.source) == expected  # the transfer source's too

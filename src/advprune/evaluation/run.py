@@ -32,7 +32,7 @@ from advprune.evaluation.stochastic import sampled_gates
 from advprune.evaluation.transfer import load_source, transfer_settings
 from advprune.masks.export import export_gated
 from advprune.masks.gated import find_gates
-from advprune.models import create_model, input_shape
+from advprune.models import create_model, in_trained_layout, input_shape
 from advprune.models.serialization import ARCHITECTURE_KEYS, load_model
 
 LATENCY_BATCH_SIZES = (1, 128)
@@ -84,9 +84,8 @@ def open_evaluation(
     the transfer source, the attacks' needs."""
     device = resolve_device(config.device)
     model, metadata = load_model(run.model, device=device)
+    model = in_trained_layout(model, metadata)
     trained = metadata.get("config", {})
-    if trained.get("channels_last"):  # attacked in the layout it trained in (docs/benchmarks.md)
-        model = model.to(memory_format=torch.channels_last)
     dataset = trained.get("dataset")
     if dataset is None:
         raise CheckpointError(

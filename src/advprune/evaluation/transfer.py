@@ -17,6 +17,7 @@ from advprune.attacks import ATTACKS
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.core.run_dir import RunDir
 from advprune.evaluation.provenance import file_sha256
+from advprune.models import in_trained_layout
 from advprune.models.serialization import load_model
 
 TRANSFER_STEPS = ATTACKS["transfer"].defaults["steps"]
@@ -58,7 +59,7 @@ def load_source(
             f"transfer source {source.path} does not fit the evaluated model "
             f"({', '.join(differences)}); pass a source trained on {expected['dataset']}"
         )
-    return model, metadata
+    return in_trained_layout(model, metadata), metadata
 
 
 def transfer_settings(source_dir: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ zoo is named by import path, `create_model("mypkg.nets:MyCNN", num_classes=10)`,
 from advprune.models import lenet, resnet, vgg, wide_resnet  # noqa: F401  (they register)
 from advprune.models.factory import architecture, create_model, input_shape
 from advprune.models.few_channel_conv import speed_up_input_gradients
-from advprune.models.layout import input_memory_format
+from advprune.models.layout import in_trained_layout, input_memory_format
 from advprune.models.normalization import Normalize, with_normalization
 from advprune.models.registry import (
     MODELS,
@@ -30,6 +30,7 @@ __all__ = [
     "architecture",
     "check_model_name",
     "create_model",
+    "in_trained_layout",
     "input_memory_format",
     "input_shape",
     "list_models",
