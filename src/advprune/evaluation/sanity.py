@@ -14,13 +14,13 @@ check instead, so that its row is never read as a robust one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import torch
 from torch import nn
 
-from advprune.attacks import autoattack, pgd
+from advprune.attacks import ATTACKS, autoattack
 from advprune.core.errors import GradientMaskingError
 from advprune.data import ImageDataset
 from advprune.evaluation.complexity import PRUNABLE
@@ -73,7 +73,7 @@ def security_curve(
             "accuracy": accuracy(
                 model,
                 dataset,
-                _seeded_pgd(eps, steps, seed),
+                partial(ATTACKS["pgd"].run, eps=eps, steps=steps, seed=seed),
                 device=device,
                 batch_size=batch_size,
             ),
@@ -85,14 +85,6 @@ def security_curve(
             )
         curve.append(point)
     return curve
-
-
-def _seeded_pgd(eps: float, steps: int, seed: int) -> Callable[..., torch.Tensor]:
-    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        return pgd(model, x, y, eps, steps=steps, generator=generator)
-
-    return attack
 
 
 def gradient_masking_problems(curve: Sequence[dict[str, float]]) -> list[str]:
