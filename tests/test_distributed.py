@@ -47,10 +47,16 @@ def flags(settings: dict) -> list[str]:
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 -m advprune --quiet ARGS --backend gloo`."""
+    return launch_two("-m", "advprune", "--quiet", *args, "--backend", "gloo")
+
+
+def launch_two(*target: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 TARGET`, which must succeed."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    command += ["2", "-m", "advprune", "--quiet", *args, "--backend", "gloo"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [*command, "2", *target], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -237,3 +243,27 @@ def test_hydra_on_two_processes_learns_the_scores_and_fine_tunes_as_one(pgd_at_r
             assert torch.equal(masks_two[name], keep), (phase, name)
     for (name, a), b in zip(one.items(), two.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+
+
+LEAVING = """
+import sys, time
+from pathlib import Path
+from advprune.core import distributed
+
+rank = distributed.initialize("gloo").rank
+out = Path(sys.argv[1])
+if rank == 0:
+    time.sleep(1.0)  # rank 0 still finishing (writing its files) when rank 1 is done
+(out / f"enter{rank}").write_text(repr(time.time()))
+distributed.shutdown(finished=True)
+(out / f"left{rank}").write_text(repr(time.time()))
+"""
+
+
+def test_a_finished_rank_leaves_the_process_group_only_when_every_rank_has_finished(tmp_path):
+    """No rank closes its gloo connections while a peer may still read the last collective."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVING)
+    launch_two(str(script), str(tmp_path))
+    rank_0_entered = float((tmp_path / "enter0").read_text())
+    assert float((tmp_path / "left1").read_text()) >= rank_0_entered

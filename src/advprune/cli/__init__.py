@@ -84,8 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     tune_process()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    code = None
     try:
-        return handler(args)
+        code = handler(args)
+        return code
     except AdvpruneError as err:
         if args.debug:
             raise
@@ -99,4 +101,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
+        distributed.shutdown(finished=code == 0)

@@ -97,9 +97,24 @@ def initialize(backend: str | None = None, device: torch.device | None = None) -
     return current()
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. After a finished command every rank first waits for the others on
+    torchrun's store, so no rank closes its gloo connections while a peer may still be reading the
+    last collective from them (pytorch/gloo#155); after a failure it leaves at once, and torchrun
+    stops the ranks still waiting."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished and current().enabled:
+        _wait_for_every_rank("advprune/finished")
+    dist.destroy_process_group()
+
+
+def _wait_for_every_rank(key: str) -> None:
+    """A barrier on the rendezvous store (TCP to torchrun's agent), not on gloo or NCCL."""
+    store = dist.distributed_c10d._get_default_store()
+    ddp = current()
+    store.set(f"{key}/{ddp.rank}", "1")
+    store.wait([f"{key}/{rank}" for rank in range(ddp.world_size)], TIMEOUT)
 
 
 def main_output(progress: bool, log: Callable[[str], None]) -> tuple[bool, Callable[[str], None]]:
