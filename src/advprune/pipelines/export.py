@@ -74,19 +74,7 @@ def export_run(
         )
     else:
         exported = export_gated(model, example, round_to)
-    target = RunDir.create(run.exported)
-    save_model(
-        target.model,
-        exported,
-        {
-            **metadata,
-            "architecture": {**architecture, "layer_shapes": layer_shapes(exported)},
-            "method": {
-                "name": f"{metadata['method']['name']} (exported)",
-                "exported_from": str(run.path),
-            },
-        },
-    )
+    target = _save_exported(exported, metadata, run)
     summary = gated_complexity(model, shape, exported) if gated else masked_complexity(
         model, shape, exported
     )  # fmt: skip
@@ -103,6 +91,24 @@ def export_run(
     atomic_write_json(run.results, {**results, **summary})
     log(format_export(summary))
     return summary
+
+
+def _save_exported(exported: nn.Module, metadata: dict[str, Any], run: RunDir) -> RunDir:
+    """The exported network in the run's `exported/` folder, its metadata naming the source."""
+    target = RunDir.create(run.exported)
+    save_model(
+        target.model,
+        exported,
+        {
+            **metadata,
+            "architecture": {**metadata["architecture"], "layer_shapes": layer_shapes(exported)},
+            "method": {
+                "name": f"{metadata['method']['name']} (exported)",
+                "exported_from": str(run.path),
+            },
+        },
+    )
+    return target
 
 
 def fastest_export(
