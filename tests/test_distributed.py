@@ -51,13 +51,14 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def launch_two(*target: str) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node 2 TARGET`, which must succeed."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    """`torchrun --standalone --nproc-per-node 2 TARGET`, which must succeed. A rank that aborts
+    in C++ prints every thread's Python stack (faulthandler), so a rare crash says where it was."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     done = subprocess.run(
         [*command, "2", *target], capture_output=True, text=True, env=env, timeout=300
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:5000] + "\n...\n" + done.stderr[-2000:]
     return done
 
 
