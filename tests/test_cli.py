@@ -89,3 +89,20 @@ def test_python_dash_m_entry_point(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("advprune: error: unknown model 'lenet6'")
     assert "lenet5-caffe" in line and "package.module:ClassOrFactory" in line  # the fixes
+
+
+def test_a_crash_below_python_prints_where_it_happened():
+    """A command that dies in C++ (here os.abort in its handler) leaves a Python traceback, the only
+    trace a torchrun rank would leave of where it died."""
+    crash = (
+        "import os, sys\n"
+        "from advprune.cli import listing, main\n"
+        "listing.run = lambda args: os.abort()\n"
+        "sys.exit(main(['list', 'methods']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env.pop("PYTHONFAULTHANDLER", None)
+    done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    assert "Fatal Python error: Aborted" in done.stderr
+    assert "<lambda>" in done.stderr  # the frame that crashed

@@ -9,6 +9,8 @@ non-zero exit; `--debug` shows the traceback. `train` and `prune` also run under
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -47,6 +49,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _trace_crashes() -> None:
+    """A crash below Python (a collective, a kernel) prints every thread's Python stack instead of
+    only 'Aborted': on a torchrun rank that is the only trace of where it happened."""
+    if faulthandler.is_enabled():  # PYTHONFAULTHANDLER, pytest
+        return
+    # A stderr with no file descriptor (a notebook's) cannot take the traceback: run without it.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        faulthandler.enable()
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler's stop) is handled as Ctrl-C: the trainer saves its checkpoint."""
     raise KeyboardInterrupt
@@ -83,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler: Callable[[argparse.Namespace], int] = args.handler
     tune_process()
+    _trace_crashes()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     code = None
     try:
