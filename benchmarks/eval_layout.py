@@ -24,10 +24,9 @@ from advprune.attacks import pgd
 from advprune.attacks.autoattack import autoattack
 from advprune.core.errors import CheckpointError
 from advprune.data.registry import load_dataset
+from advprune.evaluation.latency import LAYOUTS
 from advprune.evaluation.robustness import correctness
 from advprune.models.serialization import load_model
-
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def timed(run: Callable[[], Tensor]) -> tuple[float, Tensor]:
@@ -82,13 +81,7 @@ def main() -> None:
     attacked = partial(correctness, dataset=test, attack=attack)
     compare(f"PGD-20, {len(test)} images", models, attacked, args.repeats)
     few = test.take(args.autoattack_images)
-    x = few.images.float() / 255 if few.images.dtype == torch.uint8 else few.images
-    y = few.labels
-
-    def standard(model: nn.Module) -> Tensor:
-        with torch.no_grad():
-            return model(autoattack(model, x, y, eps)).argmax(1) == y
-
+    standard = partial(correctness, dataset=few, attack=partial(autoattack, eps=eps))
     compare(f"AutoAttack, {len(few)} images", models, standard, args.repeats)
 
 
