@@ -11,7 +11,9 @@ Prints, on the current device and in one run:
    speed-up;
 4. for each form, the Spearman rank correlation against the full pass of the saliency from the
    first 25 %, 35 % and 50 % of the batches (`--fractions`) and from all batches with 5 and 10
-   mask steps instead of 20 (`--fewer-mask-steps`), and with `--bf16` of the pass in bf16 autocast
+   mask steps instead of 20 (`--fewer-mask-steps`), from the first 25 % of the images in smaller
+   batches (`--smaller-batches`: more mask optimisations, each on fewer images), and with `--bf16`
+   of the pass in bf16 autocast
    (PGD and mask steps; the saliency itself in float32) on all and on the first half of the
    batches, the overlap of the weights each would prune at 90 %, and its time against the
    (float32) epoch; and that of a second full pass with PGD from other random starts: how far
@@ -24,7 +26,7 @@ pass grows with the number of batches it averages, so it is measured at the size
 
     python benchmarks/mad_saliency.py [--model lenet5-caffe] [--batches 47] [--device cuda]
                                       [--threads 1] [--fractions 0.25 0.35 0.5] [--layout nchw]
-                                      [--bf16]
+                                      [--smaller-batches 64 32] [--bf16]
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.35, 0.5])
     parser.add_argument("--fewer-mask-steps", type=int, nargs="*", default=[5, 10])
+    parser.add_argument("--smaller-batches", type=int, nargs="*", default=[64, 32])
     parser.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
     parser.add_argument("--bf16", action="store_true", help="add the pass in bf16 autocast")
     args = parser.parse_args()
@@ -229,6 +232,10 @@ def main() -> None:
         f"{'CPU' if device.type == 'cpu' else 'wall'} seconds"
     )
 
+    args.smaller_loaders = [  # the same images in the same order, in smaller batches
+        (size, BatchLoader(data, spec, size, shuffle=False, augment=False, device=device))
+        for size in args.smaller_batches
+    ]
     attack = AttackSettings(args.eps, steps=args.attack_steps)
     epoch_times = []
     for epoch in range(args.train_epochs):
@@ -280,8 +287,8 @@ def bf16_pgd_and_masks(device: torch.device) -> Iterator[None]:
 
 def rank_stability(model, loader, args, device, form, name, full, epoch_time, settings) -> None:
     """Spearman and 90 %-overlap against the full pass of: the full pass with other PGD starts,
-    the first fractions of the batches, all batches with fewer mask steps, and (`--bf16`) the pass
-    in bf16."""
+    the first fractions of the batches, all batches with fewer mask steps, a quarter of the images
+    in smaller batches, and (`--bf16`) the pass in bf16."""
     print(f"rank stability of the {form} form ({name}) against the saliency from all batches:")
     reference = flat(full)
     pruned_by_all = ~torch.cat([m.flatten() for m in mad_masks(full, 0.9).values()]).cpu()
@@ -290,21 +297,26 @@ def rank_stability(model, loader, args, device, form, name, full, epoch_time, se
     rho = spearmanr(flat(again).numpy(), reference.numpy()).statistic
     print(f"  all batches, PGD seed 1 (not 0)        Spearman {rho:.3f}")
     variants = [
-        (f"{f:>4.0%} of the batches", {"saliency_fraction": f}, False) for f in args.fractions
+        (f"{f:>4.0%} of the batches", {"saliency_fraction": f}, False, loader)
+        for f in args.fractions
     ]
     variants += [
-        (f"{steps:>2} mask steps, all batches", {"mask_steps": steps}, False)
+        (f"{steps:>2} mask steps, all batches", {"mask_steps": steps}, False, loader)
         for steps in args.fewer_mask_steps
+    ]
+    variants += [
+        (f"25% of the images, batch {size}", {"saliency_fraction": 0.25}, False, smaller)
+        for size, smaller in args.smaller_loaders
     ]
     if args.bf16:
         variants += [
-            ("bf16, all batches", {}, True),
-            ("bf16, 50% of the batches", {"saliency_fraction": 0.5}, True),
+            ("bf16, all batches", {}, True, loader),
+            ("bf16, 50% of the batches", {"saliency_fraction": 0.5}, True, loader),
         ]
-    for label, change, bf16 in variants:
+    for label, change, bf16, batches in variants:
         with bf16_pgd_and_masks(device) if bf16 else contextlib.nullcontext():
             seconds, partial = timed(
-                device, compute_saliency, model, loader, form=form, **{**settings, **change}
+                device, compute_saliency, model, batches, form=form, **{**settings, **change}
             )
         rho = spearmanr(flat(partial).numpy(), reference.numpy()).statistic
         pruned = ~torch.cat([m.flatten() for m in mad_masks(partial, 0.9).values()]).cpu()
