@@ -246,6 +246,18 @@ def main() -> None:
     settings = dict(
         eps=args.eps, attack_steps=args.attack_steps, mask_steps=args.mask_steps, progress=False
     )
+    full = full_passes(model, loader, args, device, epoch_time, settings)
+
+    matrix_form_speedup(model, loader, args, device)
+
+    for form, name in (("paper", "mad"), ("removal", "mad-obd")):
+        rank_stability(model, loader, args, device, form, name, full[form], epoch_time, settings)
+    layers = len(prunable_layers(model))
+    print(f"  ({flat(full['paper']).numel():,} scored weights and biases in {layers} layers)")
+
+
+def full_passes(model, loader, args, device, epoch_time, settings) -> dict[str, dict]:
+    """Each form's saliency from every batch, timed against the epoch."""
     full = {}
     print("saliency pass against one PGD-AT epoch over the same batches:")
     print(f"  PGD-AT epoch (last of {args.train_epochs})  {epoch_time:>8.2f} s")
@@ -254,13 +266,7 @@ def main() -> None:
         print(
             f"  {name + ' pass (' + form + ')':<29} {seconds:>8.2f} s   {seconds / epoch_time:.2f}x"
         )
-
-    matrix_form_speedup(model, loader, args, device)
-
-    for form, name in (("paper", "mad"), ("removal", "mad-obd")):
-        rank_stability(model, loader, args, device, form, name, full[form], epoch_time, settings)
-    layers = len(prunable_layers(model))
-    print(f"  ({flat(full['paper']).numel():,} scored weights and biases in {layers} layers)")
+    return full
 
 
 @contextlib.contextmanager
