@@ -47,7 +47,8 @@ def pruned_network(
 ) -> tuple[nn.Module, float, int]:
     """The export of `dense` without the `sparsity` fraction of each group's channels (lowest
     L1 filter norm), the channel sparsity it has and its width multiple: `round_to`, or when
-    None the fastest of `ROUNDINGS` on `device`, as `advprune export` chooses."""
+    None the fastest of `ROUNDINGS` on `device` (or the smallest near it), as `advprune export`
+    chooses."""
     example = torch.zeros(1, *SHAPE)
     groups = channel_groups(dense, example)
     keep = select_channels(filter_norms(dense, groups), sparsity, scheme="layerwise")
@@ -74,14 +75,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument(
-        "--round-to", type=int, help="width multiple (default: the fastest, as advprune export)"
+        "--round-to", type=int, help="width multiple (default: as advprune export chooses)"
     )
     parser.add_argument("--device", default="auto", help="auto: CUDA when there is one")
     parser.add_argument("--layers", help="MODEL:SPARSITY whose per-layer times to print")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    rounding = args.round_to or f"the fastest of {ROUNDINGS}"
+    rounding = args.round_to or f"as export chooses from {ROUNDINGS}"
     print(
         f"device: {device} ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {args.threads} thread(s), {args.pairs} pairs, round-to "

@@ -22,7 +22,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="keep widths multiples of N where they can be, with unused units as padding "
-        "(default: whichever of 1, 8 and 16 runs fastest on the device; 1: the exact widths)",
+        "(default: whichever of 1, 8 and 16 runs fastest on the device, or the smallest "
+        "within 2 %% of it; 1: the exact widths)",
     )
     parser.set_defaults(handler=run)
 
