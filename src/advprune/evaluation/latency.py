@@ -211,18 +211,28 @@ def fastest_model(
     threads: int = 1,
     repeats: int = 10,
     device: torch.device | str = "cpu",
+    prefer_within: float = 0.0,
 ) -> tuple[Any, dict[Any, float]]:
     """The key of the model that runs fastest, each in its faster memory layout, all timed
     interleaved (`time_interleaved`), and every model's median milliseconds in that layout: by
     CPU time on a CPU, by wall time on CUDA. Used to choose between equivalent networks; a
-    latency to report is measured afterwards, on fresh samples."""
+    latency to report is measured afterwards, on fresh samples. `prefer_within`: the first
+    model in `models`' order that is at most that fraction slower than the fastest (list the
+    preferred, e.g. smaller, ones first; `first_near_fastest`)."""
     copies = in_every_layout(models, device)
     times = time_interleaved(
         copies, input_shape, batch_size, threads=threads, repeats=repeats, device=device
     )
     median = _medians(times, device)
     medians = {key: min(median[(key, layout)] for layout in LAYOUTS) for key in models}
-    return min(medians, key=medians.__getitem__), medians
+    return first_near_fastest(medians, prefer_within), medians
+
+
+def first_near_fastest(medians: dict[Any, float], margin: float) -> Any:
+    """The first key whose time is at most `margin` (a fraction) above the fastest one's; with
+    margin 0, the fastest."""
+    fastest = min(medians.values())
+    return next(key for key, ms in medians.items() if ms <= fastest * (1 + margin))
 
 
 def latency_comparison(

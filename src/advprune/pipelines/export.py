@@ -120,7 +120,7 @@ def fastest_export(
     model: nn.Module, example: torch.Tensor, *, batch_size: int, threads: int, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The export of `model` among the roundings `ROUNDINGS` that runs fastest on `device`, or a
-    smaller one no more than `PADDING_MUST_SAVE` slower (`smallest_near_fastest`), and the choice:
+    smaller one no more than `PADDING_MUST_SAVE` slower, and the choice:
     {"round_to", "round_to_ms": median ms of each distinct export at `batch_size`}. Which
     rounding is fastest depends on the device and the widths (on an AVX-512 CPU, 16 for the
     demo's ANP-VS LeNet, the exact widths for a VGG-16 at 90 % of its channels;
@@ -132,21 +132,18 @@ def fastest_export(
             exports[round_to] = candidate  # the smallest rounding that gives these widths
     best, medians = next(iter(exports)), {}
     if len(exports) > 1:
-        _, medians = fastest_model(
-            exports, example.shape[1:], batch_size, threads=threads, device=device
+        best, medians = fastest_model(  # `exports` lists the smaller widths first
+            exports,
+            example.shape[1:],
+            batch_size,
+            threads=threads,
+            device=device,
+            prefer_within=PADDING_MUST_SAVE,
         )
-        best = smallest_near_fastest(medians)
     return exports[best], {
         "round_to": best,
         "round_to_ms": {str(key): value for key, value in medians.items()},
     }
-
-
-def smallest_near_fastest(medians: dict[int, float], margin: float = PADDING_MUST_SAVE) -> int:
-    """The smallest rounding whose time is within `margin` of the fastest one's: more padding
-    must buy more speed than that (of 6.09, 6.08 and 6.07 ms, the exact widths)."""
-    fastest = min(medians.values())
-    return min(key for key, ms in medians.items() if ms <= fastest * (1 + margin))
 
 
 def masked_complexity(model: nn.Module, shape: Sequence[int], exported: nn.Module) -> dict:
