@@ -21,6 +21,7 @@ from advprune.models.serialization import load_model, save_model
 SHAPES = {
     "lenet300-100": (1, 28),
     "lenet5-caffe": (1, 28),
+    "lenet5-caffe-bn": (1, 28),
     "vgg16-bn": (3, 32),
     "vgg16-mad": (3, 32),
     "vgg16-anpvs": (3, 32),
@@ -33,6 +34,7 @@ SHAPES = {
 # of its official src/model/vgg.py (13 biased convs + BN, dense 512 → BN → 512 → 10).
 PARAMETERS = {
     "lenet5-caffe": 431_080,
+    "lenet5-caffe-bn": 431_080 + 2 * (20 + 50),  # a BatchNorm's γ and β per conv channel
     "resnet18": 11_173_962,
     "vgg16-bn": 15_311_818,
     "vgg16-mad": 14_724_042,  # MAD's models/vgg.py: four pools, one Linear 512 → 10
@@ -113,8 +115,8 @@ def test_unknown_model_and_bad_normalisation_are_config_errors():
 def test_list_models_takes_shell_wildcards_and_each_name_has_a_description():
     assert list_models() == list(MODELS)
     assert list_models("vgg16*") == ["vgg16-bn", "vgg16-mad", "vgg16-anpvs"]
-    assert list_models("*net*") == ["lenet300-100", "lenet5-caffe", "resnet18"]
-    assert list_models("lenet?-*") == ["lenet5-caffe"]
+    assert list_models("*net*") == ["lenet300-100", "lenet5-caffe", "lenet5-caffe-bn", "resnet18"]
+    assert list_models("lenet?-*") == ["lenet5-caffe", "lenet5-caffe-bn"]
     assert list_models("alexnet*") == []
     for name in list_models():
         description = model_entry(name).description

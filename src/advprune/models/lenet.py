@@ -1,4 +1,5 @@
-"""The LeNets of the pruning literature: LeNet-300-100 and LeNet-5-Caffe (ANP-VS's MNIST model)."""
+"""The LeNets of the pruning literature: LeNet-300-100 and LeNet-5-Caffe (ANP-VS's MNIST model),
+and LeNet-5-Caffe with BatchNorm, the small stand-in for the BN networks of MAD, HYDRA and HARP."""
 
 from torch import nn
 
@@ -31,14 +32,40 @@ def lenet5_caffe(
     ReLU after each conv as in ANP-VS, whose vulnerability is measured at conv1-ReLU, conv2-ReLU
     and dense3-ReLU.
     """
+    return _lenet5(num_classes, in_channels, image_size, batch_norm=False)
+
+
+@register_model(
+    "lenet5-caffe-bn",
+    description="LeNet-5-Caffe with BatchNorm after each conv (the demo's MAD/HYDRA/HARP network)",
+)
+def lenet5_caffe_bn(
+    num_classes: int = 10, in_channels: int = 1, image_size: int = 28
+) -> nn.Sequential:
+    """LeNet-5-Caffe with a BatchNorm after each conv, before its ReLU (431,220 parameters).
+
+    MAD, HYDRA and HARP were published on VGG-16-bn and ResNet-18, whose BatchNorm rescales a
+    layer after most of its weights are gone; MAD's signed saliency in particular needs it (on the
+    plain LeNet-5-Caffe it kills conv2: docs/reproductions.md). This is the smallest network of
+    that kind, for runs at the demo's scale.
+    """
+    return _lenet5(num_classes, in_channels, image_size, batch_norm=True)
+
+
+def _lenet5(
+    num_classes: int, in_channels: int, image_size: int, *, batch_norm: bool
+) -> nn.Sequential:
     spatial = ((image_size - 4) // 2 - 4) // 2
+
+    def conv(inputs: int, outputs: int) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(inputs, outputs, kernel_size=5)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(outputs))
+        return [*layers, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
     return nn.Sequential(
-        nn.Conv2d(in_channels, 20, kernel_size=5),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, kernel_size=5),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        *conv(in_channels, 20),
+        *conv(20, 50),
         nn.Flatten(),
         nn.Linear(50 * spatial * spatial, 500),
         nn.ReLU(inplace=True),

@@ -15,7 +15,7 @@ Example:
     def tiny_mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 64), ...)
 
-    list_models("lenet*")   # ['lenet300-100', 'lenet5-caffe']
+    list_models("lenet5*")   # ['lenet5-caffe', 'lenet5-caffe-bn']
 """
 
 from __future__ import annotations
