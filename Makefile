@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # interpreter, as pip leaves it, hence the `|| true`.
 COMPILE := $(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 
-.PHONY: install install-dev demo test test-fast lint format clean
+.PHONY: install install-dev demo test test-fast lint format docs clean
 
 # What the demo needs; `install-dev` adds the test and lint tools.
 install: $(STAMP) $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz
@@ -55,5 +55,9 @@ format: install-dev
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+# The documentation site, into site/ (not committed); --strict fails on a broken link or page.
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache
