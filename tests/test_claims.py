@@ -3,7 +3,16 @@
 import torch
 
 from advprune.evaluation.statistics import pack_bits
-from advprune.reproduction.claims import same_order, speedup, units_removed, verdicts, within
+from advprune.reproduction.claims import (
+    above_chance,
+    at_least,
+    fewer_flops,
+    less_memory,
+    speedup,
+    units_removed,
+    verdicts,
+    within,
+)
 
 
 def run(n: int = 1000, **accuracy: float) -> dict:
@@ -19,23 +28,42 @@ def test_within_says_yes_no_or_within_noise():
     assert "on 32 and 32 images, unpaired" in claim.line(small)  # no per-example bits to pair
 
 
-def test_units_speedup_and_a_missing_figure():
-    pruned = {"unit_sparsity": 0.8, "measured_speedup": {"batch_128": {"median": 1.4, "min": 1}}}
-    lines = verdicts([units_removed("p", 0.7), speedup("p", 128, 1.5)], {"p": pruned})
-    assert lines[0].endswith("80.0 % — yes") and lines[1].endswith("— no")
-    assert "not measured" in speedup("p", 1, 1.5).line({"p": pruned})
-    edge = {"measured_speedup": {"batch_128": {"median": 1.4962, "min": 1.35}}}
-    assert "×1.496 (paired" in speedup("p", 128, 1.5).line({"p": edge})  # not "×1.50 … no"
+def test_units_and_a_missing_figure():
+    pruned = {"unit_sparsity": 0.8}
+    lines = verdicts([units_removed("p", 0.7, paper=0.8416)], {"p": pruned})
+    assert lines[0].endswith("(paper: 84.16 %): 80.0 % — yes")
+    assert units_removed("p", 0.9, paper=0.8416).line({"p": pruned}).endswith("— no")
+    assert "not measured" in units_removed("p", 0.7, paper=0.8).line({"q": pruned})
 
 
-def test_same_order_agrees_or_flips_within_or_beyond_noise():
-    claim = same_order(["a", "b"], ["pgd", "autoattack"])
-    agree = {"a": run(pgd=0.5, autoattack=0.4), "b": run(pgd=0.3, autoattack=0.2)}
-    assert claim.line(agree).endswith("— yes")
-    noisy = {"a": run(32, pgd=0.5, autoattack=0.40), "b": run(32, pgd=0.45, autoattack=0.44)}
+def test_flops_and_memory_are_judged_against_twice_the_papers_share():
+    exported = {"flops_speedup": 6.0, "memory_fraction": 0.12}
+    assert fewer_flops("p", paper=10.57).line({"p": exported}).endswith("×6.00 fewer — yes")
+    assert fewer_flops("p", paper=12.1).line({"p": exported}).endswith("— no")
+    assert less_memory("p", paper=0.0681).line({"p": exported}).endswith("12.00 % of dense — yes")
+    assert less_memory("p", paper=0.05).line({"p": exported}).endswith("— no")
+
+
+def test_a_measured_speedup_is_shown_without_a_verdict():
+    spread = {"batch_1": {"median": 1.21, "min": 1.1}, "batch_128": {"median": 1.73, "min": 1.66}}
+    line = speedup("p", [1, 128]).line({"p": {"measured_speedup": {**spread, "device": "cpu"}}})
+    assert line.endswith("batch 1 ×1.21 (min 1.10), batch 128 ×1.73 (min 1.66); paired, on cpu")
+    assert "— yes" not in line and "— no" not in line
+
+
+def test_at_least_says_yes_no_or_within_noise():
+    claim = at_least("harp", "hydra", "pgd")
+    assert claim.line({"harp": run(pgd=0.55), "hydra": run(pgd=0.50)}).endswith("— yes")
+    assert claim.line({"harp": run(pgd=0.40), "hydra": run(pgd=0.50)}).endswith("— no")
+    noisy = {"harp": run(32, pgd=0.45), "hydra": run(32, pgd=0.50)}
     assert claim.line(noisy).endswith("— within noise")
-    flipped = {"a": run(pgd=0.6, autoattack=0.2), "b": run(pgd=0.3, autoattack=0.5)}
-    assert claim.line(flipped).endswith("— no")
+
+
+def test_above_chance_needs_the_whole_interval_above_it():
+    claim = above_chance("hydra", "pgd")
+    assert claim.line({"hydra": run(500, pgd=0.30)}).endswith("— yes")
+    assert claim.line({"hydra": run(500, pgd=0.11)}).endswith("— no")  # 10 % is inside
+    assert claim.line({"hydra": run(32, pgd=5 / 32)}).endswith("— no")  # 16 %, too few images
 
 
 def scored(correct: torch.Tensor) -> dict:

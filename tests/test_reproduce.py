@@ -370,7 +370,33 @@ def test_the_demo_says_what_it_evaluated_and_which_latencies_it_did_not_time(tmp
 
     text = subsets(make_plan("demo", tmp_path / "demo"))
     assert text.startswith("every row on the first 2,000 or the first 500 test images")
-    assert "AutoAttack on the first 32 for hydra-99, magnitude-99, mad-99" in text
     assert "no row's latency timed" in text  # the demo's recipe times none; its export does
     timed = subsets(make_plan("demo", tmp_path / "timed", overrides={"latency_repeats": 5}))
     assert "latency" not in timed
+
+
+def test_a_demo_row_at_chance_is_shown_beside_the_benchmarks_figure(tmp_path):
+    from advprune.reproduction.demo import chance_notes
+
+    steps = make_plan("demo", tmp_path / "demo").steps
+    alive = {"accuracy": {"pgd": 0.5}, "examples": {"pgd": 500}, "nonzero_params": 4_312}
+    results = {step.name: alive for step in steps}
+    assert chance_notes(steps, results) == []
+    results["hydra-99"] = {**alive, "accuracy": {"pgd": 0.1}}
+    (note,) = chance_notes(steps, results)
+    assert note.startswith("  hydra-99 is at chance here (10.0 % PGD-20, 4,312 weights left")
+    assert "3 fine-tuning epochs of 10,000 images" in note
+    assert "keeps 70.59/35.56 (VGG16), 72.21/38.80 (ResNet-18)" in note
+
+
+def test_the_demo_runs_each_seed_method_on_its_papers_kind_of_network_and_budget(tmp_path):
+    steps = {step.name: step for step in make_plan("demo", tmp_path / "demo").steps}
+    assert steps[steps["anpvs"].needs["from_run"]].setting("model") == "lenet5-caffe"
+    for name in ("mad-90", "hydra-99", "harp-99", "magnitude-90"):
+        step = steps[name]
+        dense = steps[step.needs["from_run"]]
+        assert dense.setting("model") == "lenet5-caffe-bn"  # BatchNorm, as VGG-16-bn, ResNet-18
+        # The papers fine-tune for as long as the dense model trained (MAD 60/60, HYDRA and
+        # HARP 100/100 epochs), on the same images.
+        assert step.setting("finetune_epochs") == dense.setting("epochs")
+        assert step.setting("limit_train") == dense.setting("limit_train")
