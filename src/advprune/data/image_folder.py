@@ -29,8 +29,7 @@ EXTENSIONS = frozenset(
 CHANNELS = {"L": 1, "RGB": 3}
 ORDER_SEED = 0
 FIX_SHAPE = (
-    "convert them to one first, e.g. with Pillow: "
-    "Image.open(p).convert('RGB').resize((32, 32))"
+    "convert them to one first, e.g. with Pillow: Image.open(p).convert('RGB').resize((32, 32))"
 )
 
 Example = tuple[Path, int]
