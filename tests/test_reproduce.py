@@ -114,14 +114,15 @@ def test_a_hint_inside_reproduce_names_the_set_key_not_a_flag_it_lacks(tmp_path)
     prune = next(step for step in plan.steps if step.name == "magnitude-99")
     error = TrainingError(
         "60 training examples give no full batch of 128; lower --batch-size or raise "
-        "--limit-train; --allow-chance trains on; pass --data-dir DIR or --resume"
+        "--limit-train; --allow-chance trains on; prune with --scheme layerwise or a lower "
+        "--sparsity 0.5; pass --data-dir DIR or --resume"
     )
     hinted = with_set_hints(error, prune.configs)
     assert type(hinted) is TrainingError and hinted.exit_code == error.exit_code
     assert str(hinted) == (
         "60 training examples give no full batch of 128; lower --set finetune_batch_size=VALUE "
-        "or raise --set limit_train=VALUE; --set allow_chance=true trains on; pass --data-dir "
-        "DIR or --resume"
+        "or raise --set limit_train=VALUE; --set allow_chance=true trains on; prune with --set "
+        "scheme=layerwise or a lower --set sparsity=0.5; pass --data-dir DIR or --resume"
     )
     train = next(step for step in plan.steps if step.kind == "train")
     assert "--set batch_size=VALUE" in str(with_set_hints(error, train.configs))

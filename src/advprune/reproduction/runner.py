@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from advprune.attacks import parse_attacks
-from advprune.core.config import Config
+from advprune.core.config import Config, choices_of, scalar_type
 from advprune.core.device import tune_process
 from advprune.core.errors import AdvpruneError, ConfigError, GradientMaskingError
 from advprune.core.io import atomic_write_text, read_json
@@ -201,22 +201,28 @@ def run_step(
 
 # Flags `advprune reproduce` has itself: a hint naming them is right as it is.
 REPRODUCE_FLAGS = frozenset({"data_dir", "download"})
-FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+# A flag, and the value a hint may give it ("--scheme layerwise", "--lr 0.01").
+FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: ([\w./+-]+))?")
 
 
 def with_set_hints(err: AdvpruneError, configs: Sequence[Config]) -> AdvpruneError:
     """`err`, raised by the part of a step that `configs` set, with each flag of `train`,
     `prune` or `eval` its message names as the `--set KEY=VALUE` that changes that setting in a
     recipe: `reproduce` has no `--batch-size`."""
-    settings = {key: value for config in configs for key, value in config.to_flat().items()}
+    fields = {key: entry for config in configs for key, entry in config.flat_fields().items()}
 
     def as_set(match: re.Match[str]) -> str:
-        key = match.group(1).replace("-", "_")
-        if key not in settings and f"finetune_{key}" in settings:  # a prune step's phase
+        key, value = match.group(1).replace("-", "_"), match.group(2)
+        if key not in fields and f"finetune_{key}" in fields:  # a prune step's phase
             key = f"finetune_{key}"
-        if key not in settings or key in REPRODUCE_FLAGS:
+        if key not in fields or key in REPRODUCE_FLAGS:
             return match.group(0)
-        return f"--set {key}={'true' if isinstance(settings[key], bool) else 'VALUE'}"
+        field, annotation = fields[key]
+        if scalar_type(annotation)[0] is bool:
+            return f"--set {key}=true" + (f" {value}" if value else "")
+        if value and (value in (choices_of(field) or ()) or re.fullmatch(r"[\d.e/+-]+", value)):
+            return f"--set {key}={value}"
+        return f"--set {key}=VALUE" + (f" {value}" if value else "")
 
     message = FLAG.sub(as_set, str(err))
     if message == str(err):
