@@ -144,17 +144,19 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
 
     table = markdown_rows(report.read_text())
     assert [row["run"] for row in table] == ["dense", "anpvs"]
-    assert table[0]["PGD"] == "66.35"  # the whole test set: no interval shown
-    low, high = map(float, table[0]["AutoAttack"].removeprefix("60.00/64 [").rstrip("]").split(","))
+    assert table[0]["PGD (N=10000)"] == "66.35"  # the whole test set: no interval shown
+    aa = table[0]["AutoAttack (N=64)"]
+    low, high = map(float, aa.removeprefix("60.00/64 [").rstrip("]").split(","))
     assert low < 60 < high and high - low > 15  # 64 examples: a wide interval
     assert table[0]["params ≠ 0"] == "148k" and table[0]["masking check"] == "passed"
-    assert table[1]["PGD"] == table[1]["CW"] == table[1]["AutoAttack"] == "–"
+    assert table[1]["PGD (N=10000)"] == table[1]["CW (N=10000)"] == "–"
+    assert table[1]["AutoAttack (N=64)"] == "–"
     assert table[1]["FLOPs"] == "60k" and table[1]["latency b1 × dense"] == "0.25"
     assert table[0]["latency b1 × dense"] == "–"  # no latency in its results
     assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
     assert table[1]["channel sparsity"] == "80.0%" and table[1]["speed-up b1"] == "–"
     assert table[1]["speed-up b128"] == "3.50× (3.00–4.25)"
-    assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
+    assert table[1]["transfer (N=10000)"] == "70.00" and table[1]["vulnerability"] == "0.017"
 
     text = report.read_text()
     for figure in (
@@ -178,15 +180,35 @@ def test_per_layer_sparsity_is_read_from_the_model_file(tmp_path):
     assert layer_sparsity(pruned_run(tmp_path)) == {}
 
 
-def test_run_with_only_a_config_is_a_row_of_dashes(tmp_path):
+def test_runs_with_only_a_config_are_listed_apart_as_not_finished(tmp_path):
+    dense_run(tmp_path)
     run = tmp_path / "training"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "cifar10", "model": "vgg16"}))
     report = write_report([tmp_path], tmp_path / "out")  # a folder holding runs
-    (row,) = markdown_rows(report.read_text())
-    assert row["dataset"] == "cifar10" and row["model"] == "vgg16"
-    assert all(row[c] == "–" for c in ("method", "sparsity", "clean", "PGD", "AutoAttack"))
-    assert "not drawn" in report.read_text()
+    assert [row["run"] for row in markdown_rows(report.read_text())] == ["dense"]
+    assert "## Not finished" in report.read_text() and "training" in report.read_text()
+    assert "training" not in (tmp_path / "out" / "report.csv").read_text()
+    alone = write_report([run], tmp_path / "alone")
+    assert markdown_rows(alone.read_text()) == [] and "1 run(s) hold no model" in alone.read_text()
+
+
+def test_every_accuracy_says_its_number_of_examples(tmp_path):
+    """Runs evaluated on the same 200 test images: the header says N=200 (the CSV alone did);
+    runs on different numbers: each cell says its own."""
+    for name, count in (("a", 200), ("b", 200), ("c", 500)):
+        run = tmp_path / name
+        run.mkdir()
+        results = {
+            "accuracy": {"clean": 0.8, "pgd": 0.5},
+            "examples": {"clean": count, "pgd": count},
+            "method": "pgd-at",
+        }
+        (run / "results.json").write_text(json.dumps(results))
+    same = markdown_rows(write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "s").read_text())
+    assert same[0]["clean (N=200)"] == "80.00" and same[1]["PGD (N=200)"] == "50.00"
+    mixed = markdown_rows(write_report([tmp_path], tmp_path / "m").read_text())
+    assert [row["PGD"] for row in mixed] == ["50.00/200", "50.00/200", "50.00/500"]
 
 
 def test_summary_reads_results_before_model_metadata_before_config(tmp_path):

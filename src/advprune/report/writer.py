@@ -173,8 +173,10 @@ def _markdown(
         f"# {title}",
         "",
         f"{len(summaries)} run(s), read from their run directories: config.yaml, results.json and "
-        "model.safetensors. Accuracies in % at the run's ε; '/N [low, high]': on the first N "
-        "test examples only, with the Wilson 95 % interval in %; worst case: examples every "
+        "model.safetensors. Accuracies in % at the run's ε, on the number of test examples N "
+        "that the column header gives (N=…) or, where rows differ, each cell (/N); '[low, "
+        "high]': an attack run on fewer examples than clean, with the Wilson 95 % interval in "
+        "%; worst case: examples every "
         "attack left correct; sparsity: zero conv/linear weights; unit sparsity: "
         "units/channels removed; channel sparsity: channels of the dependency groups removed "
         "(structured runs, ANP-VS); params ≠ 0: parameters that are not zero; latency × dense: "
@@ -236,10 +238,13 @@ def write_report(
     """Write OUT/report.md, OUT/report.csv and the figures for the runs in (or below) `run_dirs`;
     returns the path of report.md. A run reads results.json, or the results file that
     `results_names` gives for its directory (an evaluation at another ε or under a protocol)."""
-    runs = find_runs(list(run_dirs))
+    found = find_runs(list(run_dirs))
     names = {Path(path).resolve(): name for path, name in (results_names or {}).items()}
+    all_labels = run_labels(found)
+    unfinished = [label for label, run in zip(all_labels, found, strict=True) if not _holds(run)]
+    runs = [run for run in found if _holds(run)]
+    labels = [label for label in all_labels if label not in unfinished]
     summaries = [read_run(run, names.get(Path(run).resolve(), "results.json")) for run in runs]
-    labels = run_labels(runs)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory for the report")
@@ -249,12 +254,28 @@ def write_report(
         atomic_write_text(out_dir / "report-seeds.csv", csv_over_seeds(seeded, seed_labels))
     else:  # a report written again without seeds must not keep an old table of them
         (out_dir / "report-seeds.csv").unlink(missing_ok=True)
-    figures = {
-        name: _figures(name, group, out_dir)
-        for name, group in _groups(*zip(*drawn, strict=True)).items()
-    }
+    groups = _groups(*zip(*drawn, strict=True)) if drawn else {}
+    figures = {name: _figures(name, group, out_dir) for name, group in groups.items()}
     markdown = _markdown(title, labels, summaries, figures, (seed_labels, seeded))
-    return atomic_write_text(out_dir / "report.md", markdown)
+    return atomic_write_text(out_dir / "report.md", markdown + _unfinished(unfinished))
+
+
+def _holds(run: Path) -> bool:
+    """Whether a run has a result to show: a model or an evaluation. A run that crashed or is
+    still in its first epoch holds only config.yaml (and perhaps a checkpoint)."""
+    return (run / "model.safetensors").is_file() or (run / "results.json").is_file()
+
+
+def _unfinished(labels: Sequence[str]) -> str:
+    if not labels:
+        return ""
+    return (
+        f"\n## Not finished\n\n{len(labels)} run(s) hold no model and no results yet (only "
+        "config.yaml: crashed, stopped or still training), so they are not in the table: "
+        + ", ".join(labels)
+        + ". Finish one by running the command that started it again (with --resume for "
+        "`train`).\n"
+    )
 
 
 def _over_seeds(
