@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,3 +299,103 @@ def test_paper_comparison_gives_the_difference_per_cell(tmp_path):
 
 def test_pretty_eps():
     assert pretty_eps(8 / 255) == "8/255" and pretty_eps(0.1) == "0.1" and pretty_eps(0.3) == "0.3"
+
+
+# ------------------------------------------------------------------------------------- figures
+
+LONG_ANPVS = (
+    "anpvs [finetune_attack_steps=3, finetune_batch_size=128, beta=10.0, vs_lambda=1.0, "
+    "gate_lr=0.2, conv_gate_init=-1.0, dense_gate_init=3.0]"
+)
+
+
+def figure_run(root, name, method, sparsity, pgd, examples, **extra):
+    """A LeNet-5-Caffe run: its model (every other weight of the first conv zero), results."""
+    run = root / name
+    run.mkdir()
+    spec = get_spec("fashion-mnist")
+    model = create_model(**architecture("lenet5-caffe", spec))
+    with torch.no_grad():
+        model.body[0].weight.view(-1)[::2] = 0
+    metadata = {"architecture": architecture("lenet5-caffe", spec), "method": {"label": method}}
+    save_model(run / "model.safetensors", model, {**metadata, "config": {"dataset": spec.name}})
+    results = {
+        "eps": 0.1,
+        "method": method,
+        "sparsity": sparsity,
+        "accuracy": {"clean": 0.8, "pgd": pgd, "autoattack": pgd - 0.01},
+        "examples": {"clean": examples, "pgd": examples, "autoattack": 32},
+        "gradient_masking_check": {"security_curve": CURVE, "passed": True, "examples": 100},
+        "vulnerability": {"overall": 0.02, "per_layer": {"body.3": 0.01, "body.0": 0.03}},
+        **extra,
+    }
+    results["vulnerability"]["attack"] = "pgd"
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def drawn_figures(monkeypatch, runs, out):
+    """Write the report of `runs`, keeping what each figure shows before it is saved."""
+    from advprune.report import plots
+
+    seen = {}
+    save = plots.save_figure
+
+    def keep(figure, path):
+        axes = [a for a in figure.axes if a.get_xlabel() or a.has_data()]
+        legends = [*figure.legends, *(a.get_legend() for a in axes if a.get_legend())]
+        seen[Path(path).name.split("-")[0]] = {
+            "legend": [t.get_text() for legend in legends for t in legend.get_texts()],
+            "axes": axes,
+            "text": " ".join(
+                [figure.get_suptitle()]
+                + [f"{a.get_title()} {a.get_xlabel()} {a.get_ylabel()}" for a in axes]
+            ),
+            "colours": {  # an errorbar's label is on its container
+                bars.get_label(): bars.lines[0].get_color() for a in axes for bars in a.containers
+            },
+        }
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    write_report(runs, out)
+    return seen
+
+
+def test_figures_can_be_read(tmp_path, monkeypatch):
+    """The demo's figures could not be read: a legend of full method labels over the data, an
+    axis offset ("+9.8999e1"), a 0.3 pp accuracy range filling the axis, body.0 for conv1."""
+    speedup = {"measured_speedup": {"batch_128": {"median": 1.3, "min": 1.2, "max": 1.4}}}
+    runs = [
+        figure_run(tmp_path, "dense", "pgd-at", 0.0, 0.573, 100),
+        figure_run(tmp_path, "anpvs", LONG_ANPVS, 0.99, 0.5725, 100, channel_sparsity=0.8,
+                   **speedup),
+        figure_run(tmp_path, "mad-99", "mad [saliency_fraction=0.25]", 0.9899, 0.4, 25),
+        figure_run(tmp_path, "mad-999", "mad [saliency_fraction=0.25]", 0.999, 0.3, 25),
+    ]  # fmt: skip
+    seen = drawn_figures(monkeypatch, runs, tmp_path / "out")
+    assert set(seen) == {
+        "robust_vs_sparsity", "robust_vs_speedup", "security_curves", "layer_sparsity",
+        "layer_vulnerability",
+    }  # fmt: skip
+    for name, figure in seen.items():
+        assert figure["legend"] and all(len(label) <= 36 for label in figure["legend"]), name
+        for axes in figure["axes"]:
+            assert axes.get_xlabel() and axes.get_ylabel(), name
+            assert axes.xaxis.get_major_formatter().get_offset() == "", name
+        if name != "layer_sparsity":  # weights, not test examples
+            assert "N=" in figure["text"], name
+    for name in ("robust_vs_sparsity", "robust_vs_speedup", "security_curves"):
+        assert all(axes.get_ylim() == (0, 100) for axes in seen[name]["axes"]), name
+    assert seen["robust_vs_speedup"]["axes"][0].get_xlim()[0] == 0
+    sparsity = seen["robust_vs_sparsity"]
+    assert "PGD, N=100 (mad: 25)" in sparsity["text"]
+    assert {"mad", "anpvs (channels)", "dense pgd-at"} <= set(sparsity["legend"])
+    ticks = [t.get_text() for t in seen["layer_sparsity"]["axes"][0].get_xticklabels()]
+    assert ticks == ["conv1", "conv2", "fc1", "fc2"]
+    ticks = [t.get_text() for t in seen["layer_vulnerability"]["axes"][0].get_xticklabels()]
+    assert ticks == ["conv1", "conv2"]  # network order, not the results' order
+    mad = sparsity["colours"]["mad"]
+    assert seen["security_curves"]["colours"]["mad-99"] == mad
+    assert seen["layer_sparsity"]["colours"]["mad-999"] == mad
+    assert seen["security_curves"]["colours"]["anpvs"] != mad

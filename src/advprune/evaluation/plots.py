@@ -110,12 +110,40 @@ def plot_distance_curve(
     return _save(figure, path)
 
 
-def plot_vulnerability(per_layer: Mapping[str, float], title: str, path: str | Path) -> Path:
-    """Mean |z(x) − z(x̃)| of each latent feature, layers in network order; written as PNG."""
-    names = list(per_layer)
-    figure, axes = _pyplot().subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5), dpi=120)
-    axes.bar(range(len(names)), [per_layer[name] for name in names])
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes.set(xlabel="layer", ylabel="vulnerability  mean |z(x) − z(x̃)|", title=title)
+def layer_ticks(axes: Any, labels: Sequence[str]) -> None:
+    """Layer names under the x axis: level when short (conv1), slanted when long."""
+    slanted = max(map(len, labels), default=0) > 6
+    axes.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=45 if slanted else 0,
+        ha="right" if slanted else "center",
+    )
+
+
+def plot_vulnerability(
+    per_layer: Mapping[str, float],
+    title: str,
+    path: str | Path,
+    *,
+    names: Mapping[str, str] | None = None,
+    examples: int | None = None,
+) -> Path:
+    """Mean |z(x) − z(x̃)| of each latent feature, layers in network order under their display
+    names (`names`: module → conv1, fc1), on `examples` attacked test examples; written as PNG."""
+    layers = list(per_layer)
+    labels = [(names or {}).get(layer, layer) for layer in layers]
+    figure, axes = _pyplot().subplots(figsize=(max(4.5, 0.5 * len(layers) + 2), 3.8), dpi=120)
+    axes.bar(range(len(layers)), [per_layer[layer] for layer in layers])
+    rotation = 0 if max(map(len, labels), default=0) <= 6 else 45
+    axes.set_xticks(
+        range(len(layers)), labels, rotation=rotation, ha="right" if rotation else "center"
+    )
+    counted = f" (N={examples})" if examples else ""
+    axes.set(
+        xlabel="layer (network order)",
+        ylabel=f"mean |z(x) − z(x̃)|{counted}",
+        title=title,
+    )
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
