@@ -227,7 +227,7 @@ def record_vulnerability(evaluation: Evaluation, job: AttackJob, meter: Vulnerab
     if path is not None and result["per_layer"]:
         plot_vulnerability(
             result["per_layer"],
-            f"{evaluation.title}: latent vulnerability",
+            evaluation.title,
             path,
             names=display_names(evaluation.model),
             examples=meter.examples,

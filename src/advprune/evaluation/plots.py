@@ -28,10 +28,25 @@ def _pyplot() -> Any:
 def _save(figure: Any, path: str | Path) -> Path:
     plt = _pyplot()
     try:
-        figure.tight_layout()
+        if figure.get_layout_engine() is None:
+            figure.tight_layout()
         return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     finally:
         plt.close(figure)
+
+
+def legend_below(figure: Any, axes_list: Sequence[Any]) -> None:
+    """One legend for the figure, below its axes where it covers no data, each label once (the
+    figure is made with layout="constrained")."""
+    entries: dict[str, Any] = {}
+    for axes in axes_list:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(
+            list(entries.values()), list(entries), loc="outside lower center",
+            ncols=min(3, len(entries)), fontsize="small", frameon=False,
+        )  # fmt: skip
 
 
 def draw_chance(axes: Any, chance: float | None) -> None:
@@ -55,7 +70,7 @@ def plot_security_curve(
 ) -> Path:
     """PGD accuracy (and AutoAttack's, where measured) against ε, with the training ε marked;
     written atomically as PNG."""
-    figure, axes = _pyplot().subplots(figsize=(5, 3.5), dpi=120)
+    figure, axes = _pyplot().subplots(figsize=(5, 4.2), dpi=120, layout="constrained")
     axes.plot(
         [p["eps"] for p in curve],
         [100 * p["accuracy"] for p in curve],
@@ -76,7 +91,7 @@ def plot_security_curve(
         xlabel="ε (L∞, [0, 1] pixels)", ylabel="robust accuracy (%)", ylim=(0, 100), title=title
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    legend_below(figure, [axes])
     return _save(figure, path)
 
 
@@ -96,7 +111,7 @@ def plot_distance_curve(
     top = max(float(finite.max()) * 1.1 if len(finite) else 0.0, 2 * eps, BENCHMARK_EPS * 1.5)
     radii = torch.linspace(0, top, 400)
     accuracy = (distances.view(1, -1) > radii.view(-1, 1)).float().mean(1)
-    figure, axes = _pyplot().subplots(figsize=(5, 3.5), dpi=120)
+    figure, axes = _pyplot().subplots(figsize=(5, 4.2), dpi=120, layout="constrained")
     axes.plot(radii.tolist(), (100 * accuracy).tolist(), label=f"{attack} (N={len(distances)})")
     axes.axvline(eps, color="grey", linestyle="--", linewidth=1, label=f"ε = {eps:g}")
     if abs(eps - BENCHMARK_EPS) > 1e-4:
@@ -106,7 +121,7 @@ def plot_distance_curve(
         xlabel="ε (L∞, [0, 1] pixels)", ylabel="robust accuracy (%)", ylim=(0, 100), title=title
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    legend_below(figure, [axes])
     return _save(figure, path)
 
 
@@ -142,7 +157,7 @@ def plot_vulnerability(
     counted = f" (N={examples})" if examples else ""
     axes.set(
         xlabel="layer (network order)",
-        ylabel=f"mean |z(x) − z(x̃)|{counted}",
+        ylabel=f"vulnerability |z(x) − z(x̃)|{counted}",
         title=title,
     )
     axes.grid(axis="y", alpha=0.3)

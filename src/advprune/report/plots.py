@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from advprune.core.io import atomic_write
-from advprune.evaluation.plots import layer_ticks
+from advprune.evaluation.plots import layer_ticks, legend_below
 from advprune.report.runs import RunSummary
 from advprune.report.seeds import spread
 from advprune.report.table import ATTACK_HEADERS
@@ -84,20 +84,6 @@ def run_styles(
         used[method] = used.get(method, 0) + 1
         styles[label] = {"color": colours.get(method, "C9"), "marker": marker}
     return styles
-
-
-def figure_legend(figure: Any, axes_list: Sequence[Any]) -> None:
-    """One legend for the figure, below its axes (never over the data), each label once."""
-    entries: dict[str, Any] = {}
-    for axes in axes_list:
-        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
-            entries.setdefault(label, handle)
-    if entries:
-        columns = min(3, len(entries))
-        figure.legend(
-            list(entries.values()), list(entries), loc="outside lower center", ncols=columns,
-            fontsize="small", frameon=False,
-        )  # fmt: skip
 
 
 def counted_title(header: str, counts: Mapping[str, int | None]) -> str:
@@ -177,7 +163,7 @@ def plot_robust_vs_sparsity(
         axes.ticklabel_format(axis="x", useOffset=False)
         axes.grid(alpha=0.3)
     figure.suptitle(title)
-    figure_legend(figure, panels[0])
+    legend_below(figure, panels[0])
     return save_figure(figure, path)
 
 
@@ -250,7 +236,7 @@ def plot_robust_vs_speedup(
         )
         axes.grid(alpha=0.3)
     figure.suptitle(title)
-    figure_legend(figure, panels[0])
+    legend_below(figure, panels[0])
     return save_figure(figure, path)
 
 
@@ -347,7 +333,7 @@ def plot_layer_values(
     else:
         axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
-    figure_legend(figure, [axes])
+    legend_below(figure, [axes])
     return save_figure(figure, path)
 
 
@@ -381,5 +367,5 @@ def plot_security_curves(
     axes.set(xlabel="ε (L∞, [0, 1] pixels)", xlim=(0, None))
     figure.suptitle(title)
     axes.grid(alpha=0.3)
-    figure_legend(figure, [axes])
+    legend_below(figure, [axes])
     return save_figure(figure, path)
