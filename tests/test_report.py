@@ -386,7 +386,9 @@ def test_figures_can_be_read(tmp_path, monkeypatch):
         if name != "layer_sparsity":  # weights, not test examples
             assert "N=" in figure["text"], name
     for name in ("robust_vs_sparsity", "robust_vs_speedup", "security_curves"):
-        assert all(axes.get_ylim() == (0, 100) for axes in seen[name]["axes"]), name
+        for axes in seen[name]["axes"]:  # 0-100 %, a marker's width to spare
+            low, high = axes.get_ylim()
+            assert -3 < low <= 0 and 100 <= high < 103, name
     assert seen["robust_vs_speedup"]["axes"][0].get_xlim()[0] == 0
     sparsity = seen["robust_vs_sparsity"]
     assert "PGD, N=100 (mad: 25)" in sparsity["text"]

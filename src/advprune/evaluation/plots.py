@@ -15,6 +15,9 @@ import torch
 from advprune.core.io import atomic_write
 from advprune.evaluation.min_norm import BENCHMARK_EPS
 
+# 0–100 %, with room for a marker's other half at 0 and at 100.
+PERCENT_RANGE = (-2.5, 102.5)
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -88,7 +91,10 @@ def plot_security_curve(
     axes.axvline(train_eps, color="grey", linestyle="--", linewidth=1, label=f"ε = {train_eps:g}")
     draw_chance(axes, chance)
     axes.set(
-        xlabel="ε (L∞, [0, 1] pixels)", ylabel="robust accuracy (%)", ylim=(0, 100), title=title
+        xlabel="ε (L∞, [0, 1] pixels)",
+        ylabel="robust accuracy (%)",
+        ylim=PERCENT_RANGE,
+        title=title,
     )
     axes.grid(alpha=0.3)
     legend_below(figure, [axes])
@@ -118,7 +124,10 @@ def plot_distance_curve(
         axes.axvline(BENCHMARK_EPS, color="grey", linestyle="-.", linewidth=1, label="8/255")
     draw_chance(axes, chance)
     axes.set(
-        xlabel="ε (L∞, [0, 1] pixels)", ylabel="robust accuracy (%)", ylim=(0, 100), title=title
+        xlabel="ε (L∞, [0, 1] pixels)",
+        ylabel="robust accuracy (%)",
+        ylim=PERCENT_RANGE,
+        title=title,
     )
     axes.grid(alpha=0.3)
     legend_below(figure, [axes])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from advprune.core.io import atomic_write
-from advprune.evaluation.plots import layer_ticks, legend_below
+from advprune.evaluation.plots import PERCENT_RANGE, layer_ticks, legend_below
 from advprune.report.runs import RunSummary
 from advprune.report.seeds import spread
 from advprune.report.table import ATTACK_HEADERS
@@ -103,7 +103,7 @@ def counted_title(header: str, counts: Mapping[str, int | None]) -> str:
 
 def accuracy_axis(axes: Any, attack: str, counts: Mapping[str, int | None]) -> None:
     """A panel's accuracy axis, 0–100 %, and its title with the N of its curves."""
-    axes.set_ylim(0, 100)
+    axes.set_ylim(*PERCENT_RANGE)
     axes.set_ylabel(f"{ATTACK_HEADERS[attack]} accuracy (%)")
     axes.set_title(counted_title(ATTACK_HEADERS[attack], counts), fontsize="medium")
 
@@ -329,7 +329,7 @@ def plot_layer_values(
         axes.set_title(counted_title("", examples), fontsize="medium")
     figure.suptitle(title)
     if percent:
-        axes.set_ylim(0, 100)
+        axes.set_ylim(*PERCENT_RANGE)
     else:
         axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
