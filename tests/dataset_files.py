@@ -65,3 +65,26 @@ def make_tiny_imagenet(root: Path) -> Path:
         "val_0.JPEG\tn02\t0\t0\t63\t63\nval_1.JPEG\tn01\t1\t2\t30\t40\n"
     )
     return folder
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "emu"),
+    per_class: dict[str, int] | None = None,
+    size: int = 12,
+    mode: str = "RGB",
+) -> Path:
+    """PNGs in ROOT/SPLIT/CLASS/, class k brighter in channel k (so a network can learn them):
+    `per_class` images per split (default 24 train, 8 test); a split with 0 is not written."""
+    rng = np.random.default_rng(0)
+    channels = 3 if mode == "RGB" else 1
+    for split, count in (per_class or {"train": 24, "test": 8}).items():
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 90, (size, size, channels), dtype=np.uint8)
+                pixels[:, :, label % channels] += 120 + 40 * (label // channels)
+                image = pixels if mode == "RGB" else pixels[:, :, 0]
+                Image.fromarray(image, mode).save(folder / f"{i:03d}.png")
+    return root

@@ -22,9 +22,11 @@ from advprune.data import (
     BatchLoader,
     DatasetSpec,
     ImageDataset,
+    dataset_names,
     download,
     downloads,
     get_spec,
+    image_folder_spec,
     load_dataset,
 )
 from advprune.data.downloads import RemoteFile, Source, md5sum
@@ -35,6 +37,7 @@ from dataset_files import (
     write_cifar_batch,
     write_idx,
     write_idx_split,
+    write_image_folder,
     write_svhn_split,
 )
 
@@ -346,6 +349,105 @@ def test_invalid_split_and_limit(tmp_path):
         load_dataset("mnist", "val", data_dir=tmp_path)
     with pytest.raises(DataError, match="positive"):
         load_dataset("mnist", "train", data_dir=tmp_path, limit=-1)
+
+
+# -------------------------------------------------------------------------------- image folder
+
+
+def test_image_folder_reads_each_split_as_uint8_with_class_names(tmp_path):
+    root = write_image_folder(tmp_path / "images", size=12)
+    train = load_dataset("imagefolder", "train", data_dir=root)
+    test = load_dataset("imagefolder", "test", data_dir=root)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (72, 3, 12, 12)
+    assert len(test) == 24 and train.class_names == test.class_names == ("cat", "dog", "emu")
+    assert train.num_classes == 3 and torch.bincount(train.labels).tolist() == [24, 24, 24]
+    # label k was written brighter in channel k: labels follow the sorted folder names
+    for label in range(3):
+        means = train.images[train.labels == label].float().mean((0, 2, 3))
+        assert means.argmax().item() == label
+    assert train.source == {"dataset": "imagefolder", "data_dir": str(root), "test_fraction": None}
+    # a fixed shuffled order: the first N are a sample of every class, the same every time
+    first = load_dataset("imagefolder", "train", data_dir=root, limit=12)
+    assert len(set(first.labels.tolist())) == 3
+    assert torch.equal(first.images, train.images[:12])
+
+
+def test_image_folder_grey_images_have_one_channel(tmp_path):
+    root = write_image_folder(tmp_path / "grey", ("a", "b"), mode="L", size=10)
+    train = load_dataset("imagefolder", "train", data_dir=root)
+    assert train.images.shape == (48, 1, 10, 10)
+    spec = image_folder_spec(train, eps=0.1)
+    assert (spec.in_channels, spec.image_size, spec.num_classes) == (1, 10, 2)
+    pixels = train.images.double() / 255
+    assert spec.mean[0] == pytest.approx(pixels.mean().item())
+    assert spec.std[0] == pytest.approx(pixels.std().item(), rel=1e-3)
+
+
+def test_image_folder_without_test_folder_holds_out_a_fixed_fraction_per_class(tmp_path):
+    root = write_image_folder(tmp_path / "images", per_class={"train": 20})
+    with pytest.raises(DataError, match=r"no test folder.*--test-fraction 0\.2"):
+        load_dataset("imagefolder", "test", data_dir=root)
+    train = load_dataset("imagefolder", "train", data_dir=root, test_fraction=0.25)
+    test = load_dataset("imagefolder", "test", data_dir=root, test_fraction=0.25)
+    assert torch.bincount(test.labels).tolist() == [5, 5, 5] and len(train) == 45
+    again = load_dataset("imagefolder", "test", data_dir=root, test_fraction=0.25)
+    assert torch.equal(test.images, again.images)
+    seen = {bytes(image.numpy()) for image in train.images}
+    assert not any(bytes(image.numpy()) in seen for image in test.images)
+
+
+def test_image_folder_class_folders_directly_under_the_data_dir(tmp_path):
+    root = write_image_folder(tmp_path / "images", per_class={"train": 4})
+    flat = tmp_path / "flat"
+    (root / "train").rename(flat)
+    assert load_dataset("imagefolder", "train", data_dir=flat).class_names == ("cat", "dog", "emu")
+
+
+def test_image_folder_mixed_sizes_or_modes_name_the_file_and_the_fix(tmp_path):
+    root = write_image_folder(tmp_path / "images", per_class={"train": 3, "test": 1})
+    odd = root / "train" / "dog" / "odd.png"
+    Image.new("RGB", (12, 11)).save(odd)
+    with pytest.raises(DataError, match=r"odd\.png is 12×11 RGB.*one size and mode.*convert"):
+        load_dataset("imagefolder", "train", data_dir=root)
+    Image.new("L", (12, 12)).save(odd)
+    with pytest.raises(DataError, match=r"odd\.png is 12×12 L, but .* RGB"):
+        load_dataset("imagefolder", "train", data_dir=root)
+    Image.new("RGBA", (12, 12)).save(odd)
+    with pytest.raises(DataError, match=r"odd\.png is a RGBA image; .* L \(grey\) or RGB"):
+        load_dataset("imagefolder", "train", data_dir=root)
+    odd.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"cannot read image .*odd\.png"):
+        load_dataset("imagefolder", "train", data_dir=root)
+
+
+def test_image_folder_layout_errors_say_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="does not exist; pass --data-dir"):
+        load_dataset("imagefolder", "train", data_dir=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="needs its folder; pass --data-dir"):
+        load_dataset("imagefolder", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class folders; put each class's images"):
+        load_dataset("imagefolder", "train", data_dir=tmp_path / "empty")
+    root = write_image_folder(tmp_path / "images", per_class={"train": 2, "test": 1})
+    (root / "test" / "yak").mkdir()
+    Image.new("RGB", (12, 12)).save(root / "test" / "yak" / "0.png")
+    with pytest.raises(DataError, match="yak is not a class of the train split"):
+        load_dataset("imagefolder", "test", data_dir=root)
+    with pytest.raises(DataError, match=r"has a test folder.*drop --test-fraction"):
+        load_dataset("imagefolder", "train", data_dir=root, test_fraction=0.2)
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no images"):
+        load_dataset("imagefolder", "train", data_dir=root)
+    rect = write_image_folder(tmp_path / "rect", per_class={"train": 2})
+    for path in rect.rglob("*.png"):
+        Image.new("RGB", (12, 10)).save(path)
+    with pytest.raises(DataError, match="12×10; advprune's models take square images"):
+        image_folder_spec(load_dataset("imagefolder", "train", data_dir=rect), eps=0.1)
+
+
+def test_every_listed_dataset_name_is_one_the_readers_know():
+    """`--help` lists `dataset_names()`; `custom` (tensors given in Python) is not among them."""
+    assert set(dataset_names()) == {*DATASETS, "imagefolder"}
 
 
 # ------------------------------------------------------------------------------------ download

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,17 +145,19 @@ def test_report_of_two_runs_has_their_rows_columns_and_figures(tmp_path):
 
     table = markdown_rows(report.read_text())
     assert [row["run"] for row in table] == ["dense", "anpvs"]
-    assert table[0]["PGD"] == "66.35"  # the whole test set: no interval shown
-    low, high = map(float, table[0]["AutoAttack"].removeprefix("60.00/64 [").rstrip("]").split(","))
+    assert table[0]["PGD (N=10000)"] == "66.35"  # the whole test set: no interval shown
+    aa = table[0]["AutoAttack (N=64)"]
+    low, high = map(float, aa.removeprefix("60.00/64 [").rstrip("]").split(","))
     assert low < 60 < high and high - low > 15  # 64 examples: a wide interval
     assert table[0]["params ≠ 0"] == "148k" and table[0]["masking check"] == "passed"
-    assert table[1]["PGD"] == table[1]["CW"] == table[1]["AutoAttack"] == "–"
+    assert table[1]["PGD (N=10000)"] == table[1]["CW (N=10000)"] == "–"
+    assert table[1]["AutoAttack (N=64)"] == "–"
     assert table[1]["FLOPs"] == "60k" and table[1]["latency b1 × dense"] == "0.25"
     assert table[0]["latency b1 × dense"] == "–"  # no latency in its results
     assert table[1]["masking check"] == "–" and table[1]["unit sparsity"] == "75.0%"
     assert table[1]["channel sparsity"] == "80.0%" and table[1]["speed-up b1"] == "–"
     assert table[1]["speed-up b128"] == "3.50× (3.00–4.25)"
-    assert table[1]["transfer"] == "70.00" and table[1]["vulnerability"] == "0.017"
+    assert table[1]["transfer (N=10000)"] == "70.00" and table[1]["vulnerability"] == "0.017"
 
     text = report.read_text()
     for figure in (
@@ -178,15 +181,35 @@ def test_per_layer_sparsity_is_read_from_the_model_file(tmp_path):
     assert layer_sparsity(pruned_run(tmp_path)) == {}
 
 
-def test_run_with_only_a_config_is_a_row_of_dashes(tmp_path):
+def test_runs_with_only_a_config_are_listed_apart_as_not_finished(tmp_path):
+    dense_run(tmp_path)
     run = tmp_path / "training"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "cifar10", "model": "vgg16"}))
     report = write_report([tmp_path], tmp_path / "out")  # a folder holding runs
-    (row,) = markdown_rows(report.read_text())
-    assert row["dataset"] == "cifar10" and row["model"] == "vgg16"
-    assert all(row[c] == "–" for c in ("method", "sparsity", "clean", "PGD", "AutoAttack"))
-    assert "not drawn" in report.read_text()
+    assert [row["run"] for row in markdown_rows(report.read_text())] == ["dense"]
+    assert "## Not finished" in report.read_text() and "training" in report.read_text()
+    assert "training" not in (tmp_path / "out" / "report.csv").read_text()
+    alone = write_report([run], tmp_path / "alone")
+    assert markdown_rows(alone.read_text()) == [] and "1 run(s) hold no model" in alone.read_text()
+
+
+def test_every_accuracy_says_its_number_of_examples(tmp_path):
+    """Runs evaluated on the same 200 test images: the header says N=200 (the CSV alone did);
+    runs on different numbers: each cell says its own."""
+    for name, count in (("a", 200), ("b", 200), ("c", 500)):
+        run = tmp_path / name
+        run.mkdir()
+        results = {
+            "accuracy": {"clean": 0.8, "pgd": 0.5},
+            "examples": {"clean": count, "pgd": count},
+            "method": "pgd-at",
+        }
+        (run / "results.json").write_text(json.dumps(results))
+    same = markdown_rows(write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "s").read_text())
+    assert same[0]["clean (N=200)"] == "80.00" and same[1]["PGD (N=200)"] == "50.00"
+    mixed = markdown_rows(write_report([tmp_path], tmp_path / "m").read_text())
+    assert [row["PGD"] for row in mixed] == ["50.00/200", "50.00/200", "50.00/500"]
 
 
 def test_summary_reads_results_before_model_metadata_before_config(tmp_path):
@@ -276,3 +299,105 @@ def test_paper_comparison_gives_the_difference_per_cell(tmp_path):
 
 def test_pretty_eps():
     assert pretty_eps(8 / 255) == "8/255" and pretty_eps(0.1) == "0.1" and pretty_eps(0.3) == "0.3"
+
+
+# ------------------------------------------------------------------------------------- figures
+
+LONG_ANPVS = (
+    "anpvs [finetune_attack_steps=3, finetune_batch_size=128, beta=10.0, vs_lambda=1.0, "
+    "gate_lr=0.2, conv_gate_init=-1.0, dense_gate_init=3.0]"
+)
+
+
+def figure_run(root, name, method, sparsity, pgd, examples, **extra):
+    """A LeNet-5-Caffe run: its model (every other weight of the first conv zero), results."""
+    run = root / name
+    run.mkdir()
+    spec = get_spec("fashion-mnist")
+    model = create_model(**architecture("lenet5-caffe", spec))
+    with torch.no_grad():
+        model.body[0].weight.view(-1)[::2] = 0
+    metadata = {"architecture": architecture("lenet5-caffe", spec), "method": {"label": method}}
+    save_model(run / "model.safetensors", model, {**metadata, "config": {"dataset": spec.name}})
+    results = {
+        "eps": 0.1,
+        "method": method,
+        "sparsity": sparsity,
+        "accuracy": {"clean": 0.8, "pgd": pgd, "autoattack": pgd - 0.01},
+        "examples": {"clean": examples, "pgd": examples, "autoattack": 32},
+        "gradient_masking_check": {"security_curve": CURVE, "passed": True, "examples": 100},
+        "vulnerability": {"overall": 0.02, "per_layer": {"body.3": 0.01, "body.0": 0.03}},
+        **extra,
+    }
+    results["vulnerability"]["attack"] = "pgd"
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def drawn_figures(monkeypatch, runs, out):
+    """Write the report of `runs`, keeping what each figure shows before it is saved."""
+    from advprune.report import plots
+
+    seen = {}
+    save = plots.save_figure
+
+    def keep(figure, path):
+        axes = [a for a in figure.axes if a.get_xlabel() or a.has_data()]
+        legends = [*figure.legends, *(a.get_legend() for a in axes if a.get_legend())]
+        seen[Path(path).name.split("-")[0]] = {
+            "legend": [t.get_text() for legend in legends for t in legend.get_texts()],
+            "axes": axes,
+            "text": " ".join(
+                [figure.get_suptitle()]
+                + [f"{a.get_title()} {a.get_xlabel()} {a.get_ylabel()}" for a in axes]
+            ),
+            "colours": {  # an errorbar's label is on its container
+                bars.get_label(): bars.lines[0].get_color() for a in axes for bars in a.containers
+            },
+        }
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    write_report(runs, out)
+    return seen
+
+
+def test_figures_can_be_read(tmp_path, monkeypatch):
+    """The demo's figures could not be read: a legend of full method labels over the data, an
+    axis offset ("+9.8999e1"), a 0.3 pp accuracy range filling the axis, body.0 for conv1."""
+    speedup = {"measured_speedup": {"batch_128": {"median": 1.3, "min": 1.2, "max": 1.4}}}
+    runs = [
+        figure_run(tmp_path, "dense", "pgd-at", 0.0, 0.573, 100),
+        figure_run(tmp_path, "anpvs", LONG_ANPVS, 0.99, 0.5725, 100, channel_sparsity=0.8,
+                   **speedup),
+        figure_run(tmp_path, "mad-99", "mad [saliency_fraction=0.25]", 0.9899, 0.4, 25),
+        figure_run(tmp_path, "mad-999", "mad [saliency_fraction=0.25]", 0.999, 0.3, 25),
+    ]  # fmt: skip
+    seen = drawn_figures(monkeypatch, runs, tmp_path / "out")
+    assert set(seen) == {
+        "robust_vs_sparsity", "robust_vs_speedup", "security_curves", "layer_sparsity",
+        "layer_vulnerability",
+    }  # fmt: skip
+    for name, figure in seen.items():
+        assert figure["legend"] and all(len(label) <= 36 for label in figure["legend"]), name
+        for axes in figure["axes"]:
+            assert axes.get_xlabel() and axes.get_ylabel(), name
+            assert axes.xaxis.get_major_formatter().get_offset() == "", name
+        if name != "layer_sparsity":  # weights, not test examples
+            assert "N=" in figure["text"], name
+    for name in ("robust_vs_sparsity", "robust_vs_speedup", "security_curves"):
+        for axes in seen[name]["axes"]:  # 0-100 %, a marker's width to spare
+            low, high = axes.get_ylim()
+            assert -3 < low <= 0 and 100 <= high < 103, name
+    assert seen["robust_vs_speedup"]["axes"][0].get_xlim()[0] == 0
+    sparsity = seen["robust_vs_sparsity"]
+    assert "PGD, N=100 (mad: 25)" in sparsity["text"]
+    assert {"mad", "anpvs (channels)", "dense pgd-at"} <= set(sparsity["legend"])
+    ticks = [t.get_text() for t in seen["layer_sparsity"]["axes"][0].get_xticklabels()]
+    assert ticks == ["conv1", "conv2", "fc1", "fc2"]
+    ticks = [t.get_text() for t in seen["layer_vulnerability"]["axes"][0].get_xticklabels()]
+    assert ticks == ["conv1", "conv2"]  # network order, not the results' order
+    mad = sparsity["colours"]["mad"]
+    assert seen["security_curves"]["colours"]["mad-99"] == mad
+    assert seen["layer_sparsity"]["colours"]["mad-999"] == mad
+    assert seen["security_curves"]["colours"]["anpvs"] != mad

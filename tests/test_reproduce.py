@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from advprune.cli import main
-from advprune.core.errors import ConfigError
+from advprune.core.errors import ConfigError, TrainingError
 from advprune.evaluation import EvalConfig, results_file
-from advprune.methods import method_names
+from advprune.methods import get_method, method_names
 from advprune.methods.anpvs import ANPVSSettings
 from advprune.methods.hydra import HydraSettings
 from advprune.recipes import available_recipes, load_recipe
 from advprune.reproduction import make_plan, reproduce, runnable_steps
 from advprune.reproduction.plan import scale_settings
+from advprune.reproduction.runner import with_set_hints
 from advprune.training import TrainConfig
 from dataset_files import (
     cifar_rows,
@@ -76,6 +77,55 @@ def test_a_setting_given_with_set_is_not_scaled(tmp_path):
     assert step.evaluate.limit_test == 5000 and step.setting("limit_train") == 30000
     unset = make_plan("fashion-mnist-suite", tmp_path, scale=0.5, only=["magnitude-99"])
     assert unset.steps[-1].evaluate.autoattack_limit == 250
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.05])
+def test_scale_gives_every_phase_of_the_demo_a_full_batch(scale, tmp_path):
+    """`--scale` promises at least one batch: a prune step's phase inherits the dense run's batch
+    (128), so 1 % of its 6,000 images (60) would give it none."""
+    plan = make_plan("demo", tmp_path, scale=scale)
+    dense = next(step for step in plan.steps if step.kind == "train").configs[0]
+    for step in plan.steps:
+        if step.kind == "train":
+            phases = [step.configs[0]]
+        else:
+            prune, settings = step.configs
+            phases = [get_method(step.method)(settings).phase(dense, prune)]
+        for phase in phases:
+            assert phase.limit_train >= phase.batch_size, step.name
+        assert step.setting("allow_chance") is True  # a smoke run's chance is its result
+
+
+def test_the_demo_at_one_percent_runs_its_prune_steps(tmp_path):
+    """`reproduce demo --scale 0.01` stopped at its first prune step (60 examples, batch 128)."""
+    fast = {"attack_steps": 1, "finetune_attack_steps": 1, "pgd_steps": 2, "indicator_examples": 0}
+    plan = reproduce(
+        "demo", tmp_path, scale=0.01, overrides=fast, only=["magnitude-99"], progress=False,
+        log=quiet,
+    )  # fmt: skip
+    assert [step.name for step in plan.steps] == ["pgd-at", "magnitude-99"]
+    for step in plan.steps:
+        assert (step.run_dir / "model.safetensors").is_file()
+        assert (step.run_dir / "results.json").is_file()
+
+
+def test_a_hint_inside_reproduce_names_the_set_key_not_a_flag_it_lacks(tmp_path):
+    plan = make_plan("demo", tmp_path, scale=0.01)
+    prune = next(step for step in plan.steps if step.name == "magnitude-99")
+    error = TrainingError(
+        "60 training examples give no full batch of 128; lower --batch-size or raise "
+        "--limit-train; --allow-chance trains on; prune with --scheme layerwise or a lower "
+        "--sparsity 0.5; pass --data-dir DIR or --resume"
+    )
+    hinted = with_set_hints(error, prune.configs)
+    assert type(hinted) is TrainingError and hinted.exit_code == error.exit_code
+    assert str(hinted) == (
+        "60 training examples give no full batch of 128; lower --set finetune_batch_size=VALUE "
+        "or raise --set limit_train=VALUE; --set allow_chance=true trains on; prune with --set "
+        "scheme=layerwise or a lower --set sparsity=0.5; pass --data-dir DIR or --resume"
+    )
+    train = next(step for step in plan.steps if step.kind == "train")
+    assert "--set batch_size=VALUE" in str(with_set_hints(error, train.configs))
 
 
 @pytest.mark.parametrize("scale", [0, -0.5, 1.5, float("nan")])

@@ -109,8 +109,13 @@ def _run_dir(run_dir: str | Path | None) -> Iterator[Path]:
         yield Path(folder) / "run"
 
 
-def _train_config(model: nn.Module, eps: float, settings: dict[str, Any]) -> TrainConfig:
+def _train_config(
+    model: nn.Module, eps: float, data: TrainingData, settings: dict[str, Any]
+) -> TrainConfig:
+    """The run's settings; the data is recorded by the files it was read from where it was
+    (`load_dataset`), so that `advprune eval RUN_DIR` can read its test split again."""
     values = {"dataset": CUSTOM_DATASET, "model": _model_name(model), "eps": eps}
+    values.update({k: v for k, v in (data.train.source or {}).items() if v is not None})
     values.update(monitor_examples=0, checkpoint_every=0)
     return TrainConfig.from_dict({**values, **settings}, source="adversarial_train arguments")
 
@@ -135,7 +140,7 @@ def adversarial_train(
         robust = adversarial_train(MyCNN(), (x, y), eps=0.1, objective="trades", epochs=10)
     """
     data = _training_data(train_data, test_data, eps)
-    config = _train_config(model, eps, {"objective": objective, "epochs": epochs, **settings})
+    config = _train_config(model, eps, data, {"objective": objective, "epochs": epochs, **settings})
     wrapped = _wrapped(model, data.spec.in_channels)
     with _run_dir(run_dir) as folder:
         trained = train_phase(
@@ -174,7 +179,7 @@ def prune(
     )
     data = _training_data(train_data, test_data, eps)
     wrapped = _wrapped(model, data.spec.in_channels)
-    source = Source(wrapped, _train_config(model, eps, trained), _weights_key(wrapped))
+    source = Source(wrapped, _train_config(model, eps, data, trained), _weights_key(wrapped))
     with _run_dir(run_dir) as folder:
         pruned = prune_run(
             prune_settings,

@@ -27,12 +27,15 @@ def _models() -> dict[str, str]:
 
 
 def _datasets() -> dict[str, str]:
-    from advprune.data import DATASETS
+    from advprune.data import DATASETS, IMAGE_FOLDER
 
     return {
         name: f"{spec.num_classes} classes, {spec.in_channels}×{spec.image_size}×"
         f"{spec.image_size}, standard ε {spec.default_eps:.4g}"
         for name, spec in DATASETS.items()
+    } | {
+        IMAGE_FOLDER: "your images: --data-dir DIR with DIR/train/CLASS/*.png and "
+        "DIR/test/CLASS/*.png (or --test-fraction); one size, L or RGB; pass --eps"
     }
 
 

@@ -23,7 +23,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--scale",
         type=float,
         default=1.0,
-        help="in (0, 1]: epochs ×F (≥ 1) and data ×F (≥ one batch) for a smoke run",
+        help="in (0, 1]: epochs ×F (≥ 1) and data ×F (≥ one batch) for a smoke run, which goes on "
+        "where a tiny budget ends at chance",
     )
     parser.add_argument(
         "--runs-dir", help="where the step runs go (default runs/reproduce/RECIPE[-scaleF])"

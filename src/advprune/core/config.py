@@ -105,13 +105,17 @@ class Config:
     EXECUTION_KEYS: ClassVar[frozenset[str]] = frozenset()
     # What an unset (None) setting means, as `--help` says it.
     UNSET: ClassVar[str] = ""
+    # Values a field accepts beside its choices without `--help` listing them: names the Python
+    # API records (a dataset of in-memory tensors), which no flag can usefully give.
+    UNLISTED_CHOICES: ClassVar[dict[str, frozenset[str]]] = {}
 
     def validate(self: C) -> C:
         """Check choices; subclasses add their range checks and call this."""
         for field in dataclasses.fields(self):
             allowed = choices_of(field)
             value = getattr(self, field.name)
-            if allowed is not None and value is not None and value not in allowed:
+            unlisted = self.UNLISTED_CHOICES.get(field.name, frozenset())
+            if allowed is not None and value is not None and value not in {*allowed, *unlisted}:
                 raise ConfigError(
                     f"unknown {field.name} {value!r}; choose one of {', '.join(allowed)}"
                     + closest(str(value), allowed)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from advprune.core.errors import DataError
+
+# The name of images passed in Python as tensors: no files to read them again from.
+CUSTOM_DATASET = "custom"
 
 
 def check_limit(limit: int | None) -> None:
@@ -24,13 +29,18 @@ class ImageDataset:
 
     The standard datasets are kept as uint8 (a quarter of float32 memory, so even Tiny-ImageNet
     fits on a GPU; batches are converted there, see `BatchLoader`); images a user passes as float
-    tensors in [0, 1] are kept as they are (`from_tensors`).
+    tensors in [0, 1] are kept as they are (`from_tensors`). `class_names` are kept where the
+    files name them (an image folder's class folders); `source` holds the settings that read the
+    split again (dataset, data_dir, test_fraction), so a run trained on it in Python records
+    where its data came from; None for tensors made in Python.
     """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    class_names: tuple[str, ...] = ()
+    source: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4:
@@ -47,7 +57,7 @@ class ImageDataset:
 
     @classmethod
     def from_tensors(
-        cls, images: torch.Tensor, labels: torch.Tensor, name: str = "custom"
+        cls, images: torch.Tensor, labels: torch.Tensor, name: str = CUSTOM_DATASET
     ) -> ImageDataset:
         """A dataset of the caller's own tensors: float images in [0, 1] (or uint8), as they are.
 
@@ -78,11 +88,11 @@ class ImageDataset:
         check_limit(limit)
         if limit is None or limit >= len(self):
             return self
-        return ImageDataset(self.name, self.images[:limit], self.labels[:limit], self.num_classes)
+        return dataclasses.replace(self, images=self.images[:limit], labels=self.labels[:limit])
 
     def to(self, device: torch.device | str) -> ImageDataset:
-        return ImageDataset(
-            self.name, self.images.to(device), self.labels.to(device), self.num_classes
+        return dataclasses.replace(
+            self, images=self.images.to(device), labels=self.labels.to(device)
         )
 
 

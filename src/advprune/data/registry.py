@@ -15,6 +15,7 @@ from advprune.core.errors import DataError
 from advprune.data import cifar, idx, svhn, tiny_imagenet
 from advprune.data.dataset import DatasetSpec, ImageDataset, check_limit, get_spec
 from advprune.data.downloads import download as download_dataset
+from advprune.data.image_folder import IMAGE_FOLDER, read_image_folder
 
 SPLITS = ("train", "test")
 # Debian's dataset-fashion-mnist package installs the four IDX files here.
@@ -120,23 +121,41 @@ def _check_contents(
         )
 
 
+def dataset_names() -> tuple[str, ...]:
+    """What `--dataset` reads: the standard datasets and a folder of the user's images."""
+    return (*_FORMATS, IMAGE_FOLDER)
+
+
 def load_dataset(
     name: str,
     split: str,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     limit: int | None = None,
+    test_fraction: float | None = None,
 ) -> ImageDataset:
     """The `split` ("train" or "test") of dataset `name`, or its first `limit` examples.
 
     Looks under `data_dir` (default: ~/.cache/advprune/datasets, and for Fashion-MNIST first
     /usr/share/datasets/fashion-mnist); with `download`, missing files are fetched into that
-    directory. Tiny-ImageNet's test split is its labelled val split.
+    directory. Tiny-ImageNet's test split is its labelled val split. "imagefolder" reads the
+    user's class folders under `data_dir` (`data.image_folder`; `test_fraction` holds out part
+    of each class when there is no test folder).
+
+    Example:
+        test = load_dataset("imagefolder", "test", data_dir="my_images")
     """
-    spec = get_spec(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     check_limit(limit)
+    if name == IMAGE_FOLDER:
+        if data_dir is None:
+            raise DataError(
+                "the imagefolder dataset needs its folder; pass --data-dir DIR "
+                "(DIR/train/CLASS/*.png)"
+            )
+        return read_image_folder(data_dir, split, test_fraction, limit)
+    spec = get_spec(name)
     folders = _folders(name, data_dir)
     found = _find(name, split, folders)
     if found is None and download:
@@ -147,4 +166,5 @@ def load_dataset(
     folder, files = found
     images, labels = _FORMATS[name].read(files, limit)
     _check_contents(spec, folder, images, labels)
-    return ImageDataset(spec.name, images, labels, spec.num_classes)
+    source = {"dataset": name, "data_dir": None if data_dir is None else str(data_dir)}
+    return ImageDataset(spec.name, images, labels, spec.num_classes, source=source)

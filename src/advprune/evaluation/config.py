@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from advprune.core.config import Config, setting
 from advprune.core.errors import ConfigError
+from advprune.data import dataset_names
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "ap-benchmark": {
@@ -114,7 +115,15 @@ class EvalConfig(Config):
     )
     seed: int = setting(0, "seed of the random starts and the gate noise")
     device: str = setting("auto", "cpu | cuda | cuda:N | auto")
-    data_dir: str | None = setting(None, "where the dataset is (default: the run's)")
+    dataset: str | None = setting(
+        None,
+        "dataset to evaluate on (default: the run's; needed for a run trained in Python on "
+        "tensors)",
+        choices=dataset_names,
+    )
+    data_dir: str | None = setting(
+        None, "where the dataset is, or imagefolder's folder (default: the run's)"
+    )
     download: bool = setting(False, "fetch the dataset if it is missing")
 
     def validate(self) -> EvalConfig:

@@ -34,6 +34,7 @@ from advprune.evaluation.results import EvalOutput, ResultsStore
 from advprune.evaluation.robustness import correctness
 from advprune.evaluation.stochastic import sampled_gates
 from advprune.evaluation.vulnerability import VulnerabilityMeter
+from advprune.models.layer_names import display_names
 
 SAMPLED = "_sampled"  # suffix of the clean accuracy of the stochastic network
 
@@ -224,7 +225,13 @@ def record_vulnerability(evaluation: Evaluation, job: AttackJob, meter: Vulnerab
     evaluation.store.record("vulnerability", {**result, "attack": job.key, "settings": settings})
     path = evaluation.output.file("vulnerability", "png")
     if path is not None and result["per_layer"]:
-        plot_vulnerability(result["per_layer"], f"{evaluation.title}: latent vulnerability", path)
+        plot_vulnerability(
+            result["per_layer"],
+            evaluation.title,
+            path,
+            names=display_names(evaluation.model),
+            examples=meter.examples,
+        )
 
 
 def evaluate_model(

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from advprune.core.device import resolve_device
-from advprune.core.errors import CheckpointError
+from advprune.core.errors import CheckpointError, DataError
 from advprune.core.run_dir import RunDir
 from advprune.core.tensor_files import read_metadata
-from advprune.data import get_spec, load_dataset
+from advprune.data import CUSTOM_DATASET, ImageDataset, get_spec, load_dataset
 from advprune.evaluation.checks import run_checks
 from advprune.evaluation.complexity import gated_complexity, model_complexity
 from advprune.evaluation.config import EvalConfig
@@ -68,7 +68,7 @@ def results_file(
     run = RunDir.existing(run_dir)
     metadata = read_metadata(run.model, "model file")
     dataset = metadata.get("config", {}).get("dataset")
-    run_eps = metadata.get("eps", get_spec(dataset).default_eps if dataset else None)
+    run_eps = metadata.get("eps") or (get_spec(dataset).default_eps if dataset else None)
     eps = config.eps if config.eps is not None else run_eps
     return EvalOutput.choose(Path(out_dir or run.path), eps, run_eps, config.protocol).results
 
@@ -86,23 +86,17 @@ def open_evaluation(
     model, metadata = load_model(run.model, device=device)
     model = in_trained_layout(model, metadata)
     trained = metadata.get("config", {})
-    dataset = trained.get("dataset")
-    if dataset is None:
+    if trained.get("dataset") is None:
         raise CheckpointError(
             f"{run.model} does not name its dataset; it was not written by `advprune train`"
         )
     if config.sampled_gates:
         with sampled_gates(model, config.seed):  # refuses a model without gates
             pass
-    run_eps = metadata.get("eps", get_spec(dataset).default_eps)
+    run_eps = metadata.get("eps") or get_spec(trained["dataset"]).default_eps
     eps = config.eps if config.eps is not None else run_eps
-    test = load_dataset(
-        dataset,
-        "test",
-        data_dir=config.data_dir or trained.get("data_dir"),
-        download=config.download,
-        limit=config.limit_test,
-    )
+    test = load_test_data(config, metadata, run)
+    dataset = test.name
     source, source_record = None, None
     if config.transfer_from:
         source, source_metadata = load_source(config.transfer_from, run, metadata, device)
@@ -128,13 +122,63 @@ def open_evaluation(
     return evaluation, {**metadata, "run_eps": run_eps}
 
 
+def load_test_data(config: EvalConfig, metadata: dict[str, Any], run: RunDir) -> ImageDataset:
+    """The test split the run is evaluated on: its own dataset (from its recorded folder unless
+    --data-dir says where it is now) or the one --dataset names, checked against the network."""
+    trained = metadata["config"]
+    dataset = config.dataset or trained["dataset"]
+    if dataset == CUSTOM_DATASET:
+        raise CheckpointError(
+            f"{run.path} was trained in Python on in-memory tensors, which it does not hold; "
+            "evaluate it with advprune.evaluate(model, (images, labels), eps=...) or pass "
+            "--dataset NAME (and --data-dir DIR) to say which images to evaluate it on"
+        )
+    own = dataset == trained["dataset"]
+    test = load_dataset(
+        dataset,
+        "test",
+        data_dir=config.data_dir or (trained.get("data_dir") if own else None),
+        download=config.download,
+        limit=config.limit_test,
+        test_fraction=trained.get("test_fraction") if own else None,
+    )
+    check_test_data(test, metadata, run)
+    return test
+
+
+def check_test_data(test: ImageDataset, metadata: dict[str, Any], run: RunDir) -> None:
+    """Images of another shape, or classes numbered otherwise, would give numbers that mean
+    nothing (or a shape error deep inside the network)."""
+    architecture = metadata["architecture"]
+    where = test.source.get("data_dir") if test.source else None
+    folder = f" in {where}" if where else ""
+    if tuple(test.images.shape[1:]) != input_shape(architecture):
+        raise DataError(
+            f"test images{folder} are {tuple(test.images.shape[1:])} (C, H, W), but {run.path}'s "
+            f"network takes {input_shape(architecture)}; pass the images it was trained on "
+            "(--dataset/--data-dir)"
+        )
+    recorded = metadata.get("class_names")
+    if recorded and test.class_names and list(test.class_names) != recorded:
+        raise DataError(
+            f"the test classes{folder} ({', '.join(test.class_names)}) differ from those "
+            f"{run.path} was trained on ({', '.join(recorded)}); pass the folder it was trained "
+            "on (--data-dir)"
+        )
+    if len(test) and int(test.labels.max()) >= architecture["num_classes"]:
+        raise DataError(
+            f"test labels{folder} reach {int(test.labels.max())}, but {run.path}'s network has "
+            f"{architecture['num_classes']} classes; pass the images it was trained on"
+        )
+
+
 def describe(evaluation: Evaluation, run: RunDir, metadata: dict[str, Any]) -> None:
     """What is evaluated, at which ε, under which protocol, and the provenance."""
     config, trained = evaluation.config, metadata.get("config", {})
     evaluation.store.data.update(
         run=str(run.path),
         model=metadata["architecture"]["name"],
-        dataset=trained.get("dataset"),
+        dataset=evaluation.test.name,
         method=metadata.get("method", {}).get("label")
         or metadata.get("method", {}).get("name", trained.get("objective")),
         eps=evaluation.eps,

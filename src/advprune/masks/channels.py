@@ -15,8 +15,11 @@ norm's γ and β (the channel then outputs exactly 0 after BN) and the columns t
 `advprune export` removes it physically (masks/export.py). The same expansion is differentiable
 (`parameter_masks`), which is how HYDRA's and HARP's straight-through channel scores act.
 
-Channel sparsity is the fraction of the groups' channels removed, each group counted once
-(the adversarial-pruning benchmark's definition of structured sparsity).
+Channel sparsity is the fraction of the prunable groups' channels removed, each group counted
+once (the adversarial-pruning benchmark's definition of structured sparsity). A group that a
+grouped (e.g. depthwise) conv makes or reads cannot be pruned: such a conv ties its channel k to
+its input channel k, so one channel cannot go alone. Those groups keep every channel, are named
+once in the run's log (`unprunable_groups`) and count in neither side of the fraction.
 """
 
 from __future__ import annotations
@@ -79,15 +82,24 @@ def output_layer(model: nn.Module, example: Tensor) -> str:
     return name
 
 
+def unprunable_reason(group: torch_pruning.Group, names: Mapping[nn.Module, str]) -> str | None:
+    """Why the group cannot be pruned — a grouped (e.g. depthwise) conv makes or reads its
+    channels (module docstring) — or None."""
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, CONVS) and module.groups != 1:
+            size = len(group[0].idxs)
+            return f"{size} channels: the grouped conv {names[module]} ties each to its input"
+    return None
+
+
 def _slices(
     graph: torch_pruning.DependencyGraph, group: torch_pruning.Group, names: dict
-) -> list[ChannelSlice] | None:
-    """The parameter slices of a Torch-Pruning group; None if a grouped conv reads or makes it."""
+) -> list[ChannelSlice]:
+    """The parameter slices of a Torch-Pruning group without grouped convs."""
     slices = []
     for item in group:
         module, handler = item.dep.target.module, item.dep.handler
-        if isinstance(module, CONVS) and module.groups != 1:
-            return None
         index = torch.as_tensor(item.idxs, dtype=torch.long)
         channel = torch.as_tensor(item.root_idxs, dtype=torch.long)
         if isinstance(module, NORMS):
@@ -108,23 +120,76 @@ def _slices(
     return slices
 
 
-def channel_groups(model: nn.Module, example: Tensor) -> list[ChannelGroup]:
-    """Every channel group of `model` (traced on `example`, one input batch), in graph order.
-
-    A group made or read by a grouped (e.g. depthwise) conv is left out: its channels stay.
-    """
+def _graph_groups(
+    model: nn.Module, example: Tensor
+) -> tuple[torch_pruning.DependencyGraph, list[torch_pruning.Group], dict[nn.Module, str]]:
+    """Torch-Pruning's graph of `model`, its groups (the output layer's units left out) and the
+    modules' names."""
     output = model.get_submodule(output_layer(model, example))
     graph = dependency_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
+    groups = graph.get_all_groups(ignored_layers=[output], root_module_types=PRUNABLE)
+    return graph, list(groups), names
+
+
+def channel_groups(model: nn.Module, example: Tensor) -> list[ChannelGroup]:
+    """Every prunable channel group of `model` (traced on `example`, one input batch), in graph
+    order; a group made or read by a grouped conv is left out (`unprunable_groups`)."""
+    graph, found, names = _graph_groups(model, example)
     groups = []
-    for group in graph.get_all_groups(ignored_layers=[output], root_module_types=PRUNABLE):
+    for group in found:
+        if unprunable_reason(group, names) is not None:
+            continue
         slices = _slices(graph, group, names)
-        if slices and any(s.role == PRODUCER for s in slices):
+        if any(s.role == PRODUCER for s in slices):
             root = names[group[0].dep.target.module]
             groups.append(ChannelGroup(root, len(group[0].idxs), slices))
     if not groups:
         raise ConfigError("the model has no conv or hidden linear layer whose channels can go")
     return groups
+
+
+def unprunable_groups(model: nn.Module, example: Tensor) -> dict[str, str]:
+    """Root layer → why its channel group keeps every channel, for the groups `channel_groups`
+    leaves out: "8 channels: the grouped conv dw ties each to its input"."""
+    _, found, names = _graph_groups(model, example)
+    reasons = {}
+    for group in found:
+        why = unprunable_reason(group, names)
+        if why is not None:
+            reasons[names[group[0].dep.target.module]] = why
+    return reasons
+
+
+def removed_channels(groups: list[ChannelGroup], masks: Mapping[str, Tensor]) -> tuple[int, int]:
+    """(channels removed, channels in all) over `groups` under weight keep-masks: a channel is
+    removed when every weight producing it is masked. The channel sparsity of any method's
+    channel masks (selected, learnt by HYDRA or HARP), as export measures it."""
+    removed = total = 0
+    for group in groups:
+        kept = torch.zeros(group.size)
+        for part in group.slices:
+            if part.role == PRODUCER and part.parameter in masks:
+                mask = masks[part.parameter].detach().float().cpu()
+                kept.index_add_(0, part.channel, _summed(mask, part.dim, part.index))
+        removed += int((kept == 0).sum())
+        total += group.size
+    return removed, total
+
+
+def describe_channel_pruning(
+    method: str, removed: int, total: int, unprunable: Mapping[str, str]
+) -> str:
+    """The one sparsity figure a channel run prints (channel sparsity, docs/methods.md), and
+    the groups that keep every channel, with why."""
+    line = (
+        f"{method}: pruned {removed / total:.2%} of the prunable channels ({removed} of {total}; "
+        "channel sparsity)"
+    )
+    if unprunable:
+        kept = "; ".join(f"{root} ({why})" for root, why in unprunable.items())
+        line += f"; not prunable, every channel kept: {kept}"
+    return line
 
 
 def _summed(values: Tensor, dim: int, index: Tensor) -> Tensor:

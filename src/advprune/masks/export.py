@@ -30,7 +30,7 @@ import torch_pruning
 from torch import Tensor, nn
 
 from advprune.core.errors import CheckpointError
-from advprune.masks.channels import output_layer
+from advprune.masks.channels import output_layer, unprunable_reason
 from advprune.masks.gated import dependency_graph, fold_gates
 from advprune.models.features import trace_layer_chains
 from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
@@ -112,25 +112,28 @@ def remove_unread_units(
 
 @torch.no_grad()
 def channel_sparsity(model: nn.Module, example: Tensor) -> dict:
-    """The fraction of channels removed (`channel_sparsity`) over the channel groups of a folded
-    or masked network — every conv and hidden linear layer, coupled layers once (masks/channels.py)
-    — and the groups' widths before and after: {"channel_sparsity", "channels": {"total",
-    "kept", "per_group": {root layer: [kept, total]}}}. A channel is removed when no layer reads
+    """The fraction of channels removed (`channel_sparsity`) over the prunable channel groups of
+    a folded or masked network — every conv and hidden linear layer, coupled layers once, groups
+    of grouped convs left out (masks/channels.py) — and the groups' widths before and after:
+    {"channel_sparsity", "channels": {"total", "kept", "per_group": {root layer: [kept, total]},
+    "unprunable": {root layer: why}}}. A channel is removed when no layer reads
     it; the padding `--round-to` keeps is still removed."""
     ignored = [model.get_submodule(output_layer(model, example))]
     graph = dependency_graph(model, example)
     names = {module: name for name, module in model.named_modules()}
-    per_group = {}
+    per_group, unprunable = {}, {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        size = len(group[0].idxs)
+        size, root = len(group[0].idxs), names[group[0].dep.target.module]
+        why = unprunable_reason(group, names)
+        if why is not None:
+            unprunable[root] = why
+            continue
         unread, _ = _unread_units(graph, group, 1)
-        per_group[names[group[0].dep.target.module]] = [size - len(unread), size]
+        per_group[root] = [size - len(unread), size]
     total = sum(size for _, size in per_group.values())
     kept = sum(kept for kept, _ in per_group.values())
-    return {
-        "channel_sparsity": 1 - kept / total if total else 0.0,
-        "channels": {"total": total, "kept": kept, "per_group": per_group},
-    }
+    channels = {"total": total, "kept": kept, "per_group": per_group, "unprunable": unprunable}
+    return {"channel_sparsity": 1 - kept / total if total else 0.0, "channels": channels}
 
 
 def max_output_difference(first: nn.Module, second: nn.Module, example: Tensor) -> float:

@@ -63,8 +63,11 @@ from advprune.masks.channels import (
     ChannelGroup,
     channel_groups,
     channel_weight_masks,
+    describe_channel_pruning,
     group_sums,
+    removed_channels,
     select_channels,
+    unprunable_groups,
 )
 from advprune.training.config import (
     OBJECTIVES,
@@ -415,11 +418,13 @@ class ScoredMethod(PruningMethod):
         if resume:
             return MaskedTraining(None, metadata)  # the masks come back with the checkpoint
         masks = self.masks(context)
-        what = "of the channels' weights" if context.channels else "of the scored weights"
-        context.log(
-            f"{self.name}: pruned {masks.sparsity():.2%} {what} "
-            f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
-        )
+        how = f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
+        if context.channels:
+            removed, total = removed_channels(context.channel_groups(), masks)
+            unprunable = unprunable_groups(context.model, context.example())
+            context.log(f"{describe_channel_pruning(self.name, removed, total, unprunable)} {how}")
+        else:
+            context.log(f"{self.name}: pruned {masks.sparsity():.2%} of the scored weights {how}")
         return MaskedTraining(masks, metadata)
 
 

@@ -165,9 +165,8 @@ def format_export(summary: dict[str, Any]) -> str:
     sizes = summary["complexity"]
     channels = summary["channels"]
     lines = [
-        f"channels kept {channels['kept']}/{channels['total']} "
-        f"(channel sparsity {summary['channel_sparsity']:.2%}); "
-        f"weights zero or removed {summary['sparsity']:.2%}",
+        f"channels kept {channels['kept']}/{channels['total']} of the prunable groups "
+        f"(channel sparsity {summary['channel_sparsity']:.2%})",
         f"params {sizes['dense']['params']:,} dense → {sizes['exported']['params']:,} exported "
         f"(widths multiples of {summary.get('round_to', 1)} where they can be); "
         f"memory {summary['memory_fraction']:.2%} of dense; "

@@ -27,6 +27,8 @@ unless asked for by `results_name`.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -36,11 +38,14 @@ from typing import Any
 
 import yaml
 
-from advprune.core.errors import ConfigError
+from advprune.core.errors import AdvpruneError, ConfigError
 from advprune.core.io import read_json
 from advprune.core.run_dir import RunDir
 from advprune.core.tensor_files import load_tensors, read_metadata
 from advprune.evaluation.statistics import wilson_interval
+from advprune.models import create_model
+from advprune.models.layer_names import display_names
+from advprune.models.serialization import ARCHITECTURE_KEYS
 
 ACCURACY_KEYS = ("clean", "fgsm", "pgd", "cw", "autoattack", "transfer")
 EXTRA_ACCURACY_KEYS = ("fmn", "pgd_eot", "autoattack_rand", "worst_case")  # shown when present
@@ -82,6 +87,9 @@ class RunSummary:
     latency_absolute: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
     latency_device: str | None = None
     curve_examples: int | None = None
+    vulnerability_examples: int | None = None  # the test examples its attack ran on
+    # module name → the name a reader knows the layer by (conv1, fc1), in network order
+    layer_names: dict[str, str] = field(default_factory=dict)
     num_classes: int | None = None
     indicators_passed: bool | None = None
     failed_indicators: list[str] = field(default_factory=list)
@@ -285,6 +293,12 @@ def _checks_and_costs(results: Mapping[str, Any], architecture: Mapping[str, Any
         },
         "latency_device": text(mapping(latency).get("device_name")),
         "curve_examples": count(mapping(results.get("gradient_masking_check")).get("examples")),
+        "vulnerability_examples": count(
+            mapping(results.get("examples")).get(
+                mapping(results.get("vulnerability")).get("attack")
+            )
+        ),
+        "layer_names": layer_display_names(architecture),
         "num_classes": first(
             count(architecture.get("num_classes")),
             round(1 / chance_level) if chance_level else None,
@@ -298,6 +312,24 @@ def _checks_and_costs(results: Mapping[str, Any], architecture: Mapping[str, Any
         "at_chance": None if _flag(chance.get("passed")) is None else not chance["passed"],
         "protocol": text(mapping(results.get("protocol")).get("name")),
     }
+
+
+def layer_display_names(architecture: Mapping[str, Any]) -> dict[str, str]:
+    """Module name → display name (conv1, fc1: `models.layer_names`) of the run's network, rebuilt
+    from its recorded architecture; empty when the model file does not say or the network can no
+    longer be built (the module names are shown then)."""
+    if not all(key in architecture for key in ARCHITECTURE_KEYS):
+        return {}
+    return dict(_display_names(json.dumps({k: architecture[k] for k in ARCHITECTURE_KEYS})))
+
+
+@functools.lru_cache(maxsize=32)
+def _display_names(architecture: str) -> tuple[tuple[str, str], ...]:
+    try:
+        model = create_model(**json.loads(architecture))
+    except AdvpruneError:
+        return ()
+    return tuple(display_names(model).items())
 
 
 def _flag(value: Any) -> bool | None:

@@ -124,6 +124,8 @@ def aggregate(members: Sequence[RunSummary], path: Path) -> RunSummary:
         },
         vulnerability=_mean(m.vulnerability for m in members),
         layer_vulnerability=_means([m.layer_vulnerability for m in members]),
+        vulnerability_examples=first.vulnerability_examples,
+        layer_names=first.layer_names,
         security_curve=_curve(members),
         masking_check_passed=_all_passed([m.masking_check_passed for m in members]),
         attack_descriptions=first.attack_descriptions,

@@ -136,23 +136,36 @@ def _or_missing(value: Any, form: Callable[[Any], str]) -> str:
 MarkdownColumn = tuple[str, Callable[[RunSummary], str]]
 
 
-def accuracy_cell(summary: RunSummary, attack: str) -> str:
+def accuracy_cell(summary: RunSummary, attack: str, with_count: bool = False) -> str:
     """ "66.35", or on a subset "60.00/64 [47.8, 71.1]" (the Wilson 95 % interval in %); over
-    seeds "66.35 ± 0.80" (the standard deviation over the runs, in %)."""
+    seeds "66.35 ± 0.80" (the standard deviation over the runs, in %). `with_count` adds the
+    number of examples to every cell ("66.35/500"), for a column whose rows differ in it."""
     value = summary.accuracy.get(attack)
     if value is None:
         return MISSING
+    count = summary.examples.get(attack)
     if summary.members:
-        return _with_spread(summary, lambda s: s.accuracy.get(attack), ".2f", 100)
-    suffix = subset_suffix(summary, attack)
+        cell = _with_spread(summary, lambda s: s.accuracy.get(attack), ".2f", 100)
+        return f"{cell} (N={count})" if with_count and count else cell
+    suffix = subset_suffix(summary, attack) or (f"/{count}" if with_count and count else "")
     interval = summary.intervals.get(attack)
-    if suffix and interval is not None:
+    if subset_suffix(summary, attack) and interval is not None:
         suffix += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
     return f"{100 * value:.2f}{suffix}"
 
 
 def _accuracy_column(attack: str) -> MarkdownColumn:
     return ATTACK_HEADERS[attack], lambda summary: accuracy_cell(summary, attack)
+
+
+def _counted_accuracy_column(attack: str, summaries: Sequence[RunSummary]) -> MarkdownColumn:
+    """The column of `attack` saying how many test examples each accuracy rests on: in the
+    header when every row used the same number ("PGD (N=500)"), else in each cell."""
+    counts = {s.examples.get(attack) for s in summaries if attack in s.accuracy}
+    if len(counts) == 1 and None not in counts:
+        header = f"{ATTACK_HEADERS[attack]} (N={counts.pop()})"
+        return header, lambda summary: accuracy_cell(summary, attack)
+    return ATTACK_HEADERS[attack], lambda summary: accuracy_cell(summary, attack, True)
 
 
 MARKDOWN_COLUMNS: list[MarkdownColumn] = [
@@ -182,12 +195,18 @@ MARKDOWN_COLUMNS: list[MarkdownColumn] = [
 def markdown_columns(summaries: Sequence[RunSummary]) -> list[MarkdownColumn]:
     """The fixed columns, with the accuracies of the extra attacks (FMN, sampled gates, worst
     case) after the others where some run has them, and n (the runs of a row over seeds) after
-    the model where a row has several."""
+    the model where a row has several. Each accuracy column says its number of examples."""
+    header_attacks = {ATTACK_HEADERS[attack]: attack for attack in ACCURACY_KEYS}
     extra = [a for a in EXTRA_ACCURACY_KEYS if any(a in s.accuracy for s in summaries)]
     headers = [header for header, _ in MARKDOWN_COLUMNS]
-    columns = list(MARKDOWN_COLUMNS)
+    columns = [
+        _counted_accuracy_column(header_attacks[header], summaries)
+        if header in header_attacks
+        else column
+        for header, column in zip(headers, MARKDOWN_COLUMNS, strict=True)
+    ]
     position = headers.index("vulnerability")
-    columns[position:position] = [_accuracy_column(attack) for attack in extra]
+    columns[position:position] = [_counted_accuracy_column(a, summaries) for a in extra]
     if any(s.members for s in summaries):
         position = headers.index("model") + 1
         columns[position:position] = [("n", lambda s: str(len(s.members) or 1))]

@@ -17,10 +17,12 @@ from pathlib import Path
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
 from advprune.report.plots import (
+    method_colours,
     plot_layer_values,
     plot_robust_vs_sparsity,
     plot_robust_vs_speedup,
     plot_security_curves,
+    run_styles,
 )
 from advprune.report.runs import RunSummary, find_runs, read_run
 from advprune.report.seeds import (
@@ -33,6 +35,11 @@ from advprune.report.seeds import (
 from advprune.report.table import MISSING, csv_table, markdown_table, pretty_eps
 
 Group = list[tuple[str, RunSummary]]
+FIGURE_CAPTION = (
+    "In the figures a method is named without its settings (the table's method column gives "
+    "them in full) and a run by its folder; each method has one colour in every figure; N is the "
+    "number of test examples an accuracy rests on (in each panel's title)."
+)
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:
@@ -68,35 +75,39 @@ def _common_eps(group: Group) -> float | None:
 Drawer = tuple[str, str, Callable[[Path], "Path | None"], str]  # caption, stem, draw, missing
 
 
-def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path | None, str]]:
-    """(caption, file or None, why it is missing) for each figure of one (dataset, model)."""
+def _figures(
+    group_name: str, group: Group, out: Path, colours: Mapping[str, str]
+) -> list[tuple[str, Path | None, str]]:
+    """(caption, file or None, why it is missing) for each figure of one (dataset, model);
+    `colours` gives each method its colour in every figure."""
     slug = _slug(group_name)
     summaries = [summary for _, summary in group]
     curves = {label: s for label, s in group if s.security_curve}
+    styles = run_styles(dict(group), colours)
     drawers: list[Drawer] = [
         (
             "robust accuracy against sparsity",
             "robust_vs_sparsity",
-            lambda path: plot_robust_vs_sparsity(summaries, group_name, path),
+            lambda path: plot_robust_vs_sparsity(summaries, group_name, path, colours),
             "no pruned run with a robust accuracy",
         ),
         (
             "robust accuracy against measured speed-up",
             "robust_vs_speedup",
-            lambda path: plot_robust_vs_speedup(summaries, group_name, path),
+            lambda path: plot_robust_vs_speedup(summaries, group_name, path, colours=colours),
             "no exported run (structured or ANP-VS) with a measured speed-up",
         ),
         (
             "security curves",
             "security_curves",
             lambda path: (
-                plot_security_curves(curves, _common_eps(group), group_name, path)
+                plot_security_curves(curves, _common_eps(group), group_name, path, styles)
                 if curves
                 else None
             ),
             "no run has a security curve (gradient_masking_check in results.json)",
         ),
-        *_layer_figures(group_name, group),
+        *_layer_figures(group_name, group, styles),
     ]
     return [
         (caption, draw(out / f"{stem}-{slug}.png"), missing)
@@ -104,8 +115,12 @@ def _figures(group_name: str, group: Group, out: Path) -> list[tuple[str, Path |
     ]
 
 
-def _layer_figures(group_name: str, group: Group) -> list[Drawer]:
-    """The per-layer figures: sparsity and vulnerability, with their spread over seeds."""
+def _layer_figures(
+    group_name: str, group: Group, styles: Mapping[str, Mapping[str, str]]
+) -> list[Drawer]:
+    """The per-layer figures: sparsity and vulnerability, with their spread over seeds, the
+    layers in network order under their display names (conv1, fc1)."""
+    names = next((s.layer_names for _, s in group if s.layer_names), {})
     sparsities = {label: layer_sparsity_of(s) for label, s in group}
     sparsities = {label: v for label, v in sparsities.items() if any(v.values())}
     vulnerabilities = {label: s.layer_vulnerability for label, s in group if s.layer_vulnerability}
@@ -116,14 +131,22 @@ def _layer_figures(group_name: str, group: Group) -> list[Drawer]:
             label: layer_spread(s, lambda run: run.layer_vulnerability) for label, s in group
         },
     }
+    examples = {
+        "sparsity": None,  # weights, not test examples
+        "vulnerability": {
+            label: s.vulnerability_examples for label, s in group if s.layer_vulnerability
+        },
+    }
 
     def draw(kind: str, axis: str, percent: bool) -> Callable[[Path], Path | None]:
         def plot(path: Path) -> Path | None:
             if not values[kind]:
                 return None
             return plot_layer_values(
-                values[kind], axis, group_name, path, percent=percent, deviations=spreads[kind]
-            )
+                in_network_order(values[kind], names), axis, group_name, path, percent=percent,
+                deviations=in_network_order(spreads[kind], names), styles=styles,
+                examples=examples[kind],
+            )  # fmt: skip
 
         return plot
 
@@ -141,6 +164,21 @@ def _layer_figures(group_name: str, group: Group) -> list[Drawer]:
             "no run has a per-layer vulnerability (vulnerability.per_layer in results.json)",
         ),
     ]
+
+
+def in_network_order(
+    per_run: Mapping[str, Mapping[str, float]], names: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Each run's per-layer values keyed by display name, in network order (`names`: module
+    name → display name, in that order); layers `names` lacks keep their module names, after."""
+    order = {module: position for position, module in enumerate(names)}
+    return {
+        label: {
+            names.get(layer, layer): value
+            for layer, value in sorted(values.items(), key=lambda item: order.get(item[0], 1e9))
+        }
+        for label, values in per_run.items()
+    }
 
 
 def _seed_section(labels: Sequence[str], summaries: Sequence[RunSummary]) -> list[str]:
@@ -173,8 +211,10 @@ def _markdown(
         f"# {title}",
         "",
         f"{len(summaries)} run(s), read from their run directories: config.yaml, results.json and "
-        "model.safetensors. Accuracies in % at the run's ε; '/N [low, high]': on the first N "
-        "test examples only, with the Wilson 95 % interval in %; worst case: examples every "
+        "model.safetensors. Accuracies in % at the run's ε, on the number of test examples N "
+        "that the column header gives (N=…) or, where rows differ, each cell (/N); '[low, "
+        "high]': an attack run on fewer examples than clean, with the Wilson 95 % interval in "
+        "%; worst case: examples every "
         "attack left correct; sparsity: zero conv/linear weights; unit sparsity: "
         "units/channels removed; channel sparsity: channels of the dependency groups removed "
         "(structured runs, ANP-VS); params ≠ 0: parameters that are not zero; latency × dense: "
@@ -201,7 +241,7 @@ def _markdown(
         ]
         lines.append("")
     for group_name, group_figures in figures.items():
-        lines += [f"## {group_name}", ""]
+        lines += [f"## {group_name}", "", FIGURE_CAPTION, ""]
         for caption, path, missing in group_figures:
             if path is None:
                 lines.append(f"- {caption}: not drawn, {missing}")
@@ -236,10 +276,13 @@ def write_report(
     """Write OUT/report.md, OUT/report.csv and the figures for the runs in (or below) `run_dirs`;
     returns the path of report.md. A run reads results.json, or the results file that
     `results_names` gives for its directory (an evaluation at another ε or under a protocol)."""
-    runs = find_runs(list(run_dirs))
+    found = find_runs(list(run_dirs))
     names = {Path(path).resolve(): name for path, name in (results_names or {}).items()}
+    all_labels = run_labels(found)
+    unfinished = [label for label, run in zip(all_labels, found, strict=True) if not _holds(run)]
+    runs = [run for run in found if _holds(run)]
+    labels = [label for label in all_labels if label not in unfinished]
     summaries = [read_run(run, names.get(Path(run).resolve(), "results.json")) for run in runs]
-    labels = run_labels(runs)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory for the report")
@@ -249,12 +292,29 @@ def write_report(
         atomic_write_text(out_dir / "report-seeds.csv", csv_over_seeds(seeded, seed_labels))
     else:  # a report written again without seeds must not keep an old table of them
         (out_dir / "report-seeds.csv").unlink(missing_ok=True)
-    figures = {
-        name: _figures(name, group, out_dir)
-        for name, group in _groups(*zip(*drawn, strict=True)).items()
-    }
+    groups = _groups(*zip(*drawn, strict=True)) if drawn else {}
+    colours = method_colours([summary for _, summary in drawn])
+    figures = {name: _figures(name, group, out_dir, colours) for name, group in groups.items()}
     markdown = _markdown(title, labels, summaries, figures, (seed_labels, seeded))
-    return atomic_write_text(out_dir / "report.md", markdown)
+    return atomic_write_text(out_dir / "report.md", markdown + _unfinished(unfinished))
+
+
+def _holds(run: Path) -> bool:
+    """Whether a run has a result to show: a model or an evaluation. A run that crashed or is
+    still in its first epoch holds only config.yaml (and perhaps a checkpoint)."""
+    return (run / "model.safetensors").is_file() or (run / "results.json").is_file()
+
+
+def _unfinished(labels: Sequence[str]) -> str:
+    if not labels:
+        return ""
+    return (
+        f"\n## Not finished\n\n{len(labels)} run(s) hold no model and no results yet (only "
+        "config.yaml: crashed, stopped or still training), so they are not in the table: "
+        + ", ".join(labels)
+        + ". Finish one by running the command that started it again (with --resume for "
+        "`train`).\n"
+    )
 
 
 def _over_seeds(

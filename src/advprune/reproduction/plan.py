@@ -28,14 +28,17 @@ seeds is refused (it would say two things).
 
 `--scale F` (0 < F ≤ 1) shrinks a recipe for a smoke run, exactly as follows: every epoch count
 (epochs, finetune_epochs, score_epochs, …) becomes max(1, round(F·epochs)); the training examples
-max(batch_size, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train);
-the test examples, the AutoAttack examples and the examples of the epoch monitor and of the
-gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset with fewer
-examples than these limits is used whole. A weight of a term divided by the training-set size
-(ANP-VS's β of the gates' KL/N: a method's `PER_DATASET_WEIGHTS`) becomes F·β, so that a scaled
-run's loss per example is the full run's; unscaled, β/N grew 5× at F = 0.2 and the gates of the
-Fashion-MNIST suite closed within an epoch. A scaled run measures no latency: a smoke run's
-timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU. A setting given with
+max(B, ceil(F·N)) with N the dataset's training-set size (or the recipe's limit_train) and B the
+largest batch the step trains with (a fine-tuning phase's own, else its source run's), so every
+step has a full batch; the test examples, the AutoAttack examples and the examples of the epoch
+monitor and of the gradient-masking check each max(1, ceil(F·n)) of their full number n. A dataset
+with fewer examples than these limits is used whole. A weight of a term divided by the training-set
+size (ANP-VS's β of the gates' KL/N: a method's `PER_DATASET_WEIGHTS`) becomes F·β, so that a
+scaled run's loss per example is the full run's; unscaled, β/N grew 5× at F = 0.2 and the gates of
+the Fashion-MNIST suite closed within an epoch. A scaled run measures no latency: a smoke run's
+timings mean nothing, and a VGG at batch 128 would cost it minutes of CPU. A scaled run goes on
+when an epoch ends at chance (`allow_chance`): on a smoke run's budget that is a result, which the
+report and the evaluation's checks show, not a reason to stop the recipe. A setting given with
 `--set` is not scaled (`--scale 0.5 --set autoattack_limit=500`: AutoAttack on 500 examples).
 """
 
@@ -119,6 +122,7 @@ class Step:
     run_dir: Path
     dataset: str
     needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
+    batch: int = 1  # the largest batch it trains with (`training_batch`)
     seed: int | None = None  # the seed of a run with seeds; its run directory is ROOT/seed-S/NAME
 
     @property
@@ -215,11 +219,29 @@ def _scaled_count(factor: float, full: int, minimum: int) -> int:
     return min(full, max(minimum, math.ceil(factor * full)))
 
 
+def training_batch(configs: Iterable[Config], source: Step | None) -> int:
+    """The largest batch a step trains with: its own batch sizes, and for a phase that sets
+    none the batch of the run it starts from (what `PruningMethod.phase` inherits)."""
+    sizes = [
+        value if value is not None else (source.batch if source else None)
+        for config in configs
+        for key, value in config.to_flat().items()
+        if key in ("batch_size", "finetune_batch_size", "score_batch_size")
+    ]
+    return max((size for size in sizes if size), default=1)
+
+
 def scale_settings(
-    settings: Config, factor: float, dataset: str, keep: Iterable[str] = ()
+    settings: Config,
+    factor: float,
+    dataset: str,
+    keep: Iterable[str] = (),
+    batch: int | None = None,
 ) -> Config:
     """The settings shrunk by `factor` as the module docstring states, but those named in `keep`
-    (set with `--set`: what the user asked for wins); unchanged at 1."""
+    (set with `--set`: what the user asked for wins); unchanged at 1. `batch` is the largest
+    batch the step trains with (`training_batch`; default: the settings' own): no fewer training
+    examples are kept."""
     if factor == 1:
         return settings
     spec = get_spec(dataset)
@@ -230,7 +252,7 @@ def scale_settings(
             changes[key] = max(1, round(factor * value))
     if "limit_train" in flat and spec.train_size is not None:
         full = flat["limit_train"] or spec.train_size
-        batch = flat.get("batch_size") or flat.get("finetune_batch_size") or 1
+        batch = batch or training_batch([settings], None)
         changes["limit_train"] = _scaled_count(factor, full, batch)
     for key in ("limit_test", "autoattack_limit"):
         if key in flat and spec.test_size is not None:
@@ -240,6 +262,8 @@ def scale_settings(
             changes[key] = _scaled_count(factor, flat[key], 1)
     if "latency_repeats" in flat:
         changes["latency_repeats"] = 0
+    if "allow_chance" in flat:
+        changes["allow_chance"] = True
     for key in getattr(settings, "PER_DATASET_WEIGHTS", ()):
         changes[key] = factor * flat[key]
     kept = set(keep)
@@ -510,9 +534,10 @@ def _plan_step(
     configs = kind_of_step.make(values, where)
     dataset = next((c.dataset for c in configs if hasattr(c, "dataset")), None)
     dataset = dataset or source.dataset
-    configs = tuple(scale_settings(c, scale, dataset, recipe.overrides) for c in configs)
+    batch = training_batch(configs, source)
+    configs = tuple(scale_settings(c, scale, dataset, recipe.overrides, batch) for c in configs)
     evaluate = _plan_evaluation(recipe, raw, where, scale, dataset, location, steps, needs)
-    return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs)
+    return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs, batch)
 
 
 def _plan_evaluation(

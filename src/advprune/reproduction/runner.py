@@ -9,6 +9,8 @@ computes in RUN_DIR/step.yaml; a rerun with other settings is refused instead of
 from __future__ import annotations
 
 import contextlib
+import copy
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +20,9 @@ import torch
 import yaml
 
 from advprune.attacks import parse_attacks
+from advprune.core.config import Config, choices_of, scalar_type
 from advprune.core.device import tune_process
-from advprune.core.errors import ConfigError, GradientMaskingError
+from advprune.core.errors import AdvpruneError, ConfigError, GradientMaskingError
 from advprune.core.io import atomic_write_text, read_json
 from advprune.core.run_dir import RunDir
 from advprune.evaluation import evaluate_run, results_file
@@ -183,11 +186,50 @@ def run_step(
     tune_process()
     run = RunDir.create(step.run_dir)
     if phase != EVALUATE:
-        _check_record(step, run)
-        _train_or_prune(step, run, progress, log)
+        try:
+            _check_record(step, run)
+            _train_or_prune(step, run, progress, log)
+        except AdvpruneError as err:
+            raise with_set_hints(err, step.configs) from err
     if phase == BUILD or step.evaluate is None:
         return None
-    return _evaluate(step, run, progress, log)
+    try:
+        return _evaluate(step, run, progress, log)
+    except AdvpruneError as err:
+        raise with_set_hints(err, [step.evaluate]) from err
+
+
+# Flags `advprune reproduce` has itself: a hint naming them is right as it is.
+REPRODUCE_FLAGS = frozenset({"data_dir", "download"})
+# A flag, and the value a hint may give it ("--scheme layerwise", "--lr 0.01").
+FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: ([\w./+-]+))?")
+
+
+def with_set_hints(err: AdvpruneError, configs: Sequence[Config]) -> AdvpruneError:
+    """`err`, raised by the part of a step that `configs` set, with each flag of `train`,
+    `prune` or `eval` its message names as the `--set KEY=VALUE` that changes that setting in a
+    recipe: `reproduce` has no `--batch-size`."""
+    fields = {key: entry for config in configs for key, entry in config.flat_fields().items()}
+
+    def as_set(match: re.Match[str]) -> str:
+        key, value = match.group(1).replace("-", "_"), match.group(2)
+        if key not in fields and f"finetune_{key}" in fields:  # a prune step's phase
+            key = f"finetune_{key}"
+        if key not in fields or key in REPRODUCE_FLAGS:
+            return match.group(0)
+        field, annotation = fields[key]
+        if scalar_type(annotation)[0] is bool:
+            return f"--set {key}=true" + (f" {value}" if value else "")
+        if value and (value in (choices_of(field) or ()) or re.fullmatch(r"[\d.e/+-]+", value)):
+            return f"--set {key}={value}"
+        return f"--set {key}=VALUE" + (f" {value}" if value else "")
+
+    message = FLAG.sub(as_set, str(err))
+    if message == str(err):
+        return err
+    hinted = copy.copy(err)
+    hinted.args = (message,)
+    return hinted
 
 
 @contextlib.contextmanager

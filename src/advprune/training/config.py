@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from advprune.core.config import Config, setting
 from advprune.core.device import PRECISIONS
 from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError
-from advprune.data import DATASETS, get_spec
+from advprune.data import CUSTOM_DATASET, IMAGE_FOLDER, dataset_names, get_spec
 from advprune.models import check_model_name
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "mixed-at", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-# A dataset passed in Python (`advprune.adversarial_train(model, (x, y))`): no files, no
-# standard ε, so `eps` must be given.
-CUSTOM_DATASET = "custom"
-
-
-def _datasets() -> tuple[str, ...]:
-    return (*DATASETS, CUSTOM_DATASET)
 
 
 def check_eps(eps: float, flag: str = "--eps") -> None:
@@ -63,8 +57,13 @@ class TrainConfig(Config):
         {"device", "data_dir", "download", "backend", "checkpoint_every", "tensorboard"}
         | {"allow_chance"}
     )
+    UNLISTED_CHOICES: ClassVar[dict[str, frozenset[str]]] = {"dataset": frozenset({CUSTOM_DATASET})}
 
-    dataset: str = setting("fashion-mnist", "dataset to train on", choices=_datasets)
+    dataset: str = setting(
+        "fashion-mnist",
+        "dataset to train on (imagefolder: your images in --data-dir DIR/train/CLASS/*.png)",
+        choices=dataset_names,
+    )
     model: str = setting(
         "lenet5-caffe", "network: a zoo name (`advprune list models`) or module.path:Factory"
     )
@@ -99,7 +98,16 @@ class TrainConfig(Config):
     monitor_clean_examples: int = setting(
         2000, "test examples classified clean after each epoch (±2 pp at 2,000: chance shows)"
     )
-    data_dir: str | None = setting(None, "where the dataset files are (standard formats)")
+    data_dir: str | None = setting(
+        None,
+        "where the dataset files are (standard formats), or imagefolder's folder: "
+        "DIR/train/CLASS/*.png and DIR/test/CLASS/*.png",
+    )
+    test_fraction: float | None = setting(
+        None,
+        "imagefolder without DIR/test: hold out this fraction of each class as the test split "
+        "(the same images every time)",
+    )
     download: bool = setting(False, "fetch a missing dataset (with checksums)")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     precision: str = setting("fp32", "compute precision", choices=PRECISIONS)
@@ -118,9 +126,14 @@ class TrainConfig(Config):
     def validate(self) -> TrainConfig:
         """Reject values that cannot work, with the option name in the message; fill in ε."""
         super().validate()
+        self._check_data()
         if self.eps is None:
             if self.dataset == CUSTOM_DATASET:
                 raise ConfigError("a dataset passed in Python has no standard ε; pass eps")
+            if self.dataset == IMAGE_FOLDER:
+                raise ConfigError(
+                    "your own images have no standard ε; pass --eps, e.g. 8/255 for photos"
+                )
             self.eps = get_spec(self.dataset).default_eps
         check_eps(self.eps)
         check_model_name(self.model)
@@ -144,3 +157,22 @@ class TrainConfig(Config):
             raise ConfigError(f"lr must be > 0, got {self.lr}; pass e.g. --lr 0.1 (SGD)")
         check_milestones(self.milestones)
         return self
+
+    def _check_data(self) -> None:
+        if self.dataset == IMAGE_FOLDER and self.data_dir is None:
+            raise ConfigError(
+                "--dataset imagefolder reads your images from a folder; pass --data-dir DIR "
+                "(DIR/train/CLASS/*.png, DIR/test/CLASS/*.png)"
+            )
+        if self.test_fraction is None:
+            return
+        if self.dataset != IMAGE_FOLDER:
+            raise ConfigError(
+                f"--test-fraction splits an image folder, but the dataset is {self.dataset}, "
+                "which has its own test split; drop --test-fraction"
+            )
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(
+                f"test_fraction must be in (0, 1), got {self.test_fraction:g}; pass e.g. "
+                "--test-fraction 0.2"
+            )

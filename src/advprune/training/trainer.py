@@ -35,14 +35,22 @@ from advprune.attacks import pgd
 from advprune.core import distributed, interrupts
 from advprune.core.device import autocast, resolve_device
 from advprune.core.distributed import Distributed
-from advprune.core.errors import CheckpointError, ConfigError, TrainingError
+from advprune.core.errors import CheckpointError, ConfigError, DataError, TrainingError
 from advprune.core.run_dir import RunDir, undone_on_failure
 from advprune.core.seeding import rng_state, seed_everything, set_rng_state
-from advprune.data import BatchLoader, DatasetSpec, ImageDataset, get_spec, load_dataset
+from advprune.data import (
+    IMAGE_FOLDER,
+    BatchLoader,
+    DatasetSpec,
+    ImageDataset,
+    get_spec,
+    image_folder_spec,
+    load_dataset,
+)
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model, load_state_strict, save_model
 from advprune.training.checkpoint import RankState, load_training_state, save_training_state
-from advprune.training.config import TrainConfig
+from advprune.training.config import CUSTOM_DATASET, TrainConfig
 from advprune.training.method import StepContext, TrainingMethod
 from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings, ObjectiveOutput
 from advprune.training.run_log import RunLog
@@ -65,13 +73,37 @@ class TrainingData:
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
-    spec = get_spec(config.dataset)
+    load = partial(
+        load_dataset,
+        config.dataset,
+        data_dir=config.data_dir,
+        download=config.download,
+        test_fraction=config.test_fraction,
+    )
+    if config.dataset == CUSTOM_DATASET:
+        raise ConfigError(
+            "dataset 'custom' names images passed in Python, which this run was not given; pass "
+            "--dataset imagefolder --data-dir DIR for your own images, or the tensors to "
+            "advprune.adversarial_train"
+        )
+    train, test = load("train", limit=config.limit_train), load("test", limit=config.limit_test)
+    if config.dataset == IMAGE_FOLDER:
+        spec = image_folder_spec(train, config.eps)
+        check_same_images(train, test)
+    else:
+        spec = get_spec(config.dataset)
     if config.flip is not None:  # a method's official code may flip where we would not (SVHN)
         spec = dataclasses.replace(spec, flip=config.flip)
-    load = partial(load_dataset, config.dataset, data_dir=config.data_dir, download=config.download)
-    return TrainingData(
-        spec, load("train", limit=config.limit_train), load("test", limit=config.limit_test)
-    )
+    return TrainingData(spec, train, test)
+
+
+def check_same_images(train: ImageDataset, test: ImageDataset) -> None:
+    """Test images the network cannot take would fail only at the first evaluation."""
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(
+            f"{train.name}: test images are {tuple(test.images.shape[1:])} (C, H, W), train "
+            f"images {tuple(train.images.shape[1:])}; convert both splits to one size and mode"
+        )
 
 
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -328,10 +360,17 @@ class _Training:
                     "config": config.to_dict(),
                     "eps": config.eps,
                     "method": {"name": config.objective, **self.method.metadata()},
+                    **self._class_names(),
                 },
             )
         distributed.barrier()
         return model
+
+    def _class_names(self) -> dict[str, list[str]]:
+        """The class names where the data has them (an image folder's), so that `eval` can
+        check that a folder it is given numbers the classes the same way."""
+        names = self.data.train.class_names
+        return {"class_names": list(names)} if names else {}
 
     def _epoch(self, epoch: int) -> None:
         config, steps_per_epoch = self.config, self.steps_per_epoch
