@@ -87,14 +87,17 @@ def _training_data(train_data: Data, test_data: Data | None, eps: float) -> Trai
     return TrainingData(spec, train, test)
 
 
-def _channel_statistics(
-    images: torch.Tensor, examples: int = 10_000
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the first `examples` images, in [0, 1] pixels."""
-    sample = images[:examples].double()
-    sample = sample / 255 if images.dtype == torch.uint8 else sample
-    std = sample.std((0, 2, 3)).clamp_min(1e-6) if len(sample) > 1 else torch.ones(sample.shape[1])
-    return tuple(sample.mean((0, 2, 3)).tolist()), tuple(std.tolist())
+def _channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the images in [0, 1] pixels, summed a chunk at a time so that
+    no float copy of the whole set is made."""
+    sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
+    for chunk in images.split(1024):
+        x = chunk.double() / 255 if chunk.dtype == torch.uint8 else chunk.double()
+        sums += torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))]).cpu()
+    values = images.numel() // images.shape[1]
+    mean = sums[0] / values
+    std = (sums[1] / values - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def _model_name(model: nn.Module) -> str:
@@ -197,7 +200,9 @@ def prune(
     generic = {k: v for k, v in settings.items() if k in PruneSettings.field_names()}
     trained = {k: v for k, v in settings.items() if k not in own and k not in generic}
     known = cls.Settings.field_names() | PruneSettings.field_names() | TrainConfig.field_names()
-    for key in trained.keys() - known:
+    unknown = sorted(trained.keys() - known)
+    if unknown:
+        key = unknown[0]
         raise ConfigError(f"unknown setting {key!r} in prune arguments{closest(key, known)}")
     prune_settings = PruneSettings.from_dict(
         {**generic, "method": method, "sparsity": sparsity}, source="prune arguments"
@@ -274,7 +279,7 @@ def evaluate(
     where = resolve_device(device)
     model = model.to(where)
     if output_index is not None:
-        model = nn.Sequential(model, OutputIndex(output_index))
+        model = nn.Sequential(OrderedDict(body=model, output=OutputIndex(output_index)))
     check_network_and_data(model, test, test.num_classes, where, api=True)
     return evaluate_model(model, test, eps, config, device=where, log=lambda _: None)
 

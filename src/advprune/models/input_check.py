@@ -113,11 +113,12 @@ def _forward(model: nn.Module, x: torch.Tensor) -> object:
 
 
 def check_network(model: nn.Module, x: torch.Tensor, num_classes: int, *, api: bool) -> None:
-    """`model` maps the batch `x` to (N, ≥ num_classes) logits, on a copy of its mode."""
+    """`model` maps the batch `x` to (N, ≥ num_classes) logits (run in eval mode, so no
+    BatchNorm statistics move; its own mode is restored)."""
     check_parameters(model)
     name = network_name(model)
     was_training = model.training
-    model.eval()  # no BatchNorm statistics updated, no dropout drawn
+    model.eval()
     try:
         output = _forward(model, x)
     finally:
