@@ -100,10 +100,10 @@ def test_the_demo_at_one_percent_runs_its_prune_steps(tmp_path):
     """`reproduce demo --scale 0.01` stopped at its first prune step (60 examples, batch 128)."""
     fast = {"attack_steps": 1, "finetune_attack_steps": 1, "pgd_steps": 2, "indicator_examples": 0}
     plan = reproduce(
-        "demo", tmp_path, scale=0.01, overrides=fast, only=["magnitude-99"], progress=False,
+        "demo", tmp_path, scale=0.01, overrides=fast, only=["magnitude-90"], progress=False,
         log=quiet,
     )  # fmt: skip
-    assert [step.name for step in plan.steps] == ["pgd-at", "magnitude-99"]
+    assert [step.name for step in plan.steps] == ["pgd-at-bn", "magnitude-90"]
     for step in plan.steps:
         assert (step.run_dir / "model.safetensors").is_file()
         assert (step.run_dir / "results.json").is_file()
@@ -111,7 +111,7 @@ def test_the_demo_at_one_percent_runs_its_prune_steps(tmp_path):
 
 def test_a_hint_inside_reproduce_names_the_set_key_not_a_flag_it_lacks(tmp_path):
     plan = make_plan("demo", tmp_path, scale=0.01)
-    prune = next(step for step in plan.steps if step.name == "magnitude-99")
+    prune = next(step for step in plan.steps if step.name == "magnitude-90")
     error = TrainingError(
         "60 training examples give no full batch of 128; lower --batch-size or raise "
         "--limit-train; --allow-chance trains on; prune with --scheme layerwise or a lower "

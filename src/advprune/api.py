@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import hashlib
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from advprune.core.config import closest
 from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError, DataError
 from advprune.data import DatasetSpec, ImageDataset
 from advprune.masks.export import remove_unread_units
 from advprune.masks.gated import find_gates, fold_gates
 from advprune.methods import PruneSettings, get_method
+from advprune.models.factory import architecture, with_layers_around
 from advprune.models.features import trace_layer_chains
-from advprune.models.normalization import with_normalization
+from advprune.models.input_check import check_images, check_network_and_data, check_parameters
+from advprune.models.output_index import OutputIndex
 from advprune.pipelines import Source, prune_run, train_phase
 from advprune.training.config import CUSTOM_DATASET, TrainConfig
 from advprune.training.trainer import TrainingData
@@ -67,18 +71,33 @@ def as_dataset(data: Data, name: str = CUSTOM_DATASET) -> ImageDataset:
 
 
 def _training_data(train_data: Data, test_data: Data | None, eps: float) -> TrainingData:
-    """The caller's data with a spec describing it: no augmentation, no normalisation (the
-    model's own business), the given ε as its standard ε."""
+    """The caller's data with a spec describing it: no augmentation, the given ε as its standard
+    ε, and the training images' per-channel mean/std as its statistics (`normalize="dataset"`)."""
     train = as_dataset(train_data)
     test = as_dataset(test_data) if test_data is not None else train
+    check_images(train.images, "training")
+    check_images(test.images, "test")
     channels, height, width = train.images.shape[1:]
     if height != width:
         raise DataError(f"images are {height}×{width}; advprune's models take square images")
     classes = max(train.num_classes, test.num_classes)
-    identity = ((0.0,) * channels, (1.0,) * channels)
-    spec = DatasetSpec(CUSTOM_DATASET, classes, channels, height, *identity, 0, False, eps)
+    statistics = _channel_statistics(train.images)
+    spec = DatasetSpec(CUSTOM_DATASET, classes, channels, height, *statistics, 0, False, eps)
     train, test = (dataclasses.replace(split, num_classes=classes) for split in (train, test))
     return TrainingData(spec, train, test)
+
+
+def _channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the images in [0, 1] pixels, summed a chunk at a time so that
+    no float copy of the whole set is made."""
+    sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
+    for chunk in images.split(1024):
+        x = chunk.double() / 255 if chunk.dtype == torch.uint8 else chunk.double()
+        sums += torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))]).cpu()
+    values = images.numel() // images.shape[1]
+    mean = sums[0] / values
+    std = (sums[1] / values - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def _model_name(model: nn.Module) -> str:
@@ -87,15 +106,23 @@ def _model_name(model: nn.Module) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _wrapped(model: nn.Module, channels: int) -> nn.Sequential:
-    """The caller's network behind an identity normalisation: the layout of a zoo model, whose
+def _wrapped(model: nn.Module, config: TrainConfig, spec: DatasetSpec) -> nn.Sequential:
+    """The caller's network behind its normalisation (identity unless `normalize` says
+    otherwise) and `OutputIndex` if asked: the layout of a run of `--model pkg:Class`, whose
     run directories `load_model` rebuilds from the class's import path."""
-    return with_normalization(copy.deepcopy(model), (0.0,) * channels, (1.0,) * channels)
+    recorded = architecture(config.model, spec, config.normalize, config.output_index)
+    return with_layers_around(
+        copy.deepcopy(model), recorded["mean"], recorded["std"], output_index=config.output_index
+    )
 
 
 def _returned(wrapped: nn.Module, shape: Sequence[int]) -> nn.Module:
-    """The caller's own class again (the wrapper's body), in eval mode, on the CPU or its device."""
-    model = wrapped.body.eval()
+    """The caller's own class again (the wrapper's body), in eval mode, on the CPU or its device;
+    behind its `Normalize` when that is not the identity, as the network was trained so."""
+    model = wrapped.body
+    if not wrapped.normalize.is_identity():
+        model = nn.Sequential(OrderedDict(normalize=wrapped.normalize, body=model))
+    model = model.eval()
     setattr(model, INPUT_SHAPE, tuple(shape))
     return model
 
@@ -110,14 +137,18 @@ def _run_dir(run_dir: str | Path | None) -> Iterator[Path]:
 
 
 def _train_config(
-    model: nn.Module, eps: float, data: TrainingData, settings: dict[str, Any]
+    model: nn.Module,
+    eps: float,
+    data: TrainingData,
+    settings: dict[str, Any],
+    source: str = "adversarial_train",
 ) -> TrainConfig:
     """The run's settings; the data is recorded by the files it was read from where it was
     (`load_dataset`), so that `advprune eval RUN_DIR` can read its test split again."""
     values = {"dataset": CUSTOM_DATASET, "model": _model_name(model), "eps": eps}
     values.update({k: v for k, v in (data.train.source or {}).items() if v is not None})
     values.update(monitor_examples=0, checkpoint_every=0)
-    return TrainConfig.from_dict({**values, **settings}, source="adversarial_train arguments")
+    return TrainConfig.from_dict({**values, **settings}, source=f"{source} arguments")
 
 
 def adversarial_train(
@@ -141,7 +172,8 @@ def adversarial_train(
     """
     data = _training_data(train_data, test_data, eps)
     config = _train_config(model, eps, data, {"objective": objective, "epochs": epochs, **settings})
-    wrapped = _wrapped(model, data.spec.in_channels)
+    check_parameters(model)
+    wrapped = _wrapped(model, config, data.spec)
     with _run_dir(run_dir) as folder:
         trained = train_phase(
             config, folder, model=wrapped, data=data, progress=progress, log=_quiet(progress)
@@ -174,12 +206,19 @@ def prune(
     own = {k: v for k, v in settings.items() if k in cls.Settings.field_names()}
     generic = {k: v for k, v in settings.items() if k in PruneSettings.field_names()}
     trained = {k: v for k, v in settings.items() if k not in own and k not in generic}
+    known = cls.Settings.field_names() | PruneSettings.field_names() | TrainConfig.field_names()
+    unknown = sorted(trained.keys() - known)
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(f"unknown setting {key!r} in prune arguments{closest(key, known)}")
     prune_settings = PruneSettings.from_dict(
         {**generic, "method": method, "sparsity": sparsity}, source="prune arguments"
     )
     data = _training_data(train_data, test_data, eps)
-    wrapped = _wrapped(model, data.spec.in_channels)
-    source = Source(wrapped, _train_config(model, eps, data, trained), _weights_key(wrapped))
+    config = _train_config(model, eps, data, trained, source="prune")
+    check_parameters(model)
+    wrapped = _wrapped(model, config, data.spec)
+    source = Source(wrapped, config, _weights_key(wrapped))
     with _run_dir(run_dir) as folder:
         pruned = prune_run(
             prune_settings,
@@ -224,23 +263,32 @@ def evaluate(
     test_data: Data,
     *,
     eps: float,
-    attacks: Sequence[str] = ("clean", "pgd"),
+    attacks: str | Sequence[str] = ("clean", "pgd"),
     device: str = "auto",
+    output_index: int | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Accuracy of `model` (eval mode) under each attack at L∞ radius `eps`, as `advprune eval`
-    measures it; `settings` are evaluation settings (pgd_steps, autoattack_limit, seed, …).
+    measures it; `attacks` is a list of names or a comma list ("clean,pgd"); `output_index`
+    picks the logits from a forward that returns a tuple; `settings` are evaluation settings
+    (pgd_steps, autoattack_limit, seed, …).
 
     Example:
         evaluate(small, (x_test, y_test), eps=0.1, attacks=["clean", "pgd", "autoattack"])
     """
     from advprune.evaluation import EvalConfig, evaluate_model
 
-    config = EvalConfig.from_dict({"attacks": ",".join(attacks), "device": device, **settings})
+    names = attacks if isinstance(attacks, str) else ",".join(attacks)
+    values = {"attacks": names, "device": device, **settings}
+    config = EvalConfig.from_dict(values, source="evaluate arguments")
+    check_parameters(model)
+    test = as_dataset(test_data)
     where = resolve_device(device)
-    return evaluate_model(
-        model.to(where), as_dataset(test_data), eps, config, device=where, log=lambda _: None
-    )
+    model = model.to(where)
+    if output_index is not None:
+        model = nn.Sequential(OrderedDict(body=model, output=OutputIndex(output_index)))
+    check_network_and_data(model, test, test.num_classes, where, api=True)
+    return evaluate_model(model, test, eps, config, device=where, log=lambda _: None)
 
 
 def _weights_key(model: nn.Module) -> str:

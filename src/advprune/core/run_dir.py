@@ -99,6 +99,39 @@ class RunDir:
             path.unlink(missing_ok=True)
             os.close(fd)
 
+    def writer(self) -> str | None:
+        """Who is writing the run now ("process 12 on host (advprune train)"), or None: a look
+        at its lock that creates nothing and holds nothing."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        finally:
+            os.close(fd)
+        return None
+
+    def unfinished_error(self, flag: str) -> ConfigError:
+        """Why `flag DIR` (a run to read) has no model.safetensors, and what to do about it."""
+        holder = self.writer()
+        if holder is not None:
+            return ConfigError(
+                f"{flag} {self.path} is still being written by {holder}; wait for it to finish "
+                "(its model.safetensors), then run this again"
+            )
+        if self.checkpoint.exists():
+            return ConfigError(
+                f"{flag} {self.path} has no model.safetensors: its training stopped before the "
+                f"end; finish it with `advprune train --resume --run-dir {self.path}`"
+            )
+        return ConfigError(
+            f"{flag} {self.path} is not a run directory (no model.safetensors, no checkpoint); "
+            "pass the --run-dir of a finished `advprune train`"
+        )
+
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from advprune.core.errors import DataError
 from advprune.core.io import atomic_write
+from advprune.core.run_dir import undone_on_failure
 from advprune.data.dataset import get_spec
 
 _CHUNK = 1 << 20
@@ -259,10 +260,11 @@ def download(name: str, data_dir: str | os.PathLike) -> Path:
     get_spec(name)
     source = SOURCES[name]
     target = Path(data_dir) / source.folder
-    for remote in source.files:
-        path = target / remote.filename
-        if not (path.is_file() and md5sum(path) == remote.md5):
-            _fetch(remote, path)
-        if remote.filename.endswith((".tar.gz", ".zip")):
-            _unpack(path, target)
+    with undone_on_failure(target):  # no network: no empty cache folder left behind
+        for remote in source.files:
+            path = target / remote.filename
+            if not (path.is_file() and md5sum(path) == remote.md5):
+                _fetch(remote, path)
+            if remote.filename.endswith((".tar.gz", ".zip")):
+                _unpack(path, target)
     return target

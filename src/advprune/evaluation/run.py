@@ -33,7 +33,8 @@ from advprune.evaluation.transfer import load_source, transfer_settings
 from advprune.masks.export import export_gated
 from advprune.masks.gated import find_gates
 from advprune.models import create_model, in_trained_layout, input_shape
-from advprune.models.serialization import ARCHITECTURE_KEYS, load_model
+from advprune.models.input_check import check_network_and_data
+from advprune.models.serialization import architecture_arguments, load_model
 
 LATENCY_BATCH_SIZES = (1, 128)
 
@@ -97,6 +98,7 @@ def open_evaluation(
     eps = config.eps if config.eps is not None else run_eps
     test = load_test_data(config, metadata, run)
     dataset = test.name
+    check_network_and_data(model, test, metadata["architecture"]["num_classes"], device)
     source, source_record = None, None
     if config.transfer_from:
         source, source_metadata = load_source(config.transfer_from, run, metadata, device)
@@ -104,7 +106,10 @@ def open_evaluation(
     output = EvalOutput.choose(Path(out_dir or run.path), eps, run_eps, config.protocol)
     store = ResultsStore(output.results, file_sha256(run.model), log)
     title = f"{metadata['architecture']['name']} on {dataset}"
-    log(f"evaluating {run.path} ({title}, eps {eps:g}) on {device} into {output.results}")
+    log(
+        f"evaluating {run.path} ({title}, eps {eps:g}) on {device} into {output.results}"
+        + curve_note(config, len(test))
+    )
     evaluation = Evaluation(
         model,
         test,
@@ -172,6 +177,18 @@ def check_test_data(test: ImageDataset, metadata: dict[str, Any], run: RunDir) -
         )
 
 
+def curve_note(config: EvalConfig, test_examples: int) -> str:
+    """The security curve runs unless skipped, and often takes longer than the attacks asked
+    for: the first line says so, and how to skip it."""
+    if not config.sanity_examples:
+        return ""
+    return (
+        "; then the security curve (gradient-masking check) on "
+        f"{min(config.sanity_examples, test_examples)} "
+        "examples, often the longest part: --sanity-examples 0 skips it"
+    )
+
+
 def describe(evaluation: Evaluation, run: RunDir, metadata: dict[str, Any]) -> None:
     """What is evaluated, at which ε, under which protocol, and the provenance."""
     config, trained = evaluation.config, metadata.get("config", {})
@@ -237,7 +254,7 @@ def record_latency(
     }
     if evaluation.store.section("latency", settings) is not None:
         return
-    dense = create_model(**{key: architecture[key] for key in ARCHITECTURE_KEYS})
+    dense = create_model(**architecture_arguments(architecture))
     latency = paired_latency(
         deployed,
         dense,

@@ -18,7 +18,13 @@ from torch import nn
 from advprune.core.errors import ConfigError
 from advprune.data import DatasetSpec
 from advprune.models.few_channel_conv import speed_up_input_gradients
-from advprune.models.normalization import with_normalization
+from advprune.models.normalization import (
+    DATASET_STATISTICS,
+    NO_NORMALIZATION,
+    normalization_values,
+    with_normalization,
+)
+from advprune.models.output_index import OutputIndex
 from advprune.models.registry import is_import_path, model_entry, normalizes
 
 
@@ -37,6 +43,11 @@ def _import_factory(path: str) -> Callable[..., Any]:
             ) from None
         raise ConfigError(  # the module is there, but one of its own imports is not
             f"importing {module_name!r} for model {path!r} failed: {err}; install what it needs"
+        ) from err
+    except Exception as err:  # the user's module raised while it was imported
+        raise ConfigError(
+            f"importing {module_name!r} for model {path!r} raised {type(err).__name__}: "
+            f"{_first_line(err)}; fix the module (`python -c 'import {module_name}'` shows where)"
         ) from err
     factory: Any = module
     for part in attribute.split("."):
@@ -77,9 +88,47 @@ def _accepted_arguments(factory: Callable[..., Any], offered: dict[str, int]) ->
     return {key: value for key, value in offered.items() if key in named}
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+def _required_arguments(factory: Callable[..., Any], offered: dict[str, int]) -> list[str]:
+    """The parameters of `factory` without a default that advprune does not offer."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in offered
+    ]
+
+
 def _build_imported(path: str, **offered: int) -> nn.Module:
     factory = _import_factory(path)
-    network = factory(**_accepted_arguments(factory, offered))
+    missing = _required_arguments(factory, offered)
+    given = ", ".join(offered)
+    if missing and not isinstance(factory, type):
+        raise ConfigError(
+            f"{path} is not an nn.Module class but a function that needs {', '.join(missing)}, "
+            f"which advprune cannot give (it passes only {given}); name your network's class or "
+            "a factory that builds it from those"
+        )
+    if missing:
+        raise ConfigError(
+            f"{path} needs the constructor argument(s) {', '.join(missing)}, which advprune "
+            f"cannot give (it passes only {given}); give them defaults or name a factory "
+            "function that builds the network"
+        )
+    try:
+        network = factory(**_accepted_arguments(factory, offered))
+    except Exception as err:  # the user's constructor failed: say so in one line
+        raise ConfigError(
+            f"building {path} raised {type(err).__name__}: {_first_line(err)}; fix its "
+            f"constructor (it is called with {given} where it accepts them)"
+        ) from err
     if not isinstance(network, nn.Module):
         raise ConfigError(
             f"{path} returned a value of type {type(network).__name__}, not an nn.Module; the "
@@ -114,6 +163,7 @@ def create_model(
     image_size: int = 32,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    output_index: int | None = None,
 ) -> nn.Module:
     """Build network `name`: a registered name or "package.module:ClassOrFactory".
 
@@ -122,7 +172,8 @@ def create_model(
     pixels; without mean/std that normalisation is the identity. A network registered with
     `normalize=False` (vgg16-bn, resnet18: the adversarial-pruning benchmark feeds its networks
     raw [0, 1] images) comes back bare, with the benchmark's state-dict keys, and mean/std must
-    be unset (or the identity): the dataset's statistics are not applied to it.
+    be unset (or the identity): the dataset's statistics are not applied to it. `output_index`
+    appends `OutputIndex` for a network whose forward returns a tuple.
 
     Example: `create_model("resnet18")` is a `ResNet` with keys "conv1.weight", …;
     `create_model("lenet5-caffe", 10, 1, image_size=28, mean=[0.29], std=[0.35])` has
@@ -136,22 +187,64 @@ def create_model(
     else:
         network = model_entry(name).factory(**sizes)
     speed_up_input_gradients(network)
-    return network if normalization is None else with_normalization(network, *normalization)
+    if normalization is None:
+        return network
+    return with_layers_around(network, *normalization, output_index=output_index)
 
 
-def architecture(name: str, spec: DatasetSpec) -> dict[str, Any]:
+def with_layers_around(
+    network: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    output_index: int | None = None,
+) -> nn.Sequential:
+    """`network` behind its `Normalize`, and before `OutputIndex` when its forward returns a
+    tuple: the layout every run of a normalising network has, built from the CLI or the API."""
+    model = with_normalization(network, mean, std)
+    if output_index is not None:
+        model.add_module("output", OutputIndex(output_index))
+    return model
+
+
+def default_normalize(name: str) -> str:
+    """`--normalize` unset: the dataset's statistics for a zoo network that normalises; none
+    for a network of one's own and for the benchmark's bare networks."""
+    return NO_NORMALIZATION if is_import_path(name) or not normalizes(name) else DATASET_STATISTICS
+
+
+def check_normalize_for(name: str, normalize: str) -> None:
+    """The benchmark's bare networks have no normalisation layer to put values in."""
+    if normalize != NO_NORMALIZATION and not normalizes(name):
+        raise ConfigError(
+            f"model {name} takes raw [0, 1] images, as the adversarial-pruning benchmark feeds "
+            f"them, and has no normalisation layer; leave --normalize unset or pass none"
+        )
+
+
+def architecture(
+    name: str, spec: DatasetSpec, normalize: str | None = None, output_index: int | None = None
+) -> dict[str, Any]:
     """`create_model`'s arguments for a dataset, as stored with every saved model:
-    `create_model(**architecture("resnet18", get_spec("cifar10")))`. A network without
-    normalisation records mean/std as None: the dataset's statistics are not part of it."""
-    normalize = normalizes(name)
-    return {
+    `create_model(**architecture("resnet18", get_spec("cifar10")))`. `normalize` is the
+    `--normalize` value (default: `default_normalize(name)`); a network without normalisation
+    records mean/std as None. `output_index` is recorded only when set."""
+    normalize = normalize or default_normalize(name)
+    check_normalize_for(name, normalize)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    if normalizes(name):
+        values = normalization_values(normalize, spec.in_channels, spec.mean, spec.std)
+        mean, std = list(values[0]), list(values[1])
+    recorded = {
         "name": name,
         "num_classes": spec.num_classes,
         "in_channels": spec.in_channels,
         "image_size": spec.image_size,
-        "mean": list(spec.mean) if normalize else None,
-        "std": list(spec.std) if normalize else None,
+        "mean": mean,
+        "std": std,
     }
+    return recorded if output_index is None else {**recorded, "output_index": output_index}
 
 
 def input_shape(architecture: dict[str, Any]) -> tuple[int, int, int]:

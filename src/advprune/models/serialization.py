@@ -26,6 +26,14 @@ from advprune.models.layer_types import CONVS, NORMS
 ARCHITECTURE_KEYS = ("name", "num_classes", "in_channels", "image_size", "mean", "std")
 
 
+def architecture_arguments(architecture: dict[str, Any]) -> dict[str, Any]:
+    """`create_model`'s keyword arguments from a saved architecture (its extensions left out)."""
+    arguments = {key: architecture[key] for key in ARCHITECTURE_KEYS}
+    if architecture.get("output_index") is not None:
+        arguments["output_index"] = architecture["output_index"]
+    return arguments
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """`load_state_dict`, but a mismatch names the first differing tensors, not a wall of text."""
     expected = model.state_dict()
@@ -113,8 +121,7 @@ def load_model(
             f"model file {path} has no advprune architecture metadata; load its weights into your "
             "own nn.Module with safetensors.torch.load_file"
         )
-    args = {key: architecture[key] for key in ARCHITECTURE_KEYS}
-    model = create_model(args.pop("name"), **args)
+    model = create_model(**architecture_arguments(architecture))
     if architecture.get("layer_shapes"):
         resize_layers(model, architecture["layer_shapes"])
     gates = metadata.get("method", {}).get("gates")

@@ -33,7 +33,7 @@ from advprune.masks.export import channel_sparsity, export_gated, layer_shapes
 from advprune.masks.gated import find_gates, fold_gates
 from advprune.models import create_model, input_shape
 from advprune.models.layer_types import PRUNABLE
-from advprune.models.serialization import ARCHITECTURE_KEYS, load_model, save_model
+from advprune.models.serialization import architecture_arguments, load_model, save_model
 
 ROUNDINGS = (1, 8, 16)  # the width multiples `advprune export` chooses from: exact, 8 or 16 lanes
 # A padded export is kept only where it runs this much faster than the smaller ones: padding costs
@@ -84,7 +84,7 @@ def export_run(
         model, shape, exported
     )  # fmt: skip
     summary.update(channel_sparsity(fold_gates(model, example) if gated else model, example))
-    dense = create_model(**{key: architecture[key] for key in ARCHITECTURE_KEYS})
+    dense = create_model(**architecture_arguments(architecture))
     summary["latency"] = latency_comparison(
         dense, exported, shape, batch_sizes, threads=threads, repeats=repeats,
         device=target_device,

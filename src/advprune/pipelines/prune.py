@@ -36,10 +36,15 @@ from advprune.models.serialization import load_model
 from advprune.pipelines.export import export_run
 from advprune.pipelines.train import train_phase
 from advprune.training import TrainConfig, train
+from advprune.training.config import CUSTOM_DATASET
 from advprune.training.method import MaskedTraining
-from advprune.training.trainer import TrainingData, load_training_data
+from advprune.training.trainer import TrainingData, check_training_data, load_training_data
 
 SETTINGS_FILE = "prune.yaml"
+# How `advprune prune` spells the settings of a phase: the fine-tuning's `--finetune-lr`, the
+# score phase's (HYDRA, HARP: RUN_DIR/scores) `--score-lr`.
+FINETUNE_FLAGS = "finetune-"
+PHASE_FLAGS = {"scores": "score-"}
 
 
 @dataclass
@@ -63,10 +68,7 @@ def load_source(settings: PruneSettings, method: PruningMethod) -> Source:
         raise ConfigError(method.start_hint)
     run = RunDir.existing(settings.from_run)
     if not run.model.exists():
-        raise ConfigError(
-            f"--from {run.path} has no model.safetensors: its training has not finished; finish "
-            f"it with `advprune train --resume --run-dir {run.path}`"
-        )
+        raise run.unfinished_error("--from")
     model, metadata = load_model(run.model)
     source_method = metadata.get("method", {})
     if find_gates(model):
@@ -185,6 +187,7 @@ def prune_run(
         return _finished(run, device, log)
     data = data or load_training_data(phase)
     context = _context(settings, source, data, device, run.path, progress, log)
+    check_training_data(context.model, data, device, api=data.spec.name == CUSTOM_DATASET)
     # Until the run writes a file of its own, a failure takes prune.yaml back: the corrected
     # command can start in the same --run-dir.
     with undone_on_failure(run.path, [SETTINGS_FILE]) if is_main else contextlib.nullcontext():
@@ -218,6 +221,7 @@ def _train_phase(method: PruningMethod, phase: TrainConfig, context: PruneContex
         log=context.log,
         initial_weights=initial,
         method=training,
+        flag_prefix=FINETUNE_FLAGS,
     )
 
 
@@ -255,6 +259,7 @@ def _context(
             data=data,
             progress=progress,
             log=log,
+            flag_prefix=PHASE_FLAGS.get(name, f"{name}-"),
         )
 
     cache: Path | None = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()

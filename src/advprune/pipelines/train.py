@@ -32,8 +32,10 @@ def train_phase(
     data: TrainingData | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    flag_prefix: str = "",
 ) -> nn.Module:
-    """Train `config` with `method` into `run_dir`, resuming or reusing what is there.
+    """Train `config` with `method` into `run_dir`, resuming or reusing what is there; hints
+    name `--{flag_prefix}lr` (`train`'s `flag_prefix`).
 
     Example:
         dense = train_phase(TrainConfig(epochs=2, eps=0.1), "runs/dense")  # again: reused
@@ -54,4 +56,5 @@ def train_phase(
         log=log,
         initial_weights=initial_weights,
         method=method,
+        flag_prefix=flag_prefix,
     )

@@ -24,7 +24,7 @@ from advprune.core.config import Config, choices_of, scalar_type
 from advprune.core.device import tune_process
 from advprune.core.errors import AdvpruneError, ConfigError, GradientMaskingError
 from advprune.core.io import atomic_write_text, read_json
-from advprune.core.run_dir import RunDir
+from advprune.core.run_dir import RunDir, undone_on_failure
 from advprune.evaluation import evaluate_run, results_file
 from advprune.recipes import recipe_name
 from advprune.report import read_run, write_report
@@ -184,13 +184,17 @@ def run_step(
     The same in this process (`--jobs 1`) and in a task's own (parallel.work), both with the
     command line's process settings (`tune_process`: a task's process does not inherit them)."""
     tune_process()
-    run = RunDir.create(step.run_dir)
     if phase != EVALUATE:
+        # A step refused before it wrote a file of its own (a network that fails its check)
+        # takes back its step.yaml and folders: the corrected recipe starts clean.
         try:
-            _check_record(step, run)
-            _train_or_prune(step, run, progress, log)
+            with undone_on_failure(step.run_dir, [STEP_RECORD]):
+                run = RunDir.create(step.run_dir)
+                _check_record(step, run)
+                _train_or_prune(step, run, progress, log)
         except AdvpruneError as err:
             raise with_set_hints(err, step.configs) from err
+    run = RunDir.create(step.run_dir)
     if phase == BUILD or step.evaluate is None:
         return None
     try:

@@ -12,6 +12,9 @@ from advprune.core.distributed import BACKENDS
 from advprune.core.errors import ConfigError
 from advprune.data import CUSTOM_DATASET, IMAGE_FOLDER, dataset_names, get_spec
 from advprune.models import check_model_name
+from advprune.models.factory import check_normalize_for, default_normalize
+from advprune.models.normalization import check_normalize
+from advprune.models.registry import is_import_path
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "mixed-at", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
@@ -66,6 +69,18 @@ class TrainConfig(Config):
     )
     model: str = setting(
         "lenet5-caffe", "network: a zoo name (`advprune list models`) or module.path:Factory"
+    )
+    normalize: str | None = setting(
+        None,
+        "input normalisation in front of the network: dataset (the dataset's per-channel "
+        "mean/std), none ([0, 1] pixels as they are) or MEAN,STD (one pair for every channel, "
+        "or C means then C stds); default: dataset for zoo networks that normalise, none for "
+        "your own network (--model pkg:Class, the Python API) and vgg16-bn/resnet18",
+    )
+    output_index: int | None = setting(
+        None,
+        "your network's forward returns a tuple: use output N of it as the logits (0 for "
+        "(logits, features))",
     )
     objective: str = setting("pgd-at", "training objective", choices=OBJECTIVES)
     eps: float | None = setting(
@@ -137,6 +152,7 @@ class TrainConfig(Config):
             self.eps = get_spec(self.dataset).default_eps
         check_eps(self.eps)
         check_model_name(self.model)
+        self._check_network_options()
         check_positive_counts(
             self,
             (
@@ -175,4 +191,16 @@ class TrainConfig(Config):
             raise ConfigError(
                 f"test_fraction must be in (0, 1), got {self.test_fraction:g}; pass e.g. "
                 "--test-fraction 0.2"
+            )
+
+    def _check_network_options(self) -> None:
+        """Fill in `normalize` by the one rule (`default_normalize`); refuse what cannot apply."""
+        if self.normalize is None:
+            self.normalize = default_normalize(self.model)
+        check_normalize(self.normalize)
+        check_normalize_for(self.model, self.normalize)
+        if self.output_index is not None and not is_import_path(self.model):
+            raise ConfigError(
+                f"--output-index is for a network of your own whose forward returns a tuple; "
+                f"{self.model} returns its logits: drop --output-index"
             )

@@ -35,14 +35,17 @@ class StepContext:
     # checkpointed: draw noise that must agree across ranks (e.g. gate samples) from it, and
     # per-example noise with its noise_shard (docs/scaling.md, "Methods under DDP").
     attack: AttackSettings | None = None
+    flag_prefix: str = ""  # hints name `--{flag_prefix}lr`: the flag of the command that runs
 
 
 def check_finite(loss: torch.Tensor, context: StepContext, what: str = "loss") -> None:
     """Stop before a non-finite loss reaches the weights; the last checkpoint on disk stays good."""
     if not torch.isfinite(loss):
+        # `--precision` is a flag of `train`; a pruning phase runs in its source run's precision.
+        precision = "" if context.flag_prefix else " or use --precision fp32"
         raise TrainingError(
             f"{what} is {loss.item()} at epoch {context.epoch + 1} step {context.step + 1}; lower "
-            "--lr or use --precision fp32 — the last good checkpoint is kept"
+            f"--{context.flag_prefix}lr{precision} — the last good checkpoint is kept"
         )
 
 

@@ -48,6 +48,12 @@ from advprune.data import (
     load_dataset,
 )
 from advprune.models import architecture, create_model
+from advprune.models.input_check import (
+    check_images,
+    check_labels,
+    check_network_and_data,
+    check_parameters,
+)
 from advprune.models.serialization import load_model, load_state_strict, save_model
 from advprune.training.checkpoint import RankState, load_training_state, save_training_state
 from advprune.training.config import CUSTOM_DATASET, TrainConfig
@@ -170,6 +176,7 @@ def train(
     log: Callable[[str], None] = print,
     initial_weights: dict[str, torch.Tensor] | None = None,
     method: TrainingMethod | None = None,
+    flag_prefix: str = "",
 ) -> nn.Module:
     """Train `config` into `run_dir`; returns the trained model (eval mode, on the run's device).
 
@@ -182,7 +189,8 @@ def train(
     training state and its metadata stored with the model. A first epoch that ends at chance
     stops the run with a `TrainingError` (its checkpoint kept) unless `config.allow_chance`.
     Launched by torchrun, every rank calls this and rank 0 writes; the directory is locked while
-    it does.
+    it does. `flag_prefix` spells the hints' flags as the command that runs the phase has them
+    ("finetune-": `--finetune-lr`).
 
     Example:
         model = train(TrainConfig(dataset="fashion-mnist", eps=0.1, epochs=2), "runs/at")
@@ -196,16 +204,26 @@ def train(
     with undone_on_failure(run_dir) if ddp.is_main else contextlib.nullcontext():
         run = RunDir.create(run_dir) if ddp.is_main else RunDir(Path(run_dir))
         with run.locked() if ddp.is_main else contextlib.nullcontext():
-            training = _Training(config, run, ddp, device, progress, log)
+            training = _Training(config, run, ddp, device, progress, log, flag_prefix)
             training.prepare(resume, data, model, initial_weights, method or TrainingMethod())
             return training.run()
+
+
+def check_training_data(
+    model: nn.Module, data: TrainingData, device: torch.device, *, api: bool = False
+) -> None:
+    """The user's network and both splits on one batch, before the run writes anything."""
+    classes = data.spec.num_classes
+    check_network_and_data(model, data.train, classes, device, split="training", api=api)
+    check_images(data.test.images, "test")
+    check_labels(data.test.labels, classes, "test")
 
 
 def load_init_weights(init: str) -> dict[str, torch.Tensor]:
     """The weights of the finished run `init` (a plain, ungated model)."""
     run = RunDir.existing(init)
     if not run.model.exists():
-        raise ConfigError(f"--init {run.path} has no model.safetensors; finish that run first")
+        raise run.unfinished_error("--init")
     model, _ = load_model(run.model)
     return model.state_dict()
 
@@ -233,9 +251,10 @@ class _Training:
         device: torch.device,
         progress: bool,
         log: Callable[[str], None],
+        flag_prefix: str = "",
     ) -> None:
         self.config, self.run_dir, self.ddp, self.device = config, run, ddp, device
-        self.progress, self.log = progress, log
+        self.progress, self.log, self.flag_prefix = progress, log, flag_prefix
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.start_batch = 0, 0
         self.resumed_rank: RankState | None = None
@@ -262,7 +281,11 @@ class _Training:
             )
         self.method = method
         seed_everything(config.seed)
-        self.model = method.prepare(self._build_model(model, initial_weights))
+        built = self._build_model(model, initial_weights)
+        check_training_data(
+            built, self.data, self.device, api=self.data.spec.name == CUSTOM_DATASET
+        )
+        self.model = method.prepare(built)
         self.attack_generator = torch.Generator(self.device)
         self.optimizer = build_optimizer(config, method.weight_parameters(self.model))
         self.loader = BatchLoader(
@@ -297,8 +320,11 @@ class _Training:
     ) -> nn.Module:
         """A copy of the caller's `model`, or the zoo's `config.model`, on the run's device."""
         config = self.config
-        self.architecture = architecture(config.model, self.data.spec)
+        self.architecture = architecture(
+            config.model, self.data.spec, config.normalize, config.output_index
+        )
         model = copy.deepcopy(model) if model is not None else create_model(**self.architecture)
+        check_parameters(model)  # before `to`, which cannot copy a meta tensor
         if initial_weights is None and config.init is not None:
             initial_weights = load_init_weights(config.init)
         if initial_weights is not None:
@@ -405,7 +431,14 @@ class _Training:
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             context = StepContext(
-                run_objective, epoch, step, steps_per_epoch, lr, len(self.data.train), attack
+                run_objective,
+                epoch,
+                step,
+                steps_per_epoch,
+                lr,
+                len(self.data.train),
+                attack,
+                self.flag_prefix,
             )
             out = self.method.step(self.step_model, x, y, self.optimizer, context)
             sums.add(out, y)
@@ -439,11 +472,16 @@ class _Training:
     ) -> None:
         """Progress, TensorBoard and the periodic mid-epoch checkpoint."""
         global_step = epoch * self.steps_per_epoch + step + 1
-        if step % PROGRESS_EVERY == 0 and self.ddp.is_main:
+        last = step + 1 == self.steps_per_epoch
+        # A short epoch updates the bar ten times, so it never shows the first batch's figures
+        # for the whole epoch; the figures are the epoch's so far.
+        every = max(1, min(PROGRESS_EVERY, self.steps_per_epoch // 10))
+        if (step % every == 0 or last) and self.progress and self.ddp.is_main:
             bar.set_postfix(
                 loss=f"{sums.loss.item() / sums.seen:.3f}",
                 acc=f"{sums.correct.item() / sums.seen:.3f}",
             )
+        if step % PROGRESS_EVERY == 0 and self.ddp.is_main:
             self.run_log.step(global_step, {"batch_loss": out.loss.item(), "lr": lr})
         every = self.config.checkpoint_every
         if step + 1 == self.steps_per_epoch:
@@ -485,7 +523,9 @@ class _Training:
             self.log(f"stopped after epoch {epoch + 1}; checkpoint saved")
             raise KeyboardInterrupt
         if epoch == 0:
-            check_learning(record, self.data.spec.num_classes, self.config, self.run_dir)
+            check_learning(
+                record, self.data.spec.num_classes, self.config, self.run_dir, self.flag_prefix
+            )
 
     def _save_checkpoint(self, epoch: int, batch: int, sums: EpochSums) -> None:
         """Rank 0 writes the state after `batch` batches of `epoch`, with every rank's part."""
@@ -522,7 +562,10 @@ def monitor(
     """
     model.eval()
     clean = data.test.take(min(config.monitor_clean_examples, len(data.test)))
-    record = {"test_clean_accuracy": sharded_accuracy(model, clean, None, device)}
+    record: dict[str, float] = {
+        "test_clean_accuracy": sharded_accuracy(model, clean, None, device),
+        "test_clean_examples": len(clean),
+    }
     if config.monitor_examples and config.objective != "standard":
         subset = data.test.take(min(config.monitor_examples, len(data.test)))
         generator = torch.Generator(device).manual_seed(epoch_seed(config.seed, epoch, "monitor"))
@@ -535,6 +578,7 @@ def monitor(
             noise_shard=(ddp.rank, ddp.world_size),
         )
         record["test_pgd10_accuracy"] = sharded_accuracy(model, subset, attack, device)
+        record["test_pgd10_examples"] = len(subset)
     return record
 
 
@@ -574,7 +618,11 @@ def sharded_accuracy(
 
 
 def check_learning(
-    record: dict[str, Any], num_classes: int, config: TrainConfig, run: RunDir
+    record: dict[str, Any],
+    num_classes: int,
+    config: TrainConfig,
+    run: RunDir,
+    flag_prefix: str = "",
 ) -> None:
     """Stop a run whose first epoch ends at chance, on the training batches and on clean test
     images alike (a PGD-AT run's adversarial train accuracy alone can be low while it learns)."""
@@ -584,17 +632,20 @@ def check_learning(
         return
     raise TrainingError(
         f"the first epoch ended at chance (train {record['train_accuracy']:.3f}, clean test "
-        f"{record['test_clean_accuracy']:.3f}): the model is not learning; try a lower --lr, a "
-        f"trained start, or a smaller --eps (the checkpoint in {run.path} is kept; "
-        "--allow-chance trains on anyway)"
+        f"{record['test_clean_accuracy']:.3f}): the model is not learning; try a lower "
+        f"--{flag_prefix}lr, a trained start, or a smaller --{flag_prefix}eps (the checkpoint in "
+        f"{run.path} is kept; --allow-chance trains on anyway)"
     )
 
 
 def format_record(record: dict) -> str:
+    """One line per epoch; each test accuracy says how many test images it is measured on."""
     parts = [f"epoch {record['epoch']}"]
-    parts += [
-        f"{k.replace('_accuracy', '')} {v:.4f}" for k, v in record.items() if k.endswith("accuracy")
-    ]
+    for key, value in record.items():
+        if key.endswith("accuracy"):
+            name = key.removesuffix("_accuracy")
+            examples = record.get(f"{name}_examples")
+            parts.append(f"{name} {value:.4f}" + (f" (on {examples})" if examples else ""))
     parts.append(f"loss {record['train_loss']:.4f}")
     parts.append(f"{record['seconds']:.0f}s")
     return "  ".join(parts)
