@@ -175,7 +175,10 @@ def test_jobs_2_runs_two_independent_steps_at_once(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "two.yaml", steps)
     messages: list[str] = []
     reproduce(recipe, tmp_path / "runs", jobs=2, threads=1, progress=False, log=messages.append)
-    assert len(list(barrier.iterdir())) == 2  # one process per step
+    # One process per step; the report, in this process, builds the network once more for its
+    # layers' names (conv1, fc1) after both steps are done.
+    builders = {path.name for path in barrier.iterdir()} - {str(os.getpid())}
+    assert len(builders) == 2
     events = [m.split()[1:3] for m in messages if m.split()[1] in ("start", "done")]
     assert events[:2] == [["start", "a:"], ["start", "b:"]]
     # One after the other, the first step waits in vain: the barrier does tell.
@@ -183,7 +186,7 @@ def test_jobs_2_runs_two_independent_steps_at_once(tmp_path, monkeypatch):
     serial.mkdir()
     monkeypatch.setenv("ADVPRUNE_BARRIER", str(serial))
     monkeypatch.setenv("ADVPRUNE_BARRIER_TIMEOUT", "1")
-    with pytest.raises(RuntimeError, match="one by one"):
+    with pytest.raises(ConfigError, match="one by one"):  # the constructor's error, named
         reproduce(recipe, tmp_path / "serial", jobs=1, progress=False, log=quiet)
 
 
@@ -280,8 +283,10 @@ def test_a_failing_step_stops_the_others_and_is_named_in_one_line(tmp_path, monk
     messages: list[str] = []
     with pytest.raises(StepFailedError, match=r"step broken failed: .*cannot be built") as error:
         reproduce(recipe, tmp_path / "runs", jobs=2, threads=1, progress=False, log=messages.append)
-    assert "\n" not in str(error.value) and error.value.exit_code == 1
-    assert "Traceback" in (tmp_path / "runs" / "broken" / "log.txt").read_text()
+    assert "\n" not in str(error.value) and error.value.exit_code == 2  # the user's network
+    log = (tmp_path / "runs" / "broken" / "log.txt").read_text()
+    assert "error: building barrier_model:Broken raised RuntimeError" in log
+    assert "Traceback" not in log  # bad input is one line, in the log as on the console
     assert any(m.startswith("[reproduce] stopping slow") for m in messages)
     assert not (tmp_path / "runs" / "slow" / "model.safetensors").exists()
     assert not (tmp_path / "runs" / "report").exists()
