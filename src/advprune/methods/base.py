@@ -413,13 +413,19 @@ class ScoredMethod(PruningMethod):
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
         metadata = self.metadata(context.settings)
         if resume:
-            return MaskedTraining(None, metadata)  # the masks come back with the checkpoint
+            return self.finetuning(None, metadata, context)  # masks come back with the checkpoint
         masks = self.masks(context)
         what = "of the channels' weights" if context.channels else "of the scored weights"
         context.log(
             f"{self.name}: pruned {masks.sparsity():.2%} {what} "
             f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
         )
+        return self.finetuning(masks, metadata, context)
+
+    def finetuning(
+        self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    ) -> MaskedTraining:
+        """Fine-tuning under `masks` (None: they come back with the checkpoint)."""
         return MaskedTraining(masks, metadata)
 
 
