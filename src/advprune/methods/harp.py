@@ -495,12 +495,14 @@ class Harp(ScoredMethod):
                 "raise --initial-rate or --sparsity, or lower --rate-floor"
             )
         if initial < 1 - sparsity - 1e-9:
+            given = (
+                "the official strategy" if self.settings.initial_rate is None else "--initial-rate"
+            )
             raise ConfigError(
-                f"HARP's rates would start at {initial:g} kept, below the {1 - sparsity:g} that "
-                f"--sparsity {sparsity:g} keeps: L_hw only pulls rates down, so the run would end "
-                f"about {1 - initial:.0%} sparse (the official weight strategies, 010_*, start "
-                "at 0.1 for targets of 90 % and more); pass --initial-rate 1.0 (or any value "
-                f"≥ {1 - sparsity:g})"
+                f"HARP's rates would start at {initial:g} kept ({given}), below the "
+                f"{1 - sparsity:g} that --sparsity {sparsity:g} keeps: L_hw "
+                f"only pulls rates down, so the run would end about {(1 - initial) * 100:.0f} % "
+                f"sparse; pass --initial-rate 1.0 (or any value ≥ {1 - sparsity:g})"
             )
 
     def published_prune_settings(self) -> dict[str, Any]:
