@@ -263,26 +263,3 @@ def top_channels(scores: Tensor, kept: int) -> Tensor:
 def kept_channels(size: int, sparsity: float) -> int:
     """How many of a group's `size` channels a fixed sparsity keeps (at least one)."""
     return max(1, size - pruned_count(size, sparsity))
-
-
-def layer_macs(model: nn.Module, example: Tensor) -> dict[str, float]:
-    """Multiply-accumulates of each conv/linear layer on one input of `example`'s shape."""
-    macs: dict[str, float] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE):
-
-            def count(module: nn.Module, _args: tuple, out: Tensor, name: str = name) -> None:
-                per_output = module.weight[0].numel()  # in/groups · kernel, or in_features
-                macs[name] = out[:1].numel() * per_output
-
-            handles.append(module.register_forward_hook(count))
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return macs
