@@ -286,3 +286,24 @@ def test_the_clean_and_adversarial_passes_draw_their_own_gates():
     model.train()
     method.step(model, x, y, optimizer, context)
     assert len(seen) == 2 and not torch.equal(seen[0], seen[1])
+
+
+def test_vgg16_vs_has_the_official_15_features_dense14_before_and_after_bn():
+    """src/model/vgg.py:49,63,66: the 13 conv-BN-ReLU outputs, dense14 before BN and after
+    BN-ReLU; the method's passes capture all 15, with the gates in."""
+    from advprune.methods.anpvs import ANPVSSettings, ANPVSTraining
+
+    torch.manual_seed(0)
+    model = create_model("vgg16-anpvs", 10, 3, image_size=32)
+    train = TrainConfig(eps=0.03, attack_steps=1, optimizer="adam", lr=1e-3).validate()
+    method = ANPVSTraining(ANPVSSettings(vs_lambda=0.1), train, (3, 32, 32))
+    network = method.prepare(model).train()
+    dense = next(m for m in model.modules() if hasattr(m, "pre_norm_features")).classifier[2]
+    seen = []
+    dense.register_forward_hook(lambda module, args, out: seen.append(out))
+    _, captured = method._forward(network, torch.rand(4, 3, 32, 32), (None, (0, 1)))
+    assert len(captured) == 15
+    assert sum(tensor.dim() == 4 for tensor in captured.values()) == 13
+    dense_features = [tensor for tensor in captured.values() if tensor.dim() == 2]
+    assert any(tensor is seen[0] for tensor in dense_features)  # before BN: negatives too
+    assert any((tensor >= 0).all() for tensor in dense_features)  # after BN-ReLU

@@ -14,7 +14,6 @@ from advprune.masks.channels import (
     describe_channel_pruning,
     filter_norms,
     group_sums,
-    layer_macs,
     parameter_masks,
     removed_channels,
     select_channels,
@@ -147,8 +146,6 @@ def test_group_sums_add_every_slice_and_parameter_masks_pass_gradients():
     factors = parameter_masks(groups, values)
     sum(f.sum() for f in factors.values()).backward()
     assert all(v.grad is not None and (v.grad > 0).all() for v in values.values())
-    macs = layer_macs(model, example)
-    assert macs["body.0"] == 24 * 24 * 20 * 25 and macs["body.9"] == 500 * 10
 
 
 def test_magnitude_channel_scores_are_not_the_weight_scores_summed():

@@ -113,3 +113,72 @@ def test_a_mad_run_states_its_saliency_form_and_scheme(dense_run, tmp_path):
     for phase_dir in ("hydra", "hydra/scores"):
         config = TrainConfig.load(tmp_path / phase_dir / "config.yaml")
         assert (config.objective, config.beta) == ("trades", 6.0), phase_dir
+
+
+HARP_PHASE = dict(
+    objective="pgd-at", optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine"
+)  # fmt: skip
+# What docs/fidelity.md quotes of the recipes' dense starts (the HYDRA and HARP "pretraining" rows)
+HYDRA_DENSE = dict(
+    objective="trades", beta=6.0, epochs=100, eps=0.031, attack_steps=10, attack_step_size=0.0078,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine", batch_size=128,
+)  # fmt: skip
+HARP_DENSE = dict(
+    objective="pgd-at", epochs=100, eps=0.031, attack_steps=10, attack_step_size=0.0078,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128,
+)  # fmt: skip
+
+LWM_FINETUNING = dict(
+    objective="trades", beta=6.0, epochs=100, optimizer="sgd", lr=0.01, schedule="cosine",
+    weight_decay=1e-4,
+)  # fmt: skip
+
+
+def test_harp_defaults_are_the_official_codes():
+    harp = get_method("harp")
+    settings = harp.Settings()
+    assert phase(settings.score) == {**HARP_PHASE, "epochs": 20, "lr": 0.1}
+    assert phase(settings.finetune) == {**HARP_PHASE, "epochs": 100, "lr": 0.01}
+    assert (settings.compression_gamma, settings.rate_floor, settings.initial_rate) == (
+        0.01, 0.1, None
+    )  # fmt: skip
+    assert settings.train_batchnorm is True and settings.channel_flops == "registration"
+
+
+@pytest.mark.parametrize("recipe", ["mad-cifar10", "mad-svhn"])
+def test_the_harp_and_hydra_rows_quote_the_recipes(recipe, tmp_path):
+    """Every recipe value the HYDRA and HARP tables of docs/fidelity.md quote."""
+    steps = {step.name: step for step in make_plan(recipe, tmp_path).steps}
+    for network in ("vgg16", "resnet18"):
+        for name, expected in ((f"{network}-dense", HYDRA_DENSE),
+                               (f"{network}-harp-dense", HARP_DENSE)):  # fmt: skip
+            config = steps[name].configs[0]
+            assert {key: getattr(config, key) for key in expected} == expected, name
+            assert config.model == ("vgg16-bn" if network == "vgg16" else network)
+        for sparsity in (90, 95, 99):
+            step = steps[f"{network}-harp-{sparsity}"]
+            assert step.method == "harp" and step.needs["from_run"] == f"{network}-harp-dense"
+            assert step.setting("sparsity") == sparsity / 100
+            assert step.setting("structure") in (None, "weights")
+        for sparsity in (50, 75, 90):
+            step = steps[f"{network}-harp-c{sparsity}"]
+            assert step.setting("sparsity") == sparsity / 100
+            assert step.setting("structure") == "channels"
+        for sparsity in (90, 95, 99):
+            assert steps[f"{network}-hydra-{sparsity}"].needs["from_run"] == f"{network}-dense"
+            lwm = steps[f"{network}-magnitude-{sparsity}"]  # HYDRA's LWM baseline
+            assert lwm.needs["from_run"] == f"{network}-dense"
+            assert {key: lwm.setting(f"finetune_{key}") for key in LWM_FINETUNING} == LWM_FINETUNING
+            assert lwm.setting("scheme") == "layerwise"
+    if recipe == "mad-svhn":  # the augmentation row: the official codes flip SVHN too
+        assert all(step.configs[0].flip for step in steps.values() if step.kind == "train")
+
+
+def test_the_suite_runs_harp_on_hydras_budget(tmp_path):
+    """docs/fidelity.md, HARP "benchmark settings": harp-99 and harp-c85 on HYDRA's budget."""
+    steps = {step.name: step for step in make_plan("fashion-mnist-suite", tmp_path).steps}
+    for harp, hydra in (("harp-99", "hydra-99"), ("harp-c85", "hydra-c85")):
+        for key in ("sparsity", "structure", "score_epochs", "finetune_epochs", "from_run"):
+            assert steps[harp].setting(key) == steps[hydra].setting(key), (harp, key)
+    assert steps["harp-c85"].setting("structure") == "channels"
+    assert steps["harp-c85"].setting("score_epochs") == 3

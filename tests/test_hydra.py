@@ -211,3 +211,91 @@ def copy_of(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).requires_grad_(True)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_fine_tuned_channel_mask_is_the_one_the_score_phase_trained(tied):
+    """int(p·C) channels pruned, ties by position, in the score phase and in the fixed mask."""
+    from advprune.masks.channels import channel_groups
+
+    torch.manual_seed(0)
+    model = create_model("lenet5-caffe", 10, 1, image_size=28)
+    groups = channel_groups(model, torch.zeros(1, 1, 28, 28))
+    generator = torch.Generator().manual_seed(4)
+    scores = {
+        g.name: torch.ones(g.size) if tied else torch.rand(g.size, generator=generator)
+        for g in groups
+    }
+    sparsity = 0.33  # 20 → int 6 pruned (round would give 7)
+    trained = ScoredNetwork(model, scores, sparsity, groups).masks
+    fixed = hydra_masks(scores, sparsity, model=model, groups=groups)
+    for group in groups:
+        rows = fixed[f"{group.layers('producer')[0]}.weight"].flatten(1).any(1).float()
+        assert torch.equal(rows, trained[group.name]), group.name
+        assert int((rows == 0).sum()) == int(sparsity * group.size)
+
+
+def batchnorm_network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)
+    )
+
+
+def phase_training(kind: str, passes):
+    from advprune.methods.harp import HarpTraining
+    from advprune.methods.hydra import OfficialFinetuning
+
+    if kind == "scores":
+        return ScoreTraining(0.5, passes=passes)
+    if kind == "harp":
+        return HarpTraining(0.5, gamma=0.01, rate_floor=0.1, initial_rate=0.5, passes=passes)
+    weights = prunable_parameters(batchnorm_network(), include_bias=False)
+    masks = select({n: w.detach().abs() for n, w in weights.items()}, 0.5, scheme="layerwise")
+    return OfficialFinetuning(masks, {}, passes)
+
+
+@pytest.mark.parametrize("kind", ["scores", "harp", "finetune"])
+@pytest.mark.parametrize(("objective", "expected"), [("trades", "xxax"), ("pgd-at", "xa")])
+def test_each_batch_runs_the_official_train_mode_passes(kind, objective, expected):
+    """HYDRA's and HARP's trainer/adv.py: one clean train-mode pass before the loss, and TRADES's
+    x, x̃, x; BN's running statistics are those of exactly these passes, in this order."""
+    import copy
+
+    from advprune.methods.hydra import TrainModePasses
+    from advprune.training.method import StepContext
+    from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings
+
+    method = phase_training(kind, TrainModePasses(objective))
+    network = method.prepare(batchnorm_network()).train()
+    before = copy.deepcopy(network)
+    seen = []
+    network.register_forward_pre_hook(lambda m, a: seen.append(a[0]) if m.training else None)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    attack = AttackSettings(eps=0.1, steps=2, step_size=0.05)
+    loss = OBJECTIVE_FUNCTIONS[objective]
+    context = StepContext(lambda m, a, b: loss(m, a, b, attack, 6.0), 0, 0, 1, 0.1, 8, attack)
+    optimizer = torch.optim.SGD(method.weight_parameters(network), lr=0.1)
+    method.step(network, x, y, optimizer, context)
+    assert "".join("x" if torch.equal(t, x) else "a" for t in seen) == expected
+    with torch.no_grad():
+        for inputs in seen:
+            before(inputs)
+    unwrap = (lambda n: n[1]) if kind == "finetune" else (lambda n: n.network[1])
+    norm, official = unwrap(network), unwrap(before)
+    assert int(norm.num_batches_tracked) == len(expected)
+    assert torch.allclose(norm.running_mean, official.running_mean)
+    assert torch.allclose(norm.running_var, official.running_var)
+
+
+@pytest.mark.parametrize(("method", "objective"), [("hydra", "trades"), ("harp", "pgd-at")])
+def test_hydra_and_harp_fine_tune_with_their_trainers_passes(method, objective):
+    from types import SimpleNamespace
+
+    from advprune.methods.hydra import OfficialFinetuning
+
+    context = SimpleNamespace(source=TrainConfig(objective="standard"), settings=PruneSettings())
+    finetuning = create_method(method).finetuning(None, {}, context)
+    assert isinstance(finetuning, OfficialFinetuning)
+    assert finetuning.passes.objective == objective

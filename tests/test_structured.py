@@ -114,9 +114,10 @@ def test_the_mad_scheme_has_no_channel_form_and_nothing_is_written(lenet_run, tm
 def test_learnt_channel_scores_step_and_export_exactly(tmp_path, name, learner):
     """HYDRA's and HARP's channel phases on the benchmark's networks (random weights, one step on
     random images): the scores move, and the masks they leave export to an equal network."""
-    from advprune.masks.channels import channel_groups, layer_macs
+    from advprune.masks.channels import channel_groups
     from advprune.masks.export import channel_sparsity, export_gated
     from advprune.methods.harp import HarpTraining
+    from advprune.methods.harp_flops import flops_layers
     from advprune.methods.hydra import ScoreTraining
     from test_channels import network
 
@@ -125,9 +126,9 @@ def test_learnt_channel_scores_step_and_export_exactly(tmp_path, name, learner):
     if learner == "hydra":
         method = ScoreTraining(0.5, groups=groups)
     else:
-        macs = layer_macs(model, example)
+        flops = flops_layers(model, example)
         method = HarpTraining(0.5, gamma=0.01, rate_floor=0.1, initial_rate=1.0, groups=groups,
-                              macs=macs)  # fmt: skip
+                              flops=flops)  # fmt: skip
     scored = method.prepare(model.train())
     before = {n: s.detach().clone() for n, s in method.scores.items()}
     optimizer = torch.optim.SGD(method.weight_parameters(scored), lr=0.1)

@@ -33,7 +33,14 @@ from torch import Tensor, nn
 
 from advprune.core.errors import ConfigError
 from advprune.masks.gated import dependency_graph
-from advprune.masks.selection import check_sparsity, order_scores, pruned_count, select_global
+from advprune.masks.selection import (
+    SEEDED,
+    SelectionRule,
+    check_sparsity,
+    order_scores,
+    pruned_count,
+    select_global,
+)
 from advprune.masks.weight_masks import WeightMasks
 from advprune.models.features import trace_layer_chains
 from advprune.models.layer_types import CONVS, NORMS, PRUNABLE
@@ -230,15 +237,22 @@ def filter_norms(model: nn.Module, groups: list[ChannelGroup], p: int = 1) -> di
     return {name: total.pow(1 / p) for name, total in sums.items()}
 
 
-def parameter_masks(groups: list[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def parameter_masks(
+    groups: list[ChannelGroup],
+    masks: Mapping[str, Tensor],
+    roles: tuple[str, ...] = (PRODUCER, NORM, CONSUMER),
+) -> dict[str, Tensor]:
     """Per-parameter multipliers from per-channel `masks` (group name → [size]): every slice of
-    a channel gets the channel's value, a parameter cut by several groups (a conv's rows by one,
-    its columns by another) their product; each broadcasts against its parameter. Differentiable
-    in `masks`: straight-through channel scores pass their gradient through here."""
+    `roles` of a channel gets the channel's value, a parameter cut by several groups (a conv's
+    rows by one, its columns by another) their product; each broadcasts against its parameter.
+    Differentiable in `masks`: straight-through channel scores pass their gradient through here
+    (HARP's masks only the readers' columns: `roles=(CONSUMER,)`)."""
     result: dict[str, Tensor] = {}
     for group in groups:
         values = masks[group.name]
         for part in group.slices:
+            if part.role not in roles:
+                continue
             length = part.shape[part.dim]
             factor = torch.ones(length, dtype=values.dtype, device=values.device)
             index, channel = part.index.to(values.device), part.channel.to(values.device)
@@ -281,10 +295,12 @@ def select_channels(
     scheme: str = "layerwise",
     order: str = "lowest",
     seed: int = 0,
+    rule: SelectionRule = SEEDED,
 ) -> dict[str, Tensor]:
     """Keep-masks (group name → bool [size]) removing the `sparsity` fraction of lowest-scoring
-    channels: within each group ("layerwise", round(sparsity · size) each) or over all groups
-    together ("global"); ties in seeded order; a group keeps at least one channel."""
+    channels: within each group ("layerwise", `rule`'s count of each: round(sparsity · size) by
+    default) or over all groups together ("global"); ties as `rule` says (seeded by default); a
+    group keeps at least one channel."""
     check_sparsity(sparsity)
     if scheme not in CHANNEL_SCHEMES:
         raise ConfigError(
@@ -293,9 +309,11 @@ def select_channels(
         )
     ranked = order_scores({name: s.detach().float() for name, s in scores.items()}, order, seed)
     if scheme == "global":
-        keep = dict(select_global(ranked, sparsity, seed=seed))
+        keep = dict(select_global(ranked, sparsity, seed=seed, rule=rule))
     else:
-        keep = {n: select_global({n: s}, sparsity, seed=seed)[n] for n, s in ranked.items()}
+        keep = {
+            n: select_global({n: s}, sparsity, seed=seed, rule=rule)[n] for n, s in ranked.items()
+        }
     return {name: _keep_one(keep[name], ranked[name]) for name in ranked}
 
 
@@ -310,26 +328,3 @@ def top_channels(scores: Tensor, kept: int) -> Tensor:
 def kept_channels(size: int, sparsity: float) -> int:
     """How many of a group's `size` channels a fixed sparsity keeps (at least one)."""
     return max(1, size - pruned_count(size, sparsity))
-
-
-def layer_macs(model: nn.Module, example: Tensor) -> dict[str, float]:
-    """Multiply-accumulates of each conv/linear layer on one input of `example`'s shape."""
-    macs: dict[str, float] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE):
-
-            def count(module: nn.Module, _args: tuple, out: Tensor, name: str = name) -> None:
-                per_output = module.weight[0].numel()  # in/groups · kernel, or in_features
-                macs[name] = out[:1].numel() * per_output
-
-            handles.append(module.register_forward_hook(count))
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return macs

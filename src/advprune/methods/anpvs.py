@@ -6,9 +6,11 @@ Every minibatch, with x̃ = PGD(x) against the current network (deterministic ga
   trainer's optimizer applies: the official 1e-4·‖W‖²/2 is Adam's weight_decay=1e-4).
 Both gradients come from the same step and batch, as in the official code, each with its own Adam
 (gates lr 1e-2, weights lr 1e-3, on the same step schedule). VS = (1/L) Σ_l mean |z_l(x) − z_l(x̃)|
-over the latent features z_l of the gated layers. The clean and the adversarial pass each draw
-their own gates, as in the official code (whose VS term runs two more passes with draws of their
-own; we take VS from the same two passes as the CE terms: the same expectation, half the cost).
+over the latent features z_l of the gated layers (on ANP-VS's VGG-16 also dense14's output before
+its BN, 15 features as in the official code: `pre_norm_outputs`). The clean and the adversarial
+pass each draw their own gates, as in the official code (whose VS term runs two more passes with
+draws of their own; we take VS from the same two passes as the CE terms: the same expectation,
+half the cost).
 `ANPVS` below is the registered method: this training from a trained start, then the export.
 
 Ablations: `vs_lambda=0` is ANP (pruning on the adversarial loss, no VS); `gates=False` is AT-VS
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,30 @@ class ANPVSSettings(MethodSettings):
         return "anp-vs" if self.vs_lambda > 0 else "anp"
 
 
+@contextlib.contextmanager
+def pre_norm_outputs(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """The outputs, before their batch norm, of the layers the model lists in
+    `pre_norm_features` (ANP-VS's VGG-16: dense14), as extra vulnerability features."""
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    layers = [
+        (f"{prefix}.{name}" if prefix else name, owner.get_submodule(name))
+        for prefix, owner in model.named_modules()
+        for name in getattr(owner, "pre_norm_features", ())
+    ]
+    for name, layer in layers:
+
+        def keep(module: nn.Module, args: tuple, output: Tensor, name: str = name) -> None:
+            outputs[f"{name} before its norm"] = output
+
+        handles.append(layer.register_forward_hook(keep))
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def vulnerability_suppression_loss(
     clean: dict[str, Tensor], adversarial: dict[str, Tensor]
 ) -> Tensor:
@@ -215,9 +241,9 @@ class ANPVSTraining(TrainingMethod):
         with sample:
             if self.config.vs_lambda == 0:
                 return model(x), {}
-            with capture_features(model) as features:
+            with capture_features(model) as features, pre_norm_outputs(model) as before_norm:
                 logits = model(x)
-            return logits, features
+            return logits, {**features, **before_norm}
 
     def step(
         self,

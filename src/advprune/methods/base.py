@@ -416,7 +416,7 @@ class ScoredMethod(PruningMethod):
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
         metadata = self.metadata(context.settings)
         if resume:
-            return MaskedTraining(None, metadata)  # the masks come back with the checkpoint
+            return self.finetuning(None, metadata, context)  # masks come back with the checkpoint
         masks = self.masks(context)
         how = f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
         if context.channels:
@@ -425,6 +425,12 @@ class ScoredMethod(PruningMethod):
             context.log(f"{describe_channel_pruning(self.name, removed, total, unprunable)} {how}")
         else:
             context.log(f"{self.name}: pruned {masks.sparsity():.2%} of the scored weights {how}")
+        return self.finetuning(masks, metadata, context)
+
+    def finetuning(
+        self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    ) -> MaskedTraining:
+        """Fine-tuning under `masks` (None: they come back with the checkpoint)."""
         return MaskedTraining(masks, metadata)
 
 

@@ -19,16 +19,22 @@ keep (HYDRA's popup scores) and *how many* in each layer, under a compression ta
    masks the learnt scores and rates give are fixed, and the kept weights train.
 
 With `--structure channels` (the official `prune_reg channel`) each channel of a dependency group
-(masks/channels.py) has one score and each group one rate, round(k·C) channels are kept, and
-the rate is counted in FLOPs: each conv/linear layer's multiply-accumulates scale with the kept
-fractions of the group it reads and of the group it writes (`hw_flops_loss`); the official
-channel strategy starts every rate at 1 ("original").
+(masks/channels.py) has one score, initialised √6 · ‖filter‖₁ / max‖filter‖₁, and each group one
+rate; round(k·C) channels are kept, and in the prune phase the mask multiplies only the input
+columns of the layers that read them (the official [1, C_in, 1, 1] mask). The rate is counted
+in FLOPs as the official `hw_flops_loss` counts them (harp_flops.py: registration-order pairing,
+round(C·k) target; `channel_flops="data-flow"` is the corrected pairing); the official channel
+strategy starts every rate at 1 ("original").
 
-Departures, all recorded in docs/fidelity.md: the phase keeps its last epoch, not the one of best
-adversarial test accuracy; a prune phase too short to reach the target (a smoke run) ends with
-every rate scaled down by one factor until it does, where the official code would have no model
-to fine-tune; channels are Torch-Pruning groups (residual-coupled channels share one rate), not
-each layer's input channels.
+Both phases run the official trainer's clean train-mode forward pass before the loss
+(`TrainModePasses`), which BN's running statistics see.
+
+Departures, all recorded in docs/fidelity.md: each phase keeps its last epoch, not `model_best`
+(the epoch of best adversarial test accuracy: a selection on the test set); a prune phase too
+short to reach the target (a smoke run) ends with every rate scaled down by one factor until it
+does, where the official code would have no model to fine-tune; channels are Torch-Pruning groups
+(residual-coupled channels share one rate, the RGB input is never pruned), not each layer's input
+channels.
 """
 
 from __future__ import annotations
@@ -48,10 +54,8 @@ from advprune.core.errors import CheckpointError, ConfigError
 from advprune.masks import WeightMasks
 from advprune.masks.channels import (
     CONSUMER,
-    PRODUCER,
     ChannelGroup,
     channel_weight_masks,
-    layer_macs,
     parameter_masks,
     top_channels,
 )
@@ -65,15 +69,18 @@ from advprune.methods.base import (
     ScoredMethod,
     register_method,
 )
+from advprune.methods.harp_flops import PAIRINGS, ChannelFlops, FlopsLayer, flops_layers
 from advprune.methods.hydra import (
     MaskedNetwork,
+    TrainModePasses,
+    official_finetuning,
     scaled_channel_scores,
     scaled_scores,
     straight_through,
     top_k_mask,
 )
 from advprune.models.layer_types import NORMS
-from advprune.training.method import StepContext, TrainingMethod, check_finite
+from advprune.training.method import MaskedTraining, StepContext, TrainingMethod, check_finite
 from advprune.training.objectives import ObjectiveOutput
 
 RATE_CLIP = 0.99  # utils/utils.py rate_init_func: the fraction is clipped into ±(1 − 1e-2)
@@ -112,47 +119,42 @@ def hard_mask(scores: Tensor, rate: float, channels: bool) -> Tensor:
 
 
 class CompressionRate:
-    """The rate L_hw compares with its target: the kept share of the weights (weight pruning) or
-    of the multiply-accumulates (channel pruning), as a differentiable function of the rates."""
+    """The rate L_hw compares with its target under weight pruning: the kept share of the
+    weights, Σ n_l·k_l / Σ n_l, as a differentiable function of the rates (`hw.py:132-163`)."""
 
-    def __init__(self, sizes: dict[str, float], layers: list[tuple[float, str | None, str | None]]):
-        """`sizes`: weights per rated unit; `layers`: (MACs, group read, group written) per
-        layer for channels (then `sizes` is unused), empty for weights."""
+    def __init__(self, sizes: dict[str, float]):
+        """`sizes`: weights per rated unit."""
         self.sizes = sizes
-        self.layers = layers
 
     @classmethod
     def of_weights(cls, scores: dict[str, Tensor]) -> CompressionRate:
-        return cls({name: float(s.numel()) for name, s in scores.items()}, [])
-
-    @classmethod
-    def of_channels(cls, macs: dict[str, float], groups: list[ChannelGroup]) -> CompressionRate:
-        reads = {layer: g.name for g in groups for layer in g.layers(CONSUMER)}
-        writes = {layer: g.name for g in groups for layer in g.layers(PRODUCER)}
-        return cls({}, [(count, reads.get(n), writes.get(n)) for n, count in macs.items()])
+        return cls({name: float(s.numel()) for name, s in scores.items()})
 
     def __call__(self, rates: Callable[[str], Tensor | float]) -> Tensor:
         """The kept share under `rates` (unit name → kept fraction)."""
-        if not self.layers:
-            kept = sum(size * rates(name) for name, size in self.sizes.items())
-            return torch.as_tensor(kept / sum(self.sizes.values()))
-        total = sum(count for count, _, _ in self.layers)
-        kept = sum(
-            count * (rates(read) if read else 1.0) * (rates(write) if write else 1.0)
-            for count, read, write in self.layers
-        )
-        return torch.as_tensor(kept / total)
+        kept = sum(size * rates(name) for name, size in self.sizes.items())
+        return torch.as_tensor(kept / sum(self.sizes.values()))
 
-    def loss(self, rates: Callable[[str], Tensor | float], target: float) -> Tensor:
-        """L_hw = max(rate / target_rate − 1, 0), the target rate that of every unit at `target`."""
-        target_rate = self(lambda _: target)
-        return torch.clamp(self(rates) / target_rate - 1, min=0)
+    def target_rate(self, target: float) -> float:
+        return target
+
+
+def compression_loss(
+    rate: CompressionRate | ChannelFlops, rates: Callable[[str], Tensor | float], target: float
+) -> Tensor:
+    """L_hw = max(rate / target_rate − 1, 0)."""
+    return torch.clamp(rate(rates) / rate.target_rate(target) - 1, min=0)
 
 
 class RatedNetwork(MaskedNetwork):
     """`network` with each scored tensor (or channel group) masked by the top-k of its scores at
     its learnt rate, straight-through to the scores and the rate; the network's own tensors and
-    state dict are untouched (as HYDRA's `ScoredNetwork`)."""
+    state dict are untouched (as HYDRA's `ScoredNetwork`).
+
+    A channel mask multiplies only the input columns of the layers that read the channel, as the
+    official [1, C_in, 1, 1] mask does (`models/layers.py:118-120`): the producing layer and its
+    BN still run, so a pruned channel's score and its group's rate keep a task gradient and the
+    channel can come back."""
 
     def __init__(
         self,
@@ -188,11 +190,13 @@ class RatedNetwork(MaskedNetwork):
         for name, scores in self.scores.items():
             rate = self.rate(name)
             masks[name] = straight_through(self.masks[name], scores) + (rate - rate.detach())
-        return masks if self.groups is None else parameter_masks(self.groups, masks)
+        if self.groups is None:
+            return masks
+        return parameter_masks(self.groups, masks, roles=(CONSUMER,))
 
 
 def scaled_to_target(
-    rates: dict[str, float], floor: float, rate: CompressionRate, target: float
+    rates: dict[str, float], floor: float, rate: CompressionRate | ChannelFlops, target: float
 ) -> dict[str, float]:
     """The rates times the one factor c ∈ (0, 1] (each kept above the floor) whose compression
     rate meets the target: a prune phase that ended above it keeps its learnt allocation."""
@@ -200,7 +204,7 @@ def scaled_to_target(
     def scaled(factor: float) -> dict[str, float]:
         return {name: max(floor, factor * k) for name, k in rates.items()}
 
-    target_rate = float(rate(lambda _: target))
+    target_rate = rate.target_rate(target)
     low, high = 0.0, 1.0
     for _ in range(50):  # bisection: the compression rate grows with the factor
         middle = (low + high) / 2
@@ -227,15 +231,19 @@ class HarpTraining(TrainingMethod):
         initial_rate: float,
         train_batchnorm: bool = True,
         groups: list[ChannelGroup] | None = None,
-        macs: dict[str, float] | None = None,
+        flops: list[FlopsLayer] | None = None,
+        pairing: str = "registration",
+        passes: TrainModePasses | None = None,
     ) -> None:
         """`target`: the kept fraction k aimed at (1 − sparsity); `gamma`: γ₀; each rate stays
-        above rate_floor·target; `groups` and their layers' `macs`: prune channels, the rate
-        counted in FLOPs."""
+        above rate_floor·target; `groups` and their network's `flops` layers: prune channels,
+        the rate counted in FLOPs with `pairing` (harp_flops.py); `passes`: the official
+        trainer's extra forward passes."""
         self.target, self.gamma, self.floor = target, gamma, rate_floor * target
+        self.passes = passes
         self.initial_rate = initial_rate
         self.train_batchnorm = train_batchnorm
-        self.groups, self.macs = groups, macs
+        self.groups, self.flops, self.pairing = groups, flops, pairing
         self.scores: dict[str, nn.Parameter] = {}
         self.rate_scores: dict[str, nn.Parameter] = {}
         self.network: RatedNetwork | None = None
@@ -255,7 +263,7 @@ class HarpTraining(TrainingMethod):
             self.compression = CompressionRate.of_weights(initial)
         else:
             initial = scaled_channel_scores(model, self.groups)
-            self.compression = CompressionRate.of_channels(self.macs, self.groups)
+            self.compression = ChannelFlops(self.flops, self.groups, self.pairing)
         start = rate_logit(self.initial_rate, self.floor)
         self.scores = {name: nn.Parameter(s.to(device)) for name, s in initial.items()}
         self.rate_scores = {
@@ -269,7 +277,7 @@ class HarpTraining(TrainingMethod):
         return [*self.scores.values(), *self.rate_scores.values(), *trainable]
 
     def compression_loss(self) -> Tensor:
-        return self.compression.loss(self.network.rate, self.target)
+        return compression_loss(self.compression, self.network.rate, self.target)
 
     def current_gamma(self, epoch: int) -> float:
         """γ_e = (e + 1)·γ₀ until the target is reached, then frozen (hw.py, train.py)."""
@@ -294,6 +302,8 @@ class HarpTraining(TrainingMethod):
         context: StepContext,
     ) -> ObjectiveOutput:
         """The objective plus γ·L_hw on every batch (trainer/adv.py)."""
+        if self.passes is not None:
+            context = self.passes.wrap(context)
         if context.epoch > self.epoch:
             self.end_epoch(self.epoch)
             self.epoch = context.epoch
@@ -348,8 +358,11 @@ class HarpTraining(TrainingMethod):
 
     @torch.no_grad()
     def final_rates(self) -> tuple[dict[str, float], bool]:
-        """Each unit's kept fraction at the end, and whether L_hw reached 0; if not, the rates
-        scaled down to the target (the official code would have no checkpoint to fine-tune)."""
+        """Each unit's kept fraction at the end, and whether L_hw rounds to 0 there; if not, the
+        rates scaled down to the target, so the run prunes what was asked. That fires when the
+        phase never reached the target (the official code would have no `model_best` to
+        fine-tune) and when L_hw drifted above 5e-5 after γ froze (the official code would
+        fine-tune its best epoch after the first that reached it, `train.py:289-301`)."""
         rates = {name: float(self.network.rate(name)) for name in self.scores}
         reached = round(float(self.compression_loss()), REACHED_DIGITS) == 0
         if not reached:
@@ -369,6 +382,7 @@ class HarpTraining(TrainingMethod):
             "name": self.name,
             "target": self.target,
             "structure": "weights" if self.groups is None else "channels",
+            **({} if self.groups is None else {"channel_flops": self.pairing}),
             "history": self.history,
         }
 
@@ -377,6 +391,7 @@ class HarpTraining(TrainingMethod):
         rates, reached = self.final_rates()
         masks = self.final_masks(rates)
         record = {**self.metadata(), "target_reached": reached, "rates": rates}
+        record["gamma_frozen"] = self.frozen_gamma is not None
         masks.save(Path(run_path) / "masks.safetensors", record)
         masks.apply(self.network.network)
 
@@ -409,6 +424,12 @@ class HarpSettings(MethodSettings):
     train_batchnorm: bool = setting(
         True, "BN's affine parameters learn with the scores (official: --freeze-bn off)"
     )
+    channel_flops: str = setting(
+        "registration", "with --structure channels, which rate scales a layer's output channels "
+        "in the FLOPs: the next registered layer's (official utils/hw.py, wrong in a ResNet) or "
+        "data-flow, the rate of the group the layer writes",
+        choices=PAIRINGS,
+    )  # fmt: skip
     score: PhaseSettings = group(
         PhaseSettings,
         "the prune phase (official harp_prune: 20 epochs, PGD-AT, SGD lr 0.1, cosine, wd 5e-4)",
@@ -473,6 +494,16 @@ class Harp(ScoredMethod):
                 f"HARP's rates would start at {initial:g}, not above their floor α·k = {floor:g}; "
                 "raise --initial-rate or --sparsity, or lower --rate-floor"
             )
+        if initial < 1 - sparsity - 1e-9:
+            given = (
+                "the official strategy" if self.settings.initial_rate is None else "--initial-rate"
+            )
+            raise ConfigError(
+                f"HARP's rates would start at {initial:g} kept ({given}), below the "
+                f"{1 - sparsity:g} that --sparsity {sparsity:g} keeps: L_hw "
+                f"only pulls rates down, so the run would end about {(1 - initial) * 100:.0f} % "
+                f"sparse; pass --initial-rate 1.0 (or any value ≥ {1 - sparsity:g})"
+            )
 
     def published_prune_settings(self) -> dict[str, Any]:
         return {"include_bias": False}
@@ -488,7 +519,7 @@ class Harp(ScoredMethod):
         overrides = {key: value for key, value in overrides.items() if value is not None}
         config = self.settings.score.applied_to(context.source, seed=prune.seed, **overrides)
         initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
-        method = self.training(context)
+        method = self.training(context, TrainModePasses(config.objective, config.precision))
         context.log(
             f"harp: scores and {'group' if context.channels else 'layer'} rates towards "
             f"{1 - context.sparsity:.3g} kept ({config.epochs} epochs of {config.objective}, "
@@ -498,10 +529,14 @@ class Harp(ScoredMethod):
         context.model.load_state_dict(phase.state_dict())
         masks, record = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
         if not record.get("target_reached"):
+            why = (
+                "its compression loss rose above 0 again after γ froze"
+                if record.get("gamma_frozen")
+                else "it ended before its compression loss reached 0"
+            )
             context.log(
-                "harp: the prune phase ended before its compression loss reached 0; its rates "
-                "were scaled down to the target (give it more --score-epochs or a larger "
-                "--compression-gamma)"
+                f"harp: {why}; the prune phase's rates were scaled down to the target (give it "
+                "more --score-epochs or a larger --compression-gamma)"
             )
         return masks
 
@@ -511,7 +546,14 @@ class Harp(ScoredMethod):
             return self.settings.initial_rate
         return CHANNEL_STRATEGY if channels else WEIGHT_STRATEGY
 
-    def training(self, context: PruneContext) -> HarpTraining:
+    def finetuning(
+        self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    ) -> MaskedTraining:
+        return official_finetuning(self, masks, metadata, context)
+
+    def training(
+        self, context: PruneContext, passes: TrainModePasses | None = None
+    ) -> HarpTraining:
         target = 1 - context.sparsity
         channels = context.channels
         groups = context.channel_groups() if channels else None
@@ -522,5 +564,7 @@ class Harp(ScoredMethod):
             initial_rate=self.initial_rate(channels),
             train_batchnorm=self.settings.train_batchnorm,
             groups=groups,
-            macs=layer_macs(context.model, context.example()) if channels else None,
+            flops=flops_layers(context.model, context.example()) if channels else None,
+            pairing=self.settings.channel_flops,
+            passes=passes,
         )

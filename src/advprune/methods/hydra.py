@@ -11,8 +11,9 @@ of SGD with a cosine schedule. Then |s| becomes fixed `WeightMasks` through the 
 lr 0.01, cosine). Biases are never pruned. docs/fidelity.md has the official code's lines.
 
 With `--structure channels` (our extension: the paper prunes weights) each channel of a dependency
-group (masks/channels.py) gets one score, initialised √(6 / fan_in) · ‖filter‖₁ / max‖filter‖₁,
-and the top-k of each group is kept, straight-through as above.
+group (masks/channels.py) gets one score, initialised as HARP's channel scores,
+√6 · ‖filter‖₁ / max‖filter‖₁, and the top-k of each group is kept, straight-through as above,
+int(p·C) pruned with ties by position in the score phase and in the fixed mask alike.
 
 The model is never reparametrised: `ScoredNetwork` evaluates it with `functional_call`, so its
 state dict (what checkpoints and model files hold) keeps the model's own keys, and the scores are
@@ -21,6 +22,7 @@ the method's state, checkpointed by `ScoreTraining`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from advprune.core.config import group, setting
+from advprune.core.device import autocast
 from advprune.core.distributed import average_gradients
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.masks import (
@@ -59,7 +62,8 @@ from advprune.methods.base import (
     register_method,
 )
 from advprune.models.layer_types import NORMS
-from advprune.training.method import TrainingMethod
+from advprune.training.method import MaskedTraining, StepContext, TrainingMethod
+from advprune.training.objectives import ObjectiveOutput
 
 SCHEME = "layerwise"  # HYDRA's k is the same fraction in every layer
 
@@ -79,15 +83,15 @@ def scaled_scores(model: nn.Module) -> dict[str, Tensor]:
 
 
 def scaled_channel_scores(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, Tensor]:
-    """The scaled init for channel scores: √(6 / fan_in) · ‖filter‖₁ / max‖filter‖₁ per group,
-    fan_in that of the group's first producing layer (HARP's channel init, `utils/model.py`)."""
-    parameters = dict(model.named_parameters())
+    """The scaled init for channel scores: √6 · ‖filter‖₁ / max‖filter‖₁ per group.
+
+    HARP's channel init (`utils/model.py:107`) takes fan_in from the score tensor itself, shaped
+    [C_out, 1, 1, 1] when it is computed, so its bound is √(6 / 1) whatever the layer.
+    """
     scores = {}
     for name, norms in filter_norms(model, groups, p=1).items():
-        group = next(g for g in groups if g.name == name)
-        fan_in = parameters[f"{group.layers('producer')[0]}.weight"][0].numel()
         peak = norms.max().clamp_min(torch.finfo(torch.float32).tiny)
-        scores[name] = math.sqrt(6 / fan_in) * norms / peak
+        scores[name] = math.sqrt(6) * norms / peak
     return scores
 
 
@@ -176,12 +180,68 @@ def hydra_masks(
     groups: list[ChannelGroup] | None = None,
 ) -> WeightMasks:
     """The fixed masks fine-tuning keeps: the `sparsity` fraction of lowest |s| of each layer,
-    or, with channel `groups` (and the `model` they belong to), of each group's channels."""
+    or, with channel `groups` (and the `model` they belong to), of each group's channels; counted
+    and tied as in the score phase (`OFFICIAL`: int(p·n), ties by position), so fine-tuning keeps
+    the mask that was trained."""
     magnitudes = {name: s.detach().abs() for name, s in scores.items()}
     if groups:
-        keep = select_channels(magnitudes, sparsity, scheme=SCHEME, seed=seed)
+        keep = select_channels(magnitudes, sparsity, scheme=SCHEME, seed=seed, rule=OFFICIAL)
         return channel_weight_masks(model, groups, keep)
     return select(magnitudes, sparsity, scheme=SCHEME, seed=seed, rule=OFFICIAL)
+
+
+@dataclass(frozen=True)
+class TrainModePasses:
+    """The clean forward passes in train mode that the official trainers add to each batch, so
+    that BN's running statistics (what every eval-mode accuracy uses) see what theirs see.
+
+    HYDRA's and HARP's `trainer/adv.py` (hydra :54, harp :59) run `output = model(images)` in
+    train mode before the loss, only to log its accuracy; their `trades_loss` then runs
+    x, x̃ and x again (the last for the KL target, `utils/adv.py` hydra :96-100, harp :98-102),
+    their `pgd_loss` x̃ alone. So a TRADES batch updates the statistics with x, x, x̃, x and a
+    PGD-AT batch with x, x̃, where our objectives run x, x̃ and x̃. The extra passes change no
+    gradient: in train mode BN normalises by the batch, so their outputs equal the loss's own.
+    """
+
+    objective: str
+    precision: str = "fp32"
+
+    def wrap(self, context: StepContext) -> StepContext:
+        """`context` with its objective run between the official extra passes."""
+        run = context.objective
+
+        def objective(model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
+            self.clean(model, x)  # the trainer's `output = model(images)`
+            out = run(model, x, y)
+            if self.objective == "trades":
+                self.clean(model, x)  # trades_loss's third train-mode pass, the KL target
+            return out
+
+        return dataclasses.replace(context, objective=objective)
+
+    def clean(self, model: nn.Module, x: Tensor) -> None:
+        with torch.no_grad(), autocast(x.device, self.precision):
+            model(x)
+
+
+class OfficialFinetuning(MaskedTraining):
+    """Fine-tuning under fixed masks with the official trainer's forward passes."""
+
+    def __init__(
+        self, masks: WeightMasks | None, settings: dict[str, Any], passes: TrainModePasses
+    ):
+        super().__init__(masks, settings)
+        self.passes = passes
+
+    def step(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        return super().step(model, x, y, optimizer, self.passes.wrap(context))
 
 
 class ScoreTraining(TrainingMethod):
@@ -201,13 +261,16 @@ class ScoreTraining(TrainingMethod):
         seed: int = 0,
         train_batchnorm: bool = True,
         groups: list[ChannelGroup] | None = None,
+        passes: TrainModePasses | None = None,
     ) -> None:
-        """`groups`: learn a score per channel of these groups instead of one per weight."""
+        """`groups`: learn a score per channel of these groups instead of one per weight;
+        `passes`: the official trainer's extra forward passes (none by default)."""
         check_sparsity(sparsity)
         self.sparsity = sparsity
         self.seed = seed
         self.train_batchnorm = train_batchnorm
         self.groups = groups
+        self.passes = passes
         self.scores: dict[str, nn.Parameter] = {}
         self.network: ScoredNetwork | None = None
 
@@ -225,6 +288,17 @@ class ScoreTraining(TrainingMethod):
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         trainable = [p for p in self.network.network.parameters() if p.requires_grad]
         return [*self.scores.values(), *trainable]
+
+    def step(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        context = self.passes.wrap(context) if self.passes else context
+        return super().step(model, x, y, optimizer, context)
 
     def before_update(self, model: nn.Module) -> None:
         """The scores are the method's tensors, not DDP's: average their gradients over ranks."""
@@ -342,6 +416,7 @@ class Hydra(ScoredMethod):
             seed=context.settings.seed,
             train_batchnorm=self.settings.train_batchnorm,
             groups=context.channel_groups() if context.channels else None,
+            passes=TrainModePasses(config.objective, config.precision),
         )
         unit = "channel" if context.channels else "layer-wise"
         context.log(
@@ -352,6 +427,19 @@ class Hydra(ScoredMethod):
         context.model.load_state_dict(phase.state_dict())
         masks, _ = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
         return masks
+
+    def finetuning(
+        self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    ) -> MaskedTraining:
+        return official_finetuning(self, masks, metadata, context)
+
+
+def official_finetuning(
+    method: ScoredMethod, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+) -> MaskedTraining:
+    """HYDRA's and HARP's fine-tuning: under the masks, with their trainer's forward passes."""
+    config = method.phase(context.source, context.settings)
+    return OfficialFinetuning(masks, metadata, TrainModePasses(config.objective, config.precision))
 
 
 def _where(prune: PruneSettings) -> dict[str, Any]:

@@ -122,6 +122,11 @@ class BaseModeDropout(nn.Dropout):
 class ANPVSVGG(nn.Module):
     """ANP-VS's VGG-16: `features` (13 conv blocks) and `classifier` (two dense layers)."""
 
+    # Layers whose output *before* their batch norm is also a vulnerability feature: the official
+    # `temp_x` holds dense14's output before BN (src/model/vgg.py:63) as well as after BN-ReLU
+    # (:66), 15 features with the 13 conv-BN-ReLU outputs (:49).
+    pre_norm_features = ("classifier.2",)
+
     def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
