@@ -209,6 +209,11 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """What advprune knows of a dataset before reading it (classes, shape, standard ε, sizes).
+
+    Example:
+        get_spec("fashion-mnist").default_eps   # 0.1
+    """
     try:
         return DATASETS[name]
     except KeyError:

@@ -383,6 +383,8 @@ class ScoredMethod(PruningMethod):
         return self.scores_bias if prune.include_bias is None else prune.include_bias
 
     def scores(self, context: PruneContext) -> dict[str, torch.Tensor]:
+        """The method's own part: a score per weight (parameter name → tensor shaped like it,
+        higher = keep), from which `masks` keeps the top of each layer or of the network."""
         raise NotImplementedError(f"{type(self).__name__} must define scores() or masks()")
 
     def channel_scores(
@@ -393,6 +395,9 @@ class ScoredMethod(PruningMethod):
         return group_sums(self.scores(context), groups)
 
     def masks(self, context: PruneContext) -> WeightMasks:
+        """The masks fine-tuning keeps fixed: the weights (or, with `--structure channels`, the
+        channels) of highest score, at the run's sparsity and scheme. A method whose masks come
+        from a phase of its own overrides this instead of `scores`."""
         prune = context.settings
         if context.channels:
             groups = context.channel_groups()

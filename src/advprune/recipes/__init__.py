@@ -27,6 +27,7 @@ def recipe_name(name: str) -> str:
 
 
 def available_recipes() -> list[str]:
+    """The names of the packaged recipes (`advprune list recipes`), e.g. "demo", "mad-cifar10"."""
     files = resources.files(__package__).iterdir()
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
 
