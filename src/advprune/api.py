@@ -34,6 +34,7 @@ from advprune.core.config import closest
 from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError, DataError
 from advprune.data import DatasetSpec, ImageDataset
+from advprune.data.dataset import channel_statistics
 from advprune.masks.export import remove_unread_units
 from advprune.masks.gated import find_gates, fold_gates
 from advprune.methods import PruneSettings, get_method
@@ -81,23 +82,10 @@ def _training_data(train_data: Data, test_data: Data | None, eps: float) -> Trai
     if height != width:
         raise DataError(f"images are {height}×{width}; advprune's models take square images")
     classes = max(train.num_classes, test.num_classes)
-    statistics = _channel_statistics(train.images)
+    statistics = channel_statistics(train.images)
     spec = DatasetSpec(CUSTOM_DATASET, classes, channels, height, *statistics, 0, False, eps)
     train, test = (dataclasses.replace(split, num_classes=classes) for split in (train, test))
     return TrainingData(spec, train, test)
-
-
-def _channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the images in [0, 1] pixels, summed a chunk at a time so that
-    no float copy of the whole set is made."""
-    sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
-    for chunk in images.split(1024):
-        x = chunk.double() / 255 if chunk.dtype == torch.uint8 else chunk.double()
-        sums += torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))]).cpu()
-    values = images.numel() // images.shape[1]
-    mean = sums[0] / values
-    std = (sums[1] / values - mean**2).clamp_min(1e-12).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def _model_name(model: nn.Module) -> str:

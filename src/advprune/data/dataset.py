@@ -218,3 +218,23 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def channel_statistics(
+    images: torch.Tensor, chunk: int = 1024
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of (N, C, H, W) images in [0, 1] pixel units
+    (uint8 images are divided by 255), summed in float64 a chunk at a time: a float copy of a
+    whole split may not fit in memory. The normalisation a dataset given as files or tensors gets.
+
+    Example:
+        mean, std = channel_statistics(train.images)   # ((0.286,), (0.353,)) for Fashion-MNIST
+    """
+    sums = torch.zeros(2, images.shape[1], dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.double() / 255 if part.dtype == torch.uint8 else part.double()
+        sums += torch.stack([x.sum((0, 2, 3)), x.square().sum((0, 2, 3))]).cpu()
+    count = images[:, :1].numel()
+    mean = sums[0] / count
+    std = (sums[1] / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

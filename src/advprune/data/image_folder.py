@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from advprune.core.errors import DataError
-from advprune.data.dataset import DatasetSpec, ImageDataset
+from advprune.data.dataset import DatasetSpec, ImageDataset, channel_statistics
 
 IMAGE_FOLDER = "imagefolder"
 EXTENSIONS = frozenset(
@@ -214,20 +214,3 @@ def image_folder_spec(train: ImageDataset, eps: float) -> DatasetSpec:
         flip=False,
         default_eps=eps,
     )
-
-
-def channel_statistics(
-    images: torch.Tensor, chunk: int = 1024
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of uint8 images in [0, 1] pixel units, summed in
-    float64 a chunk at a time (a float copy of a whole split may not fit in memory)."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for start in range(0, len(images), chunk):
-        pixels = images[start : start + chunk].double().div_(255).transpose(0, 1).flatten(1)
-        total += pixels.sum(1)
-        squares += pixels.square().sum(1)
-    count = images[:, :1].numel()
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
