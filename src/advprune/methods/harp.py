@@ -72,6 +72,7 @@ from advprune.methods.base import (
 from advprune.methods.harp_flops import PAIRINGS, ChannelFlops, FlopsLayer, flops_layers
 from advprune.methods.hydra import (
     MaskedNetwork,
+    OfficialPasses,
     TrainModePasses,
     official_finetuning,
     scaled_channel_scores,
@@ -215,7 +216,7 @@ def scaled_to_target(
     return scaled(low)
 
 
-class HarpTraining(TrainingMethod):
+class HarpTraining(OfficialPasses, TrainingMethod):
     """HARP's prune phase: scores, rates and BN's affine parameters learn on the run's objective
     plus γ·L_hw; at the end the masks are fixed (`masks.safetensors`) and applied to the weights,
     so the phase's model.safetensors is the pruned network fine-tuning starts from."""
@@ -302,8 +303,7 @@ class HarpTraining(TrainingMethod):
         context: StepContext,
     ) -> ObjectiveOutput:
         """The objective plus γ·L_hw on every batch (trainer/adv.py)."""
-        if self.passes is not None:
-            context = self.passes.wrap(context)
+        context = self.batch_context(context)
         if context.epoch > self.epoch:
             self.end_epoch(self.epoch)
             self.epoch = context.epoch

@@ -224,7 +224,17 @@ class TrainModePasses:
             model(x)
 
 
-class OfficialFinetuning(MaskedTraining):
+class OfficialPasses:
+    """Runs each batch's objective between the official trainer's extra passes (`passes`; none
+    when it is None): a base for HYDRA's and HARP's training methods."""
+
+    passes: TrainModePasses | None = None
+
+    def batch_context(self, context: StepContext) -> StepContext:
+        return self.passes.wrap(context) if self.passes else context
+
+
+class OfficialFinetuning(OfficialPasses, MaskedTraining):
     """Fine-tuning under fixed masks with the official trainer's forward passes."""
 
     def __init__(
@@ -233,18 +243,8 @@ class OfficialFinetuning(MaskedTraining):
         super().__init__(masks, settings)
         self.passes = passes
 
-    def step(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        optimizer: torch.optim.Optimizer,
-        context: StepContext,
-    ) -> ObjectiveOutput:
-        return super().step(model, x, y, optimizer, self.passes.wrap(context))
 
-
-class ScoreTraining(TrainingMethod):
+class ScoreTraining(OfficialPasses, TrainingMethod):
     """HYDRA's pruning phase: the trainer's optimizer and schedule update the scores, and BN's
     affine parameters as in the official code (`freeze_bn` off); every other weight is frozen.
 
@@ -288,17 +288,6 @@ class ScoreTraining(TrainingMethod):
     def weight_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         trainable = [p for p in self.network.network.parameters() if p.requires_grad]
         return [*self.scores.values(), *trainable]
-
-    def step(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        optimizer: torch.optim.Optimizer,
-        context: StepContext,
-    ) -> ObjectiveOutput:
-        context = self.passes.wrap(context) if self.passes else context
-        return super().step(model, x, y, optimizer, context)
 
     def before_update(self, model: nn.Module) -> None:
         """The scores are the method's tensors, not DDP's: average their gradients over ranks."""

@@ -81,6 +81,7 @@ class TrainingMethod:
         Under torchrun `model` is the DDP-wrapped model: forward and backward go through it (so
         gradients are averaged over ranks), the hooks get the module inside (its own names).
         """
+        context = self.batch_context(context)
         out = context.objective(model, x, y)
         check_finite(out.loss, context)
         optimizer.zero_grad(set_to_none=True)
@@ -89,6 +90,11 @@ class TrainingMethod:
         optimizer.step()
         self.after_update(unwrap(model))
         return out
+
+    def batch_context(self, context: StepContext) -> StepContext:
+        """The context a batch's objective runs in: a method that runs more around the objective
+        (HYDRA's and HARP's extra train-mode passes) returns its own."""
+        return context
 
     def before_update(self, model: nn.Module) -> None:
         """Called between backward and the weight update, with the unwrapped model."""
