@@ -61,6 +61,7 @@ from advprune.masks.channels import (
 )
 from advprune.methods.base import (
     DEFAULT_SPARSITY,
+    KEEP_KEYS,
     PHASE_KEYS,
     MethodSettings,
     PhaseSettings,
@@ -317,6 +318,13 @@ class HarpTraining(OfficialPasses, TrainingMethod):
         self.after_update(model)
         return ObjectiveOutput(loss.detach(), out.logits)
 
+    @torch.no_grad()
+    def may_keep(self) -> bool:
+        """The official model_best candidates: every epoch from the first whose L_hw rounds to 0
+        (`train.py:287-301`); this epoch's own check runs at the next step, so it is made here."""
+        reached = round(float(self.compression_loss()), REACHED_DIGITS) == 0
+        return self.frozen_gamma is not None or reached
+
     def before_update(self, model: nn.Module) -> None:
         """Scores and rates are the method's tensors, not DDP's: average them over ranks."""
         average_gradients([*self.scores.values(), *self.rate_scores.values()])
@@ -517,6 +525,7 @@ class Harp(ScoredMethod):
         prune = context.settings
         overrides = {key: getattr(prune, key) for key in PHASE_KEYS}
         overrides = {key: value for key, value in overrides.items() if value is not None}
+        overrides.update({key: getattr(prune, key) for key in KEEP_KEYS})
         config = self.settings.score.applied_to(context.source, seed=prune.seed, **overrides)
         initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
         method = self.training(context, TrainModePasses(config.objective, config.precision))

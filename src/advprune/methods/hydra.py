@@ -396,8 +396,9 @@ class Hydra(ScoredMethod):
     def masks(self, context: PruneContext) -> WeightMasks:
         """Learn the scores in RUN_DIR/scores (resumed or reused); the network then carries the
         phase's BN, learnt with the scores, into fine-tuning."""
+        # The official phase hands its last epoch on (its model_best is never read).
         config = self.settings.score.applied_to(
-            context.source, seed=context.settings.seed, **_where(context.settings)
+            context.source, seed=context.settings.seed, **_where(context.settings), keep="last"
         )
         initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
         method = ScoreTraining(

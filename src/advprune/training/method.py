@@ -96,6 +96,11 @@ class TrainingMethod:
         (HYDRA's and HARP's extra train-mode passes) returns its own."""
         return context
 
+    def may_keep(self) -> bool:
+        """Whether the epoch just ended may be the one `--keep best-*` keeps (HARP's: only once
+        its target is reached, as the official code's model_best)."""
+        return True
+
     def before_update(self, model: nn.Module) -> None:
         """Called between backward and the weight update, with the unwrapped model."""
 
