@@ -17,6 +17,7 @@ from advprune.methods.base import (
     create_method,
     get_method,
     method_names,
+    phase_overrides,
     register_method,
 )
 from advprune.methods.kinds import (
@@ -52,6 +53,7 @@ __all__ = [
     "mad_masks",
     "magnitude_scores",
     "method_names",
+    "phase_overrides",
     "register_method",
     "save_saliency",
     "train_mask_phase",
