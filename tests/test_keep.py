@@ -2,6 +2,7 @@
 official HYDRA/HARP/MAD code's model_best, on a held-out split or, as published, the test set)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,12 +129,16 @@ def test_a_pruning_run_keeps_its_best_fine_tuning_epoch_and_its_name_says_so(tmp
     assert metadata["method"]["label"] == "magnitude [keep=best-test]"
 
 
-def test_a_source_runs_keep_does_not_reach_the_pruning_runs_phase(tmp_path):
+def test_each_phase_keeps_what_the_pruning_run_asks_and_hydras_scores_their_last_epoch():
     source = tiny_config(keep="best-validation", keep_examples=HELD_OUT)
-    phase = get_method("magnitude")().phase(source, PruneSettings(method="magnitude"))
-    assert phase.keep == "last"
-    hydra_scores = get_method("hydra")().settings.score.applied_to(source, keep="last")
-    assert hydra_scores.keep == "last"
+    default = SimpleNamespace(source=source, settings=PruneSettings(method="hydra"))
+    asked = SimpleNamespace(source=source, settings=PruneSettings(method="hydra", keep="best-test"))
+    # The source run's choice never reaches a phase; the pruning run's reaches its fine-tuning...
+    assert get_method("magnitude")().phase(source, default.settings).keep == "last"
+    assert get_method("hydra")().phase(source, asked.settings).keep == "best-test"
+    # ... and HARP's prune phase (the official model_best), never HYDRA's score phase.
+    assert get_method("harp")().mask_phase(asked).keep == "best-test"
+    assert get_method("hydra")().mask_phase(asked).keep == "last"
 
 
 def test_harp_lets_an_epoch_be_kept_only_once_its_target_is_reached():
