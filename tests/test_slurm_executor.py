@@ -1,0 +1,181 @@
+"""`reproduce --executor slurm` on a real single-node Slurm (the `slurm` fixture): one job per
+task with afterok dependencies, results bit-equal to `--executor local`; a job cancelled
+mid-epoch resumes from its checkpoint on a rerun, which submits nothing that is finished or
+queued; `advprune status` says which task is done, queued, running or failed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from advprune.core.errors import ConfigError
+from advprune.reproduction import reproduce
+from advprune.reproduction.executor import Resources
+from advprune.reproduction.runner import planned_at
+from advprune.reproduction.slurm import JOBS, SlurmExecutor, queue, status_lines
+from conftest import TINY_TRAINING, quiet
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+
+EVALUATE = {
+    "attacks": ["clean", "fgsm"],
+    "limit_test": 100,
+    "sanity_examples": 0,
+    "indicator_examples": 0,
+    "latency_repeats": 0,
+}
+# mag-90 fine-tunes on 16,384 images with a checkpoint every 16 of its 256 steps (about 4 s on
+# one thread): the test cancels its job once the first is written, mid-epoch.
+STEPS = [
+    {"name": "dense", "train": {}},
+    {"name": "mag-50", "prune": {"method": "magnitude", "from": "dense", "sparsity": 0.5}},
+    {
+        "name": "mag-90",
+        "prune": {
+            "method": "magnitude",
+            "from": "dense",
+            "sparsity": 0.9,
+            "limit_train": 16384,
+            "checkpoint_every": 16,
+        },
+    },
+]
+TIMEOUT = 120
+
+
+def write_recipe(path: Path) -> str:
+    recipe = {
+        "title": "a tiny graph on Slurm",
+        "train": TINY_TRAINING,
+        "prune": {"finetune_epochs": 1, "allow_chance": True},
+        "evaluate": EVALUATE,
+        "slurm": {"cpus": 1, "time": "10:00"},
+        "steps": STEPS,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def wait_for(condition, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s for {what}; queue: {queue()}")
+        time.sleep(0.05)
+
+
+def settled() -> bool:
+    """No job runs or can still start (a job waiting on a failed one never will)."""
+    return all(
+        state in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT")
+        or reason == "DependencyNeverSatisfied"
+        for state, reason in queue().values()
+    )
+
+
+def jobs(root: Path) -> dict[str, str]:
+    return json.loads((root / "slurm" / JOBS).read_text())
+
+
+def states(root: Path) -> dict[str, str]:
+    """Task label → the state word `status` prints."""
+    rows = [re.split(r"\s{2,}", line, maxsplit=1) for line in status_lines(planned_at(root))]
+    return {label: rest.split()[0] for label, rest in rows}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def flow(slurm, tmp_path_factory):
+    """The recipe run locally (the reference), then on Slurm: submitted, mag-90's job cancelled
+    mid-epoch once it has a checkpoint, the command run again, every job waited for; with the
+    status and the job ids seen at each point."""
+    tmp = tmp_path_factory.mktemp("slurm-flow")
+    recipe = write_recipe(tmp / "graph.yaml")
+    reproduce(recipe, tmp / "local", jobs=1, threads=1, progress=False, log=quiet)
+    root = tmp / "slurm"
+    seen: dict = {"first": [], "second": []}
+    reproduce(recipe, root, executor=SlurmExecutor(), progress=False, log=seen["first"].append)
+    seen["jobs"] = jobs(root)
+    seen["submitted"] = states(root)
+    mag90 = root / "mag-90"
+    wait_for(lambda: (mag90 / "checkpoint.safetensors").exists(), "mag-90's first checkpoint")
+    subprocess.run(["scancel", seen["jobs"]["mag-90"]], check=True)
+    wait_for(settled, "the cancelled job to end")
+    seen["cancelled"] = states(root)
+    seen["status"] = status_lines(planned_at(root))
+    reproduce(recipe, root, executor=SlurmExecutor(), progress=False, log=seen["second"].append)
+    seen["jobs again"] = jobs(root)
+    wait_for(lambda: not any(s in ("running", "queued") for s in states(root).values()), "all")
+    seen["finished"] = states(root)
+    return tmp / "local", root, seen
+
+
+def test_slurm_results_equal_local_bit_for_bit(flow):
+    local, root, seen = flow
+    assert set(seen["jobs"]) == {"dense", "dense (eval)", "mag-50", "mag-90", "report"}
+    assert all(line.startswith("[reproduce] ") for line in seen["first"])
+    assert any(
+        "dense (eval): submitted as job" in line and "after" in line for line in seen["first"]
+    )
+    for name in ("dense", "mag-50", "mag-90"):
+        assert same_weights(local / name, root / name), name
+        ours = json.loads((root / name / "results.json").read_text())
+        theirs = json.loads((local / name / "results.json").read_text())
+        assert ours["accuracy"] == theirs["accuracy"], name
+    assert (root / "report" / "report.md").is_file()
+
+
+def test_a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow):
+    _, root, seen = flow
+    first, again = seen["jobs"], seen["jobs again"]
+    for label in ("dense", "dense (eval)", "mag-50"):
+        assert again[label] == first[label], label  # finished: not submitted again
+    assert again["mag-90"] != first["mag-90"] and again["report"] != first["report"]
+    folder = root / "slurm" / "mag-90" / "both"
+    log = (folder / f"{again['mag-90']}_0_log.out").read_text()
+    resumed = re.search(r"resuming .* at epoch 1/1, batch (\d+)", log)
+    assert resumed and int(resumed.group(1)) > 0, log[-2000:]  # from its mid-epoch checkpoint
+    stopped = (folder / f"{first['mag-90']}_0_log.out").read_text()
+    assert "checkpoint saved" in stopped
+
+
+def test_status_shows_done_queued_running_and_failed(flow):
+    _, _, seen = flow
+    assert set(seen["submitted"].values()) <= {"queued", "running", "done"}
+    assert seen["submitted"]["report"] == "queued"
+    cancelled = seen["cancelled"]
+    assert cancelled["dense"] == cancelled["dense (eval)"] == cancelled["mag-50"] == "done"
+    assert cancelled["mag-90"] == "failed"
+    assert cancelled["report"] == "queued"  # waiting on mag-90, which failed
+    (line,) = [line for line in seen["status"] if line.startswith("mag-90")]
+    assert f"job {seen['jobs']['mag-90']}: " in line and "StoppedError" in line
+    assert set(seen["finished"].values()) == {"done"}
+
+
+def test_a_bad_slurm_setting_is_refused_before_any_job(tmp_path):
+    with pytest.raises(ConfigError, match="time 'soon' is not a Slurm time limit"):
+        SlurmExecutor({"time": "soon"})
+    with pytest.raises(ConfigError, match="unknown Slurm setting"):
+        Resources.from_mapping({"gpu": 1}, "recipe")
+    assert Resources(time="2-12:30").minutes() == 3630
+
+
+def test_a_job_sbatch_refuses_is_one_line_and_leaves_nothing(slurm, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "graph.yaml")
+    root = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"^sbatch refused the job of dense: .*partition"):
+        reproduce(recipe, root, executor=SlurmExecutor({"partition": "nosuch"}), log=quiet)
+    assert not root.exists()
+    assert capsys.readouterr().err == ""  # sbatch's own lines are in the error, not printed
