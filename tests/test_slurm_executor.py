@@ -32,21 +32,13 @@ EVALUATE = {
     "indicator_examples": 0,
     "latency_repeats": 0,
 }
-# mag-90 fine-tunes on 16,384 images with a checkpoint every 16 of its 256 steps (about 4 s on
-# one thread): the test cancels its job once the first is written, mid-epoch.
+# The pruned rows fine-tune on 16,384 images with a checkpoint every 16 of their 256 steps (about
+# 4 s on one thread): the test stops each job once its first checkpoint is written, mid-epoch.
+LONG = {"from": "dense", "method": "magnitude", "limit_train": 16384, "checkpoint_every": 16}
 STEPS = [
     {"name": "dense", "train": {}},
-    {"name": "mag-50", "prune": {"method": "magnitude", "from": "dense", "sparsity": 0.5}},
-    {
-        "name": "mag-90",
-        "prune": {
-            "method": "magnitude",
-            "from": "dense",
-            "sparsity": 0.9,
-            "limit_train": 16384,
-            "checkpoint_every": 16,
-        },
-    },
+    {"name": "mag-50", "prune": {**LONG, "sparsity": 0.5}},
+    {"name": "mag-90", "prune": {**LONG, "sparsity": 0.9}},
 ]
 TIMEOUT = 120
 
@@ -91,6 +83,22 @@ def states(root: Path) -> dict[str, str]:
     return {label: rest.split()[0] for label, rest in rows}
 
 
+def stop_mid_epoch(root: Path, ids: dict[str, str]) -> None:
+    """Once each pruned row has its first checkpoint and no model: mag-50's job is preempted
+    (SIGUSR2, what Slurm sends before a time limit or a preemption: requeued under its id,
+    released from the requeue's hold at once), mag-90's cancelled (SIGTERM, no requeue)."""
+    signals = {"mag-50": ["--signal=USR2"], "mag-90": []}
+    deadline = time.monotonic() + TIMEOUT
+    while signals:
+        for name in [n for n in signals if (root / n / "checkpoint.safetensors").exists()]:
+            assert not (root / name / "model.safetensors").exists(), f"{name} ended too soon"
+            subprocess.run(["scancel", *signals.pop(name), ids[name]], check=True)
+        assert time.monotonic() < deadline, f"no checkpoint after {TIMEOUT}s: {queue()}"
+        time.sleep(0.05)
+    wait_for(lambda: queue()[ids["mag-50"]][1] == "BeginTime", "mag-50 to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={ids['mag-50']}", "StartTime=now"], check=True)
+
+
 def same_weights(a: Path, b: Path) -> bool:
     first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
@@ -98,8 +106,8 @@ def same_weights(a: Path, b: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def flow(slurm, tmp_path_factory):
-    """The recipe run locally (the reference), then on Slurm: submitted, mag-90's job cancelled
-    mid-epoch once it has a checkpoint, the command run again, every job waited for; with the
+    """The recipe run locally (the reference), then on Slurm: submitted, mag-50's job preempted
+    and mag-90's cancelled mid-epoch, the command run again, every job waited for; with the
     status and the job ids seen at each point."""
     tmp = tmp_path_factory.mktemp("slurm-flow")
     recipe = write_recipe(tmp / "graph.yaml")
@@ -109,9 +117,7 @@ def flow(slurm, tmp_path_factory):
     reproduce(recipe, root, executor=SlurmExecutor(), progress=False, log=seen["first"].append)
     seen["jobs"] = jobs(root)
     seen["submitted"] = states(root)
-    mag90 = root / "mag-90"
-    wait_for(lambda: (mag90 / "checkpoint.safetensors").exists(), "mag-90's first checkpoint")
-    subprocess.run(["scancel", seen["jobs"]["mag-90"]], check=True)
+    stop_mid_epoch(root, seen["jobs"])
     wait_for(settled, "the cancelled job to end")
     seen["cancelled"] = states(root)
     seen["status"] = status_lines(planned_at(root))
@@ -143,12 +149,29 @@ def test_a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow):
     for label in ("dense", "dense (eval)", "mag-50"):
         assert again[label] == first[label], label  # finished: not submitted again
     assert again["mag-90"] != first["mag-90"] and again["report"] != first["report"]
+    assert not any(
+        line.startswith(("[reproduce] dense", "[reproduce] mag-50")) for line in seen["second"]
+    )
     folder = root / "slurm" / "mag-90" / "both"
-    log = (folder / f"{again['mag-90']}_0_log.out").read_text()
-    resumed = re.search(r"resuming .* at epoch 1/1, batch (\d+)", log)
-    assert resumed and int(resumed.group(1)) > 0, log[-2000:]  # from its mid-epoch checkpoint
     stopped = (folder / f"{first['mag-90']}_0_log.out").read_text()
     assert "checkpoint saved" in stopped
+    assert resumed_at(folder / f"{again['mag-90']}_0_log.out") > 0  # its mid-epoch checkpoint
+
+
+def test_a_preempted_job_is_requeued_under_its_id_and_resumes(flow):
+    """SIGUSR2 (a time limit's or a preemption's warning): the step saves a checkpoint, the job
+    is requeued by submitit (its one log has both attempts) and resumes mid-epoch."""
+    _, _, seen = flow
+    log = flow[1] / "slurm" / "mag-50" / "both" / f"{seen['jobs']['mag-50']}_0_log.out"
+    text = log.read_text()
+    assert "checkpoint saved" in text and f"Requeued job {seen['jobs']['mag-50']}" in text
+    assert resumed_at(log) > 0
+
+
+def resumed_at(log: Path) -> int:
+    """The batch the log's step resumed at (0: it did not resume mid-epoch)."""
+    found = re.search(r"resuming .* at epoch 1/1, batch (\d+)", log.read_text())
+    return int(found.group(1)) if found else 0
 
 
 def test_status_shows_done_queued_running_and_failed(flow):

@@ -57,7 +57,7 @@ WARNING = "warning.txt"
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "PREEMPTED"}
 RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
 NEVER = "DependencyNeverSatisfied"
-LAUNCHERS = ("srun: ", "slurmstepd: ", "submitit ")  # their lines in a job's log
+LAUNCHERS = ("srun: ", "slurmstepd", "submitit ")  # their lines in a job's log
 
 
 def _folder(plan: Plan, label: str, phase: str | None) -> Path:
@@ -91,6 +91,7 @@ class StageJob:
             warning = run_step(self.task.step, progress=False, log=_print, phase=self.task.phase)
         except KeyboardInterrupt:
             if asked and callable(requeue):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm's, as the job requeues
                 requeue(asked[0], None)  # the checkpoint is saved: requeue, and exit
             raise StoppedError(
                 f"{self.task.label} stopped (SIGTERM: scancel?); running the same `advprune "
