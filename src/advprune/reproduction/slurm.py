@@ -70,9 +70,10 @@ class StoppedError(AdvpruneError):
 
 @dataclass
 class StageJob:
-    """The body of one task's Slurm job: `run_step` on the job's CPUs. Submitit calls
-    `checkpoint` on SIGUSR2 (time limit, preemption) to requeue it; the step itself resumes
-    from its run directory, so the same job is the checkpoint."""
+    """The body of one task's Slurm job: `run_step` on the job's CPUs (its torch threads). On
+    SIGUSR2 (a time limit or a preemption ahead) the step saves a checkpoint at its next training
+    step, and only then does submitit's handler call `checkpoint` and requeue the job: the step
+    resumes from its run directory, so the same job is all a requeue needs."""
 
     task: Task
     folder: Path
