@@ -51,13 +51,12 @@ $(SLURM):
 		echo "not root: the Slurm tests will skip ('sudo apt-get install -y slurm-wlm munge')" >&2; \
 	fi
 
-# One test process per core (pytest-xdist): each test runs on one torch thread (tests/conftest.py);
-# a module's tests marked with one xdist_group (the Slurm tests') share a process.
+# One test process per core (pytest-xdist): each test runs on one torch thread (tests/conftest.py).
 test: install-dev $(SLURM)
-	$(BIN)/pytest -q -n auto --dist loadgroup
+	$(BIN)/pytest -q -n auto
 
 test-fast: install-dev
-	$(BIN)/pytest -q -n auto --dist loadgroup -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow"
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -1,7 +1,7 @@
 """`reproduce --executor slurm` on a real single-node Slurm (the `slurm` fixture): one job per
-task with afterok dependencies, results bit-equal to `--executor local`; a job cancelled
-mid-epoch resumes from its checkpoint on a rerun, which submits nothing that is finished or
-queued; `advprune status` says which task is done, queued, running or failed."""
+task with afterok dependencies, results bit-equal to `--executor local`; a job preempted mid-epoch
+is requeued and resumes, one cancelled mid-epoch resumes on a rerun, which submits nothing that is
+finished or queued; `advprune status` says which task is done, queued, running or failed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from advprune.reproduction.runner import planned_at
 from advprune.reproduction.slurm import JOBS, SlurmExecutor, queue, status_lines
 from conftest import TINY_TRAINING, quiet
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slow
 
 EVALUATE = {
     "attacks": ["clean", "fgsm"],
@@ -104,12 +104,10 @@ def same_weights(a: Path, b: Path) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.fixture(scope="module")
-def flow(slurm, tmp_path_factory):
+def run_flow(tmp: Path) -> tuple[Path, Path, dict]:
     """The recipe run locally (the reference), then on Slurm: submitted, mag-50's job preempted
     and mag-90's cancelled mid-epoch, the command run again, every job waited for; with the
     status and the job ids seen at each point."""
-    tmp = tmp_path_factory.mktemp("slurm-flow")
     recipe = write_recipe(tmp / "graph.yaml")
     reproduce(recipe, tmp / "local", jobs=1, threads=1, progress=False, log=quiet)
     root = tmp / "slurm"
@@ -128,7 +126,18 @@ def flow(slurm, tmp_path_factory):
     return tmp / "local", root, seen
 
 
-def test_slurm_results_equal_local_bit_for_bit(flow):
+def test_reproduce_on_a_real_slurm(slurm, tmp_path, capsys):
+    """One test, so that pytest-xdist gives the cluster to one process (its `loadgroup` does not
+    group under pytest 9): a job sbatch refuses, then the flow and what each part of it shows."""
+    refused_job_is_one_line_and_leaves_nothing(tmp_path / "refused", capsys)
+    flow = run_flow(tmp_path)
+    slurm_results_equal_local_bit_for_bit(flow)
+    a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow)
+    a_preempted_job_is_requeued_under_its_id_and_resumes(flow)
+    status_shows_done_queued_running_and_failed(flow)
+
+
+def slurm_results_equal_local_bit_for_bit(flow: tuple[Path, Path, dict]) -> None:
     local, root, seen = flow
     assert set(seen["jobs"]) == {"dense", "dense (eval)", "mag-50", "mag-90", "report"}
     assert all(line.startswith("[reproduce] ") for line in seen["first"])
@@ -143,7 +152,7 @@ def test_slurm_results_equal_local_bit_for_bit(flow):
     assert (root / "report" / "report.md").is_file()
 
 
-def test_a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow):
+def a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow: tuple) -> None:
     _, root, seen = flow
     first, again = seen["jobs"], seen["jobs again"]
     for label in ("dense", "dense (eval)", "mag-50"):
@@ -158,7 +167,7 @@ def test_a_cancelled_job_resumes_and_finished_ones_are_not_resubmitted(flow):
     assert resumed_at(folder / f"{again['mag-90']}_0_log.out") > 0  # its mid-epoch checkpoint
 
 
-def test_a_preempted_job_is_requeued_under_its_id_and_resumes(flow):
+def a_preempted_job_is_requeued_under_its_id_and_resumes(flow: tuple) -> None:
     """SIGUSR2 (a time limit's or a preemption's warning): the step saves a checkpoint, the job
     is requeued by submitit (its one log has both attempts) and resumes mid-epoch."""
     _, _, seen = flow
@@ -174,7 +183,7 @@ def resumed_at(log: Path) -> int:
     return int(found.group(1)) if found else 0
 
 
-def test_status_shows_done_queued_running_and_failed(flow):
+def status_shows_done_queued_running_and_failed(flow: tuple) -> None:
     _, _, seen = flow
     assert set(seen["submitted"].values()) <= {"queued", "running", "done"}
     assert seen["submitted"]["report"] == "queued"
@@ -195,9 +204,10 @@ def test_a_bad_slurm_setting_is_refused_before_any_job(tmp_path):
     assert Resources(time="2-12:30").minutes() == 3630
 
 
-def test_a_job_sbatch_refuses_is_one_line_and_leaves_nothing(slurm, tmp_path, capsys):
-    recipe = write_recipe(tmp_path / "graph.yaml")
-    root = tmp_path / "runs"
+def refused_job_is_one_line_and_leaves_nothing(tmp: Path, capsys) -> None:
+    tmp.mkdir()
+    recipe = write_recipe(tmp / "graph.yaml")
+    root = tmp / "runs"
     with pytest.raises(ConfigError, match=r"^sbatch refused the job of dense: .*partition"):
         reproduce(recipe, root, executor=SlurmExecutor({"partition": "nosuch"}), log=quiet)
     assert not root.exists()
