@@ -212,3 +212,22 @@ def refused_job_is_one_line_and_leaves_nothing(tmp: Path, capsys) -> None:
         reproduce(recipe, root, executor=SlurmExecutor({"partition": "nosuch"}), log=quiet)
     assert not root.exists()
     assert capsys.readouterr().err == ""  # sbatch's own lines are in the error, not printed
+
+
+def test_status_and_slurm_flags_need_no_cluster(tmp_path, capsys):
+    """`reproduce … --status` plans from its own arguments (nothing run: every task to do);
+    `advprune status` of a root no Slurm reproduction used, and a Slurm flag without
+    `--executor slurm`, are one-line errors."""
+    from advprune.cli import main
+
+    recipe = write_recipe(tmp_path / "graph.yaml")
+    root = str(tmp_path / "runs")
+    assert main(["reproduce", recipe, "--runs-dir", root, "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["dense", "dense", "mag-50", "mag-90"]
+    assert all(line.endswith("to do") for line in lines)
+    assert main(["status", root]) == 2
+    assert "holds no submitted reproduction" in capsys.readouterr().err
+    assert main(["reproduce", recipe, "--runs-dir", root, "--gpus", "1"]) == 2
+    assert "--gpus is a Slurm flag; add --executor slurm" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
