@@ -122,6 +122,11 @@ class TrainingMethod:
     def finish(self, model: nn.Module, run_path: Any) -> None:
         """Called once after the last epoch, with the final model in eval mode."""
 
+    def trained_model(self, model: nn.Module) -> nn.Module:
+        """What the finished run saves and returns, after `finish`: the model itself, or the
+        network inside a wrapper that `prepare` put around it (TwinRep's reparameterisation)."""
+        return model
+
 
 class MaskedTraining(TrainingMethod):
     """Fine-tuning under fixed weight masks: gradients masked before each update, weights after."""

@@ -378,6 +378,8 @@ class _Training:
         model = self.model.eval()
         if self.ddp.is_main:
             self.method.finish(model, self.run_dir.path)
+        model = self.method.trained_model(model)
+        if self.ddp.is_main:
             save_model(
                 self.run_dir.model,
                 model,
