@@ -23,6 +23,8 @@ BUDGET = {
     "mad": {"mask_steps": 2, "saliency_fraction": 0.25},
     "hydra": {"score_epochs": 1},
     "harp": {"score_epochs": 1},
+    "radmm": {"admm_epochs": 1},
+    "twinrep": {"prune_epoch": 1},
 }
 
 
@@ -107,6 +109,47 @@ def test_the_mad_scheme_has_no_channel_form_and_nothing_is_written(lenet_run, tm
             lenet_run, tmp_path / "r", "random", structure="channels", scheme="mad", log=quiet
         )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["lenet5-caffe", "vgg16-bn", "resnet18"])
+@pytest.mark.parametrize("method", ["radmm", "twinrep"])
+def test_admm_and_twin_channel_masks_export_exactly(tmp_path, name, method):
+    """RADMM's ADMM phase and TwinRep's Channel-Rep run on the benchmark's networks (random
+    weights, one step on random images, the mask read before it): the channels they remove
+    export to a network that computes what the masked one does."""
+    from advprune.masks.channels import channel_groups
+    from advprune.masks.export import channel_sparsity, export_gated
+    from advprune.methods.radmm import ADMMTraining
+    from advprune.methods.twinrep import TwinTraining
+    from advprune.training.method import StepContext
+    from advprune.training.objectives import ObjectiveOutput
+    from test_channels import network
+
+    model, example = network(name)
+    groups = channel_groups(model, example)
+    if method == "radmm":
+        training = ADMMTraining(0.5, rho=1e-3, rho_growth=1.3, update_every=1, groups=groups)
+    else:
+        training = TwinTraining(0.5, prune_epoch=1, start="trained", groups=groups)
+    net = training.prepare(model.train())
+    optimizer = torch.optim.SGD(training.weight_parameters(net), lr=0.01)
+    x = torch.rand(4, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+
+    def loss(m, images, labels):
+        logits = m(images)
+        return ObjectiveOutput(nn.functional.cross_entropy(logits, labels), logits)
+
+    context = training.batch_context(StepContext(loss, 0, 0, 1, 0.01, 4))
+    out = context.objective(net, x, torch.tensor([0, 1, 2, 3]))
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    training.finish(net.eval(), tmp_path)
+    masked = training.trained_model(net).eval()
+    exported = export_gated(masked, example, round_to=1)
+    with torch.no_grad():
+        assert (masked(x) - exported(x)).abs().max() < 1e-4
+    assert 0.3 < channel_sparsity(masked, example)["channel_sparsity"] < 0.7
 
 
 @pytest.mark.parametrize("name", ["vgg16-bn", "resnet18"])
