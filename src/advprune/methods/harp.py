@@ -66,7 +66,6 @@ from advprune.methods.base import (
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
 from advprune.methods.harp_flops import PAIRINGS, ChannelFlops, FlopsLayer, flops_layers
@@ -80,6 +79,7 @@ from advprune.methods.hydra import (
     straight_through,
     top_k_mask,
 )
+from advprune.methods.kinds import MaskLearningMethod
 from advprune.models.layer_types import NORMS
 from advprune.training.method import MaskedTraining, StepContext, TrainingMethod, check_finite
 from advprune.training.objectives import ObjectiveOutput
@@ -462,7 +462,7 @@ class HarpSettings(MethodSettings):
 @register_method(
     "harp", description="HARP (Zhao & Wressnegger, ICLR 2023): learnt masks and layer rates"
 )
-class Harp(ScoredMethod):
+class Harp(MaskLearningMethod):
     """Scores and per-layer rates learnt under a compression target in RUN_DIR/scores, then
     fine-tuning under the masks they give.
 

@@ -58,9 +58,9 @@ from advprune.methods.base import (
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
+from advprune.methods.kinds import FixedMaskMethod, MaskLearningMethod
 from advprune.models.layer_types import NORMS
 from advprune.training.method import MaskedTraining, StepContext, TrainingMethod
 from advprune.training.objectives import ObjectiveOutput
@@ -369,7 +369,7 @@ class HydraSettings(MethodSettings):
 @register_method(
     "hydra", description="HYDRA (Sehwag et al., NeurIPS 2020): learnt layer-wise masks"
 )
-class Hydra(ScoredMethod):
+class Hydra(MaskLearningMethod):
     """Scores learnt on the adversarial loss in RUN_DIR/scores, then fine-tuning under them.
 
     Example: `advprune prune --method hydra --from runs/at --sparsity 0.99 --run-dir runs/h99`.
@@ -424,7 +424,10 @@ class Hydra(ScoredMethod):
 
 
 def official_finetuning(
-    method: ScoredMethod, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    method: FixedMaskMethod,
+    masks: WeightMasks | None,
+    metadata: dict[str, Any],
+    context: PruneContext,
 ) -> MaskedTraining:
     """HYDRA's and HARP's fine-tuning: under the masks, with their trainer's forward passes."""
     config = method.phase(context.source, context.settings)
