@@ -20,7 +20,6 @@ from advprune.methods.radmm import (
     rho_at,
 )
 from advprune.training.method import StepContext
-from advprune.training.objectives import ObjectiveOutput
 
 
 def test_the_projection_keeps_exactly_the_k_largest_magnitudes_of_a_layer():
@@ -94,15 +93,10 @@ def test_the_admm_term_is_half_rho_times_the_squared_distance_and_is_added_to_th
     model = nn.Sequential(nn.Linear(2, 1, bias=False))
     admm = ADMMTraining(0.5, rho=2.0, rho_growth=1.3, update_every=1)
     admm.prepare(model)
-
-    def zero(m, x, y):
-        return ObjectiveOutput(torch.zeros(()), torch.zeros(1, 1))
-
-    for epoch, rho in ((0, 2.0), (1, 2.6)):
-        context = StepContext(zero, epoch, 0, 1, 0.1, 1)
-        out = admm.batch_context(context).objective(model, None, None)
+    for epoch, rho in ((0, 2.0), (1, 2.6)):  # the step adds it to the objective's loss
+        term = admm.loss_term(model, StepContext(None, epoch, 0, 1, 0.1, 1))
         distance = model[0].weight - admm.z["0.weight"] + admm.u["0.weight"]
-        assert out.loss.item() == pytest.approx(0.5 * rho * distance.pow(2).sum().item())
+        assert term.item() == pytest.approx(0.5 * rho * distance.pow(2).sum().item())
     assert admm.cycle == 1
 
 
@@ -110,7 +104,7 @@ def test_the_defaults_are_the_official_cifar10_config():
     radmm = get_method("radmm")
     settings = radmm.Settings()
     official = dict(objective="pgd-at", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
-    admm = {k: v for k, v in settings.admm.to_dict().items() if v is not None}
+    admm = {k: v for k, v in settings.score.to_dict().items() if v is not None}
     assert admm == {**official, "epochs": 200, "schedule": "constant"}
     retrain = {k: v for k, v in settings.finetune.to_dict().items() if v is not None}
     assert retrain == {**official, "epochs": 200, "schedule": "step", "milestones": [0.4, 0.75],
@@ -161,7 +155,7 @@ def test_radmm_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_path)
     model = SmallCNN()
     pruned = advprune.prune(
         model, tiny_data, method="radmm", eps=0.1, sparsity=0.5, structure=structure,
-        admm_epochs=2, update_every=1, finetune_epochs=1, attack_steps=1, batch_size=64,
+        score_epochs=2, update_every=1, finetune_epochs=1, attack_steps=1, batch_size=64,
         allow_chance=True, cache_dir=str(tmp_path), run_dir=tmp_path / "run",
     )  # fmt: skip
     assert type(pruned) is SmallCNN
@@ -179,4 +173,4 @@ def test_radmm_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_path)
         x = tiny_data[0][:32]
         with torch.no_grad():
             assert (small(x) - pruned.eval()(x)).abs().max() < 1e-4
-    assert (tmp_path / "run" / "admm" / "masks.safetensors").exists()
+    assert (tmp_path / "run" / "scores" / "masks.safetensors").exists()

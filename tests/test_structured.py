@@ -23,7 +23,7 @@ BUDGET = {
     "mad": {"mask_steps": 2, "saliency_fraction": 0.25},
     "hydra": {"score_epochs": 1},
     "harp": {"score_epochs": 1},
-    "radmm": {"admm_epochs": 1},
+    "radmm": {"score_epochs": 1},
     "twinrep": {"prune_epoch": 1},
 }
 
@@ -139,11 +139,9 @@ def test_admm_and_twin_channel_masks_export_exactly(tmp_path, name, method):
         logits = m(images)
         return ObjectiveOutput(nn.functional.cross_entropy(logits, labels), logits)
 
-    context = training.batch_context(StepContext(loss, 0, 0, 1, 0.01, 4))
-    out = context.objective(net, x, torch.tensor([0, 1, 2, 3]))
-    optimizer.zero_grad()
-    out.loss.backward()
-    optimizer.step()
+    training.step(
+        net, x, torch.tensor([0, 1, 2, 3]), optimizer, StepContext(loss, 0, 0, 1, 0.01, 4)
+    )
     training.finish(net.eval(), tmp_path)
     masked = training.trained_model(net).eval()
     exported = export_gated(masked, example, round_to=1)

@@ -130,7 +130,7 @@ def test_the_defaults_are_the_official_train_py():
     settings = twinrep.Settings()
     phase = {k: v for k, v in settings.finetune.to_dict().items() if v is not None}
     assert phase == dict(
-        objective="pgd-at", epochs=100, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+        objective="pgd-at", epochs=100, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=2e-4, schedule="step", milestones=[0.69, 0.84], gamma=0.1,
     )  # fmt: skip
     assert (settings.prune_epoch, settings.start) == (10, "initialization")
@@ -163,7 +163,7 @@ def test_twinrep_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_pat
     model = SmallCNN()
     pruned = advprune.prune(
         model, tiny_data, method="twinrep", eps=0.1, sparsity=0.5, structure=structure,
-        prune_epoch=2, finetune_epochs=2, attack_steps=1, finetune_batch_size=64,
+        prune_epoch=2, finetune_epochs=2, attack_steps=1, batch_size=64,
         allow_chance=True, cache_dir=str(tmp_path), run_dir=tmp_path / "run",
     )  # fmt: skip
     assert type(pruned) is SmallCNN

@@ -4,14 +4,14 @@
 by ADMM under its adversarial objective (yeshaokai/Robustness-Aware-Pruning-ADMM; docs/fidelity.md
 has the official code's lines). From a PGD-AT network:
 
-1. **ADMM phase** (the official `--stage admm`, 200 epochs, SGD lr 0.01, wd 1e-4, PGD-AT): each
-   pruned layer's weights W get an auxiliary copy Z in the sparsity set S (at most k nonzeros per
-   layer) and a scaled dual U. The loss is the adversarial cross-entropy plus
-   Σ_l ρ/2 ‖W_l − Z_l + U_l‖² (`admm_loss`). Z = Π_S(W), U = 0 at the start; every
-   `update_every` epochs (the official `admm_epoch`, 20) ρ grows by 1.3 (`multi_rho`), then
-   Z ← Π_S(W + U) and U ← U + W − Z. Π_S keeps the k entries of largest |·| of each layer
-   (`project_weights`). The learning rate restarts at each update and falls tenfold at each
-   third of the cycle (`admm_learning_rate`).
+1. **ADMM phase** (the official `--stage admm`, in RUN_DIR/scores, set by `--score-*`: 200
+   epochs, SGD lr 0.01, wd 1e-4, PGD-AT): each pruned layer's weights W get an auxiliary copy Z
+   in the sparsity set S (at most k nonzeros per layer) and a scaled dual U. The loss is the
+   adversarial cross-entropy plus Σ_l ρ/2 ‖W_l − Z_l + U_l‖² (`admm_loss`, the `loss_term`).
+   Z = Π_S(W), U = 0 at the start; every `update_every` epochs (the official `admm_epoch`, 20)
+   ρ grows by 1.3 (`multi_rho`), then Z ← Π_S(W + U) and U ← U + W − Z. Π_S keeps the k
+   entries of largest |·| of each layer (`project_weights`). The learning rate restarts at each
+   update and falls tenfold at each third of the cycle (`admm_learning_rate`).
 2. **Hard pruning and masked retraining** (`--stage retrain`, 200 epochs, SGD lr 0.01, ×0.1 at
    epochs 80 and 150, PGD-AT): the k largest |W| of each layer are kept and the rest trained
    under the fixed mask.
@@ -31,7 +31,6 @@ official keeps the epoch of lowest test loss).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,14 @@ from advprune.masks.channels import (
     select_channels,
 )
 from advprune.methods.base import (
-    PHASE_KEYS,
     MethodSettings,
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
+from advprune.methods.kinds import MaskLearningMethod
+from advprune.training.config import TrainConfig
 from advprune.training.method import StepContext, TrainingMethod
 from advprune.training.objectives import ObjectiveOutput
 
@@ -176,19 +175,13 @@ class ADMMTraining(TrainingMethod):
     def current_rho(self) -> float:
         return rho_at(self.rho, self.rho_growth, max(self.cycle, 0))
 
-    def batch_context(self, context: StepContext) -> StepContext:
-        """Z and U move at the first batch of each cycle; the objective gains the ADMM term."""
+    def loss_term(self, model: nn.Module, context: StepContext) -> Tensor:
+        """Σ ρ/2 ‖W − Z + U‖², after Z and U moved if this batch opens a cycle (nothing between
+        the batch's start and here changes W)."""
         cycle = context.epoch // self.update_every
         if cycle != self.cycle:
             self.update(cycle)
-        run = context.objective
-
-        def objective(model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
-            out = run(model, x, y)
-            term = admm_loss(self.weights(), self.z, self.u, self.current_rho())
-            return ObjectiveOutput(out.loss + term, out.logits)
-
-        return dataclasses.replace(context, objective=objective)
+        return admm_loss(self.weights(), self.z, self.u, self.current_rho())
 
     def step(
         self,
@@ -255,9 +248,10 @@ OFFICIAL_PHASE = {"objective": "pgd-at", "optimizer": "sgd", "momentum": 0.9, "w
 class RadmmSettings(MethodSettings):
     """RADMM's own settings; the defaults are the official CIFAR-10 config's (docs/fidelity.md)."""
 
-    admm: PhaseSettings = group(
+    score: PhaseSettings = group(
         PhaseSettings,
-        "the ADMM phase (official: 200 epochs, PGD-AT, SGD lr 0.01 restarted each cycle, wd 1e-4)",
+        "the ADMM phase, RUN_DIR/scores (official: 200 epochs, PGD-AT, SGD lr 0.01 restarted "
+        "each cycle, wd 1e-4)",
         epochs=200,
         lr=0.01,
         schedule="constant",
@@ -287,8 +281,8 @@ class RadmmSettings(MethodSettings):
 
 
 @register_method("radmm", description="RADMM (Ye et al., ICCV 2019): ADMM pruning under PGD-AT")
-class Radmm(ScoredMethod):
-    """An ADMM phase in RUN_DIR/admm, hard pruning, then masked retraining.
+class Radmm(MaskLearningMethod):
+    """An ADMM phase in RUN_DIR/scores (`--score-*`), hard pruning, then masked retraining.
 
     Example: `advprune prune --method radmm --from runs/at --sparsity 0.95 --run-dir runs/radmm95`.
     """
@@ -312,26 +306,18 @@ class Radmm(ScoredMethod):
                 "RADMM keeps the largest weights after ADMM; drop --order and --include-bias"
             )
 
-    def masks(self, context: PruneContext) -> WeightMasks:
-        """Run the ADMM phase in RUN_DIR/admm (resumed or reused); its masks, on its weights."""
-        prune = context.settings
-        where = {key: getattr(prune, key) for key in PHASE_KEYS if getattr(prune, key) is not None}
-        config = self.settings.admm.applied_to(context.source, seed=prune.seed, **where)
-        method = ADMMTraining(
+    def mask_training(self, context: PruneContext, config: TrainConfig) -> ADMMTraining:
+        """The ADMM phase (RUN_DIR/scores, set by `--score-*`): ends in the hard-pruned masks."""
+        context.log(
+            f"radmm: ADMM towards {context.sparsity:.0%} "
+            f"{'of the channels' if context.channels else 'of each layer'}, {config.epochs} "
+            f"epochs of {config.objective}, Z and U every {self.settings.update_every}"
+        )
+        return ADMMTraining(
             context.sparsity,
             rho=self.settings.rho,
             rho_growth=self.settings.rho_growth,
             update_every=self.settings.update_every,
             groups=context.channel_groups() if context.channels else None,
-            seed=prune.seed,
+            seed=context.settings.seed,
         )
-        context.log(
-            f"radmm: ADMM towards {context.sparsity:.0%} "
-            f"{'of the channels' if context.channels else 'of each layer'}, {config.epochs} "
-            f"epochs of {config.objective}, Z/U every {self.settings.update_every}"
-        )
-        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
-        phase = context.run_phase("admm", config, method, initial)
-        context.model.load_state_dict(phase.state_dict())
-        masks, _ = WeightMasks.load(context.run_dir / "admm" / "masks.safetensors")
-        return masks

@@ -45,7 +45,6 @@ from advprune.masks.channels import (
 )
 from advprune.methods.base import (
     DEFAULT_SPARSITY,
-    LearntMethod,
     MethodSettings,
     PhaseSettings,
     PruneContext,
@@ -53,6 +52,7 @@ from advprune.methods.base import (
     register_method,
 )
 from advprune.methods.hydra import MaskedNetwork
+from advprune.methods.kinds import DynamicMaskMethod, refuse_selection
 from advprune.training.method import StepContext, TrainingMethod
 
 TWIN, CHANNEL = "twin", "channel"  # the official --layer-type of each structure
@@ -280,7 +280,6 @@ class TwinRepSettings(MethodSettings):
         "the training run (official: 100 epochs, PGD-AT, SGD lr 0.1, ×0.1 at 70 and 85, wd 2e-4)",
         objective="pgd-at",
         epochs=100,
-        batch_size=128,
         optimizer="sgd",
         lr=0.1,
         momentum=0.9,
@@ -300,8 +299,11 @@ class TwinRepSettings(MethodSettings):
 @register_method(
     "twinrep", description="TwinRep (Li et al., AAAI 2023): twin-factor weights, pruned in training"
 )
-class TwinRep(LearntMethod):
+class TwinRep(DynamicMaskMethod):
     """One training run of the reparameterised network; the mask is read at `prune_epoch`.
+
+    Its training is `TwinTraining`, not a `DynamicMaskTraining`: the mask multiplies the
+    reparameterised weight (Channel-Rep's A · W' mixes filters, so no mask on W' gives it).
 
     Example: `advprune prune --method twinrep --from runs/at --sparsity 0.99 --run-dir runs/tr99`
     (the --from run gives the network, data and attack; its weights are re-initialised unless
@@ -311,17 +313,14 @@ class TwinRep(LearntMethod):
     reference = "Li et al., AAAI 2023; UCAS-LCH/Twin-Rep"
     origin = "published"
     Settings = TwinRepSettings
-    uses_sparsity = True
+    structures = ("weights", "channels")  # what the published method prunes
     settings: TwinRepSettings
 
     def check(self, prune: PruneSettings) -> None:
-        """TwinRep reads one global mask from |u ⊙ v|: no scheme, order or bias choice."""
-        given = [k for k in ("scheme", "include_bias") if getattr(prune, k)]
-        given += ["order"] if prune.order != "lowest" else []
-        if given:
-            raise ConfigError(
-                f"TwinRep ranks every layer's weights together; drop --{given[0].replace('_', '-')}"
-            )
+        """TwinRep reads one global mask from |u ⊙ v| (or channel norms of A · W')."""
+        refuse_selection(
+            self, prune, ("scheme", "include_bias"), "ranks every layer's weights together"
+        )
 
     def resolved(self, prune: PruneSettings) -> dict[str, Any]:
         return {
@@ -334,9 +333,9 @@ class TwinRep(LearntMethod):
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
         epochs = self.phase(context.source, context.settings).epochs
         if self.settings.prune_epoch > epochs:
-            raise ConfigError(
-                f"TwinRep reads its mask at epoch {self.settings.prune_epoch} of a {epochs}-epoch "
-                "run; lower --prune-epoch or raise --finetune-epochs"
+            context.log(
+                f"twinrep: the run ends before epoch {self.settings.prune_epoch}; the mask is "
+                "read at its end, with no training under it (lower --prune-epoch)"
             )
         context.log(
             f"twinrep: from {self.settings.start}, {context.sparsity:.0%} of the "
