@@ -59,24 +59,39 @@ def test_weight_decay_on_both_factors_is_an_l1_penalty_on_their_product():
 
 
 def test_the_mask_is_read_from_the_products_over_all_layers_together():
-    u = {"a": torch.tensor([4.0, 1.0, 2.0, 0.5]), "b": torch.tensor([0.1, 0.2, 0.3, 0.35])}
-    v = {"a": torch.tensor([0.1, 3.0, 1.0, 8.0]), "b": torch.ones(4)}
+    u = {
+        "a.weight": torch.tensor([4.0, 1.0, 2.0, 0.5]),
+        "b.weight": torch.tensor([0.1, 0.2, 0.3, 0.35]),
+    }
+    v = {"a.weight": torch.tensor([0.1, 3.0, 1.0, 8.0]), "b.weight": torch.ones(4)}
     products = {n: effective_weight(u[n], v[n], TWIN) for n in u}  # a: .4 3 2 4, b: .1 .2 .3 .35
     masks = twin_masks(products, 0.5)
     # global: the four smallest |u ⊙ v| are all of b; by |u| alone a would lose 1 and 0.5
-    assert masks["a"].tolist() == [True, True, True, True]
-    assert masks["b"].tolist() == [False, False, False, False]
+    assert masks["a.weight"].tolist() == [True, True, True, True]
+    assert masks["b.weight"].tolist() == [False, False, False, False]
     masks = twin_masks(products, 0.75)
-    assert masks["a"].tolist() == [False, True, False, True]
+    assert masks["a.weight"].tolist() == [False, True, False, True]
 
 
 def test_the_channel_mask_keeps_the_filters_of_largest_norm_of_a_times_w():
-    net = nn.Sequential(nn.Conv2d(1, 4, 2, bias=False), nn.Flatten(), nn.Linear(4, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 2, bias=False), nn.Flatten(), nn.Linear(4, 4, bias=False), nn.Linear(4, 3)
+    )  # fmt: skip
     groups = channel_groups(net, torch.zeros(1, 1, 2, 2))
     w = torch.tensor([[3.0, 0, 0, 0], [1, 1, 1, 1], [2.5, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]])
     a = torch.eye(4)[[3, 2, 1, 0]]  # A reverses the filters: L2 norms become 1, 2.5, 2, 3
-    effective = {"0.weight": effective_weight(w.view(4, 1, 2, 2), a, CHANNEL)}
+    effective = {
+        "0.weight": effective_weight(w.view(4, 1, 2, 2), a, CHANNEL),
+        "2.weight": torch.diag(torch.tensor([0.1, 0.2, 0.3, 0.4])),
+    }
     keep = channel_keep(effective, groups, 0.5)
+    # one threshold over both groups: the four smallest norms are fc1's, which keeps one unit
+    assert keep["0"].tolist() == [True, True, True, True]
+    assert keep["2"].tolist() == [False, False, False, True]
+    keep = channel_keep(effective, groups, 0.3)  # 2 of 8: fc1's two smallest
+    assert keep["0"].all() and keep["2"].tolist() == [False, False, True, True]
+    conv_only = {"0.weight": effective["0.weight"]}
+    keep = channel_keep(conv_only, [g for g in groups if g.name == "0"], 0.5)
     assert keep["0"].tolist() == [False, True, False, True]  # by W' alone: 0 and 2
 
 
@@ -120,9 +135,12 @@ def test_the_mask_is_read_at_the_start_of_the_pruning_epoch_and_folded_at_the_en
         assert torch.allclose(folded[name], pruned[name])
     with torch.no_grad():
         assert torch.allclose(net(x), trained, atol=1e-6)  # the plain network computes the same
-    if structure == "weights":
+    if structure == "weights":  # the products of largest |u ⊙ v| over all layers are kept
         zeros = sum(int((folded[n] == 0).sum()) for n in factors)
         assert zeros == round(0.5 * sum(folded[n].numel() for n in factors))
+        kept = torch.cat([effective[n].abs()[network.masks[n].bool()] for n in factors])
+        dropped = torch.cat([effective[n].abs()[~network.masks[n].bool()] for n in factors])
+        assert kept.min() > dropped.max()
 
 
 def test_the_defaults_are_the_official_train_py():
