@@ -174,3 +174,21 @@ def test_radmm_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_path)
         with torch.no_grad():
             assert (small(x) - pruned.eval()(x)).abs().max() < 1e-4
     assert (tmp_path / "run" / "scores" / "masks.safetensors").exists()
+
+
+def test_z_u_and_the_cycle_come_back_with_a_checkpoint():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 2))
+    admm = ADMMTraining(0.5, rho=1e-3, rho_growth=1.3, update_every=1)
+    admm.prepare(model)
+    admm.update(0)
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+    admm.update(1)
+    resumed = ADMMTraining(0.5, rho=1e-3, rho_growth=1.3, update_every=1)
+    resumed.prepare(model)
+    resumed.load_state_dict(admm.state_dict(), model)
+    assert resumed.cycle == 1 and resumed.current_rho() == admm.current_rho()
+    for name in admm.z:
+        assert torch.equal(resumed.z[name], admm.z[name])
+        assert torch.equal(resumed.u[name], admm.u[name])

@@ -197,3 +197,17 @@ def test_twinrep_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_pat
         with torch.no_grad():
             assert (small(x) - pruned.eval()(x)).abs().max() < 1e-4
     assert (tmp_path / "run" / "masks.safetensors").exists()
+
+
+def test_the_factors_and_a_read_mask_come_back_with_a_checkpoint():
+    torch.manual_seed(0)
+    twin = TwinTraining(0.5, prune_epoch=1, start="initialization")
+    network = twin.prepare(small_net())
+    twin.batch_context(context(0))
+    state = twin.state_dict()
+    resumed = TwinTraining(0.5, prune_epoch=1, start="initialization", seed=1)
+    again = resumed.prepare(small_net())
+    resumed.load_state_dict(state, again)
+    for name, factor in twin.factors.items():
+        assert torch.equal(resumed.factors[name], factor)
+        assert torch.equal(again.masks[name], network.masks[name])

@@ -213,16 +213,16 @@ class ADMMTraining(TrainingMethod):
         return {**state, CYCLE_KEY: torch.tensor(self.cycle)}
 
     def load_state_dict(self, state: dict[str, Tensor], model: nn.Module) -> None:
-        names = set(self.weights())
+        weights = self.weights()
         saved = {k[len(Z_PREFIX) :] for k in state if k.startswith(Z_PREFIX)}
-        if CYCLE_KEY not in state or (saved and saved != names):
+        if CYCLE_KEY not in state or (saved and saved != set(weights)):
             raise CheckpointError(
                 "the checkpoint's ADMM variables do not fit this model; start the pruning run "
                 "again in a new --run-dir"
             )
         self.cycle = int(state[CYCLE_KEY])
-        self.z = {n: state[Z_PREFIX + n] for n in saved}
-        self.u = {n: state[U_PREFIX + n] for n in saved}
+        self.z = {n: state[Z_PREFIX + n].to(weights[n].device) for n in saved}
+        self.u = {n: state[U_PREFIX + n].to(weights[n].device) for n in saved}
 
     def metadata(self) -> dict[str, Any]:
         return {
