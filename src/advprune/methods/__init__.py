@@ -27,6 +27,7 @@ from advprune.methods.base import (
     create_method,
     get_method,
     method_names,
+    phase_overrides,
     register_method,
 )
 from advprune.methods.kinds import (
@@ -62,6 +63,7 @@ __all__ = [
     "mad_masks",
     "magnitude_scores",
     "method_names",
+    "phase_overrides",
     "register_method",
     "save_saliency",
     "train_mask_phase",
