@@ -372,6 +372,8 @@ class _Training:
         try:
             with interrupts.deferred():
                 for epoch in range(self.start_epoch, config.epochs):
+                    if self.method.complete:
+                        break
                     self._epoch(epoch)
         finally:
             self.run_log.close()
@@ -517,6 +519,7 @@ class _Training:
             "seconds": seconds,
             **monitor(self.model, self.data, self.config, self.device, epoch),
         }
+        self.method.end_epoch(self.model, record)
         self.history.append(record)
         self.log(format_record(record))
         self.run_log.epoch((epoch + 1) * self.steps_per_epoch, self.history)
