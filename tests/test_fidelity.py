@@ -210,7 +210,7 @@ RADMM_DENSE = dict(
     objective="pgd-at", epochs=200, eps=0.0313725, attack_steps=10, attack_step_size=0.0078431,
     optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine", batch_size=128,
 )  # fmt: skip
-TWINREP_START = dict(objective="pgd-at", eps=0.031, attack_steps=10, attack_step_size=0.0078)
+TWINREP_START = dict(objective="pgd-at", eps=0.031, attack_steps=10, batch_size=128)
 
 
 @pytest.mark.parametrize("recipe", list(BENCHMARK_ROWS))
@@ -222,17 +222,23 @@ def test_the_radmm_and_twinrep_recipes_hold_the_official_settings(recipe, tmp_pa
     expected_rows = {}
     for prefix, figures in BENCHMARK_ROWS[recipe].items():
         network, method = prefix.split("-")
-        start = f"{network}-{method}-{'dense' if method == 'radmm' else 'start'}"
-        expected = RADMM_DENSE if method == "radmm" else TWINREP_START
-        config = steps[start].configs[0]
-        assert {key: getattr(config, key) for key in expected} == expected, start
-        assert config.model == ("vgg16-bn" if network == "vgg16" else network)
+        model = "vgg16-bn" if network == "vgg16" else network
+        if method == "radmm":
+            config = steps[f"{prefix}-dense"].configs[0]
+            assert {key: getattr(config, key) for key in RADMM_DENSE} == RADMM_DENSE
+            assert config.model == model
         for suffix, (clean, autoattack) in zip(ROW_SUFFIXES, figures, strict=False):
             name = f"{prefix}-{suffix}"
             step = steps[name]
-            settings, own = step.configs
+            settings, own = step.configs[:2]
             assert get_method(step.method)(own).departures(settings) == {}, name
-            assert step.method == method and step.needs["from_run"] == start
+            assert step.method == method
+            if method == "radmm":
+                assert step.needs["from_run"] == f"{prefix}-dense"
+            else:  # from initialization: the network and attack its phase trains with
+                assert not step.needs and step.configs[2].model == model
+                phase = get_method(method)(own).phase(step.configs[2], settings)
+                assert {key: getattr(phase, key) for key in TWINREP_START} == TWINREP_START
             channels = suffix.startswith("c")
             sparsity = int(suffix.lstrip("c"))
             assert step.setting("sparsity") == sparsity / 100
@@ -241,21 +247,29 @@ def test_the_radmm_and_twinrep_recipes_hold_the_official_settings(recipe, tmp_pa
             expected_rows[name] = {"clean": clean, "autoattack": autoattack, key: sparsity}
     assert rows == expected_rows
     if recipe.endswith("svhn"):
-        assert all(step.configs[0].flip for step in steps.values() if step.kind == "train")
+        starts = [s.configs[0 if s.kind == "train" else -1] for s in steps.values()]
+        assert all(config.flip for config in starts if isinstance(config, TrainConfig))
 
 
 def test_the_suite_runs_radmm_and_twinrep_on_its_budget(tmp_path):
     """docs/fidelity.md, RADMM and TwinRep: the suite's rows beside HYDRA's, their departures
-    only the two the budget forces."""
+    only those the budget forces."""
     steps = {step.name: step for step in make_plan("fashion-mnist-suite", tmp_path).steps}
+    dense = steps["dense"].configs[0]
     for suffix in ("90", "99", "c85"):
         hydra, radmm, twinrep = (steps[f"{m}-{suffix}"] for m in ("hydra", "radmm", "twinrep"))
         for step in (radmm, twinrep):
-            for key in ("sparsity", "structure", "from_run"):
+            for key in ("sparsity", "structure"):
                 assert step.setting(key) == hydra.setting(key), (step.name, key)
+        assert radmm.needs["from_run"] == hydra.needs["from_run"] == "dense"
         for key in ("score_epochs", "finetune_epochs"):
             assert radmm.setting(key) == hydra.setting(key) == 3
-        assert twinrep.setting("finetune_epochs") == 6  # from initialization: HYDRA's 3 + 3
-        for step, departure in ((radmm, {"update_every": 1}), (twinrep, {"prune_epoch": 2})):
-            settings, own = step.configs
+        start = twinrep.configs[2]  # from initialization: the dense run's network and data
+        for key in ("model", "dataset", "eps", "batch_size", "channels_last"):
+            assert getattr(start, key) == getattr(dense, key), key
+        assert twinrep.setting("finetune_epochs") == 6  # HYDRA's 3 + 3
+        assert twinrep.setting("finetune_attack_steps") == dense.attack_steps
+        departures = {"update_every": 1}, {"finetune_attack_steps": 5, "prune_epoch": 2}
+        for step, departure in zip((radmm, twinrep), departures, strict=True):
+            settings, own = step.configs[:2]
             assert get_method(step.method)(own).departures(settings) == departure

@@ -17,7 +17,7 @@ from advprune.methods.twinrep import (
     TwinTraining,
     channel_keep,
     effective_weight,
-    initial_factors,
+    initial_factor,
     twin_masks,
     twin_penalty,
 )
@@ -34,19 +34,15 @@ def test_each_weight_is_the_product_of_its_factors():
     assert torch.equal(effective_weight(w, mix, CHANNEL)[0], w[0] + 2 * w[1])
 
 
-def test_the_factors_start_as_the_official_layers_or_keep_a_trained_weight():
+def test_the_second_factor_starts_as_the_official_layers_draw_it():
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(6, 3, 3, 3, generator=generator)
-    first, factor = initial_factors(w, TWIN, "initialization", generator)
-    assert torch.equal(first, w) and factor.shape == w.shape
+    factor = initial_factor(w, TWIN, generator)
+    assert factor.shape == w.shape
     assert factor.abs().max() <= 1 / 27**0.5  # kaiming_uniform_(a=√5): U(±1/√fan_in)
-    _, channel = initial_factors(w, CHANNEL, "initialization", generator)
+    assert factor.abs().max() > 0.9 / 27**0.5  # and not a narrower law
+    channel = initial_factor(w, CHANNEL, generator)
     assert channel.shape == (6, 6) and channel.abs().max() <= 1 / 6**0.5
-    for kind in (TWIN, CHANNEL):
-        first, factor = initial_factors(w, kind, "trained", generator)
-        assert torch.allclose(effective_weight(first, factor, kind), w, atol=1e-6)
-    first, factor = initial_factors(w, TWIN, "trained", generator)
-    assert torch.allclose(first.abs(), factor)  # the balanced split
 
 
 def test_weight_decay_on_both_factors_is_an_l1_penalty_on_their_product():
@@ -114,7 +110,7 @@ def test_the_mask_is_read_at_the_start_of_the_pruning_epoch_and_folded_at_the_en
     net = small_net().eval()
     x = torch.rand(5, 1, 6, 6)
     groups = channel_groups(net, x[:1]) if structure == "channels" else None
-    twin = TwinTraining(0.5, prune_epoch=3, start="initialization", groups=groups)
+    twin = TwinTraining(0.5, prune_epoch=3, groups=groups)
     network = twin.prepare(net)
     factors = set(twin.factors)
     assert factors == {"0.weight", "5.weight", "7.weight"}
@@ -148,10 +144,10 @@ def test_the_defaults_are_the_official_train_py():
     settings = twinrep.Settings()
     phase = {k: v for k, v in settings.finetune.to_dict().items() if v is not None}
     assert phase == dict(
-        objective="pgd-at", epochs=100, optimizer="sgd", lr=0.1, momentum=0.9,
+        objective="pgd-at", epochs=100, attack_steps=10, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=2e-4, schedule="step", milestones=[0.69, 0.84], gamma=0.1,
     )  # fmt: skip
-    assert (settings.prune_epoch, settings.start) == (10, "initialization")
+    assert settings.prune_epoch == 10 and twinrep.starts_from_initialization
 
 
 class SmallCNN(nn.Module):
@@ -201,11 +197,11 @@ def test_twinrep_prunes_a_network_of_the_users_own(tiny_data, structure, tmp_pat
 
 def test_the_factors_and_a_read_mask_come_back_with_a_checkpoint():
     torch.manual_seed(0)
-    twin = TwinTraining(0.5, prune_epoch=1, start="initialization")
+    twin = TwinTraining(0.5, prune_epoch=1)
     network = twin.prepare(small_net())
     twin.batch_context(context(0))
     state = twin.state_dict()
-    resumed = TwinTraining(0.5, prune_epoch=1, start="initialization", seed=1)
+    resumed = TwinTraining(0.5, prune_epoch=1, seed=1)
     again = resumed.prepare(small_net())
     resumed.load_state_dict(state, again)
     for name, factor in twin.factors.items():

@@ -56,7 +56,6 @@ from advprune.methods.kinds import DynamicMaskMethod, refuse_selection
 from advprune.training.method import StepContext, TrainingMethod
 
 TWIN, CHANNEL = "twin", "channel"  # the official --layer-type of each structure
-STARTS = ("initialization", "trained")
 FACTOR_PREFIX, MASK_PREFIX = "factor.", "mask."
 
 
@@ -67,24 +66,11 @@ def kaiming_factor(shape: tuple[int, ...], generator: torch.Generator) -> Tensor
     return factor
 
 
-def initial_factors(
-    weight: Tensor, kind: str, start: str, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """The first (weight, factor) of a layer.
-
-    From initialization (the official start) the weight stays as initialised and the factor is
-    drawn (`kaiming_factor`: twin shaped like w, channel out × out). From a trained network the
-    product must equal w: twin u = sign(w)·√|w|, v = √|w| (the balanced split, where weight
-    decay holds the factors); channel A = I.
-    """
-    weight = weight.detach()
-    if start == "trained":
-        if kind == CHANNEL:
-            return weight.clone(), torch.eye(weight.shape[0], dtype=weight.dtype)
-        root = weight.abs().sqrt()
-        return weight.sign() * root, root
+def initial_factor(weight: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+    """A layer's second factor as the official layers draw it (`kaiming_factor`): shaped like w
+    (twin), or out × out (channel); the first factor is the layer's own initialised weight."""
     shape = tuple(weight.shape) if kind == TWIN else (weight.shape[0], weight.shape[0])
-    return weight.clone(), kaiming_factor(shape, generator).to(weight.dtype)
+    return kaiming_factor(shape, generator).to(weight.device, weight.dtype)
 
 
 def effective_weight(weight: Tensor, factor: Tensor, kind: str) -> Tensor:
@@ -155,7 +141,6 @@ class TwinTraining(TrainingMethod):
         sparsity: float,
         *,
         prune_epoch: int,
-        start: str,
         groups: list[ChannelGroup] | None = None,
         seed: int = 0,
         settings: dict[str, Any] | None = None,
@@ -163,21 +148,17 @@ class TwinTraining(TrainingMethod):
         """`prune_epoch`: 1-based, as the official `--pruning-epoch`; `groups`: Channel-Rep and
         channel masks over these groups."""
         check_sparsity(sparsity)
-        self.sparsity, self.prune_epoch, self.start = sparsity, prune_epoch, start
+        self.sparsity, self.prune_epoch = sparsity, prune_epoch
         self.groups, self.seed, self.settings = groups, seed, settings or {}
         self.kind = CHANNEL if groups else TWIN
         self.factors: dict[str, nn.Parameter] = {}
         self.network: TwinNetwork | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        if self.start == "initialization":
-            reinitialize(model)
+        """A factor for every conv and linear weight of the freshly initialised `model`."""
         generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            for name, weight in prunable_parameters(model, include_bias=False).items():
-                first, factor = initial_factors(weight, self.kind, self.start, generator)
-                weight.copy_(first)
-                self.factors[name] = nn.Parameter(factor.to(weight.device))
+        for name, weight in prunable_parameters(model, include_bias=False).items():
+            self.factors[name] = nn.Parameter(initial_factor(weight.detach(), self.kind, generator))
         self.network = TwinNetwork(model, self.factors, self.kind)
         return self.network
 
@@ -256,30 +237,18 @@ class TwinTraining(TrainingMethod):
         return self.network.network
 
 
-def reinitialize(model: nn.Module) -> None:
-    """Every layer back to its own initialization (`reset_parameters`), as a network the
-    official script builds: TwinRep trains from scratch."""
-    for module in model.modules():
-        if hasattr(module, "reset_parameters") and module is not model:
-            module.reset_parameters()
-
-
 @dataclass
 class TwinRepSettings(MethodSettings):
     """TwinRep's own settings; the defaults are the official train.py's (docs/fidelity.md)."""
 
     prune_epoch: int = setting(10, "1-based epoch at whose start the mask is read (official 10)")
-    start: str = setting(
-        "initialization",
-        "initialization (the official: train from scratch) | trained (factor the --from weights, "
-        "w = u ⊙ v unchanged)",
-        choices=STARTS,
-    )
     finetune: PhaseSettings = group(
         PhaseSettings,
-        "the training run (official: 100 epochs, PGD-AT, SGD lr 0.1, ×0.1 at 70 and 85, wd 2e-4)",
+        "the training from initialization (official: 100 epochs, PGD-10, SGD lr 0.1, ×0.1 at "
+        "70 and 85, wd 2e-4)",
         objective="pgd-at",
         epochs=100,
+        attack_steps=10,
         optimizer="sgd",
         lr=0.1,
         momentum=0.9,
@@ -300,19 +269,20 @@ class TwinRepSettings(MethodSettings):
     "twinrep", description="TwinRep (Li et al., AAAI 2023): twin-factor weights, pruned in training"
 )
 class TwinRep(DynamicMaskMethod):
-    """One training run of the reparameterised network; the mask is read at `prune_epoch`.
+    """One training run of the reparameterised network from initialization; the mask is read
+    at `prune_epoch`.
 
     Its training is `TwinTraining`, not a `DynamicMaskTraining`: the mask multiplies the
     reparameterised weight (Channel-Rep's A · W' mixes filters, so no mask on W' gives it).
 
-    Example: `advprune prune --method twinrep --from runs/at --sparsity 0.99 --run-dir runs/tr99`
-    (the --from run gives the network, data and attack; its weights are re-initialised unless
-    --start trained).
+    Example: `advprune prune --method twinrep --model resnet18 --dataset cifar10 --eps 0.031
+    --sparsity 0.99 --run-dir runs/tr99`.
     """
 
     reference = "Li et al., AAAI 2023; UCAS-LCH/Twin-Rep"
     origin = "published"
     Settings = TwinRepSettings
+    starts_from_initialization = True
     structures = ("weights", "channels")  # what the published method prunes
     settings: TwinRepSettings
 
@@ -338,14 +308,13 @@ class TwinRep(DynamicMaskMethod):
                 "read at its end, with no training under it (lower --prune-epoch)"
             )
         context.log(
-            f"twinrep: from {self.settings.start}, {context.sparsity:.0%} of the "
+            f"twinrep: from initialization, {context.sparsity:.0%} of the "
             f"{'channels' if context.channels else 'weights'} removed at the start of epoch "
             f"{self.settings.prune_epoch} of {epochs}"
         )
         return TwinTraining(
             context.sparsity,
             prune_epoch=self.settings.prune_epoch,
-            start=self.settings.start,
             groups=context.channel_groups() if context.channels else None,
             seed=context.settings.seed,
             settings=self.metadata(context.settings),
