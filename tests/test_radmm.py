@@ -192,3 +192,16 @@ def test_z_u_and_the_cycle_come_back_with_a_checkpoint():
     for name in admm.z:
         assert torch.equal(resumed.z[name], admm.z[name])
         assert torch.equal(resumed.u[name], admm.u[name])
+
+
+def test_settings_radmm_does_not_have_are_refused_before_anything_runs():
+    from advprune.core.errors import ConfigError
+    from advprune.methods import PruneSettings, create_method
+
+    radmm = create_method("radmm")
+    with pytest.raises(ConfigError, match="RADMM prunes layer-wise"):
+        radmm.check(PruneSettings(scheme="global"))
+    with pytest.raises(ConfigError, match="drop --order and --include-bias"):
+        radmm.check(PruneSettings(order="random"))
+    with pytest.raises(ConfigError, match="update_every must be"):
+        create_method("radmm", {"update_every": 0})

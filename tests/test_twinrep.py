@@ -207,3 +207,15 @@ def test_the_factors_and_a_read_mask_come_back_with_a_checkpoint():
     for name, factor in twin.factors.items():
         assert torch.equal(resumed.factors[name], factor)
         assert torch.equal(again.masks[name], network.masks[name])
+
+
+def test_settings_twinrep_does_not_have_are_refused_before_anything_runs():
+    from advprune.core.errors import ConfigError
+    from advprune.methods import PruneSettings, create_method
+
+    twinrep = create_method("twinrep")
+    with pytest.raises(ConfigError, match="twinrep ranks every layer's weights together; drop"):
+        twinrep.check(PruneSettings(scheme="layerwise"))
+    with pytest.raises(ConfigError, match="prune_epoch is 1-based"):
+        create_method("twinrep", {"prune_epoch": 0})
+    twinrep.check(PruneSettings(structure="channels", sparsity=0.5))  # both structures published
