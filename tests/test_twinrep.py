@@ -35,14 +35,24 @@ def test_each_weight_is_the_product_of_its_factors():
 
 
 def test_the_second_factor_starts_as_the_official_layers_draw_it():
-    generator = torch.Generator().manual_seed(0)
-    w = torch.randn(6, 3, 3, 3, generator=generator)
-    factor = initial_factor(w, TWIN, generator)
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3)
+    factor = initial_factor(w, TWIN)
     assert factor.shape == w.shape
     assert factor.abs().max() <= 1 / 27**0.5  # kaiming_uniform_(a=√5): U(±1/√fan_in)
     assert factor.abs().max() > 0.9 / 27**0.5  # and not a narrower law
-    channel = initial_factor(w, CHANNEL, generator)
+    channel = initial_factor(w, CHANNEL)
     assert channel.shape == (6, 6) and channel.abs().max() <= 1 / 6**0.5
+
+
+def test_the_factors_are_not_the_weights_a_seeded_network_started_with():
+    torch.manual_seed(0)  # as the trainer seeds before it builds the network
+    net = small_net()
+    twin = TwinTraining(0.5, prune_epoch=1, seed=0)
+    twin.prepare(net)
+    for name, weight in net.named_parameters():
+        if name in twin.factors:
+            assert not torch.allclose(twin.factors[name], weight.detach()), name
 
 
 def test_weight_decay_on_both_factors_is_an_l1_penalty_on_their_product():

@@ -59,18 +59,20 @@ TWIN, CHANNEL = "twin", "channel"  # the official --layer-type of each structure
 FACTOR_PREFIX, MASK_PREFIX = "factor.", "mask."
 
 
-def kaiming_factor(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """A factor as the official layers draw it: kaiming_uniform_(a=√5), U(±1/√fan_in)."""
+def kaiming_factor(shape: tuple[int, ...]) -> Tensor:
+    """A factor as the official layers draw it: kaiming_uniform_(a=√5), U(±1/√fan_in), from the
+    global generator, as the official layers do after their weight (a generator of its own seeded
+    with the run's seed would repeat the draws of the network's first weights: u = v, w = u²)."""
     factor = torch.empty(shape)
-    nn.init.kaiming_uniform_(factor, a=math.sqrt(5), generator=generator)
+    nn.init.kaiming_uniform_(factor, a=math.sqrt(5))
     return factor
 
 
-def initial_factor(weight: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+def initial_factor(weight: Tensor, kind: str) -> Tensor:
     """A layer's second factor as the official layers draw it (`kaiming_factor`): shaped like w
     (twin), or out × out (channel); the first factor is the layer's own initialised weight."""
     shape = tuple(weight.shape) if kind == TWIN else (weight.shape[0], weight.shape[0])
-    return kaiming_factor(shape, generator).to(weight.device, weight.dtype)
+    return kaiming_factor(shape).to(weight.device, weight.dtype)
 
 
 def effective_weight(weight: Tensor, factor: Tensor, kind: str) -> Tensor:
@@ -156,9 +158,8 @@ class TwinTraining(TrainingMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """A factor for every conv and linear weight of the freshly initialised `model`."""
-        generator = torch.Generator().manual_seed(self.seed)
         for name, weight in prunable_parameters(model, include_bias=False).items():
-            self.factors[name] = nn.Parameter(initial_factor(weight.detach(), self.kind, generator))
+            self.factors[name] = nn.Parameter(initial_factor(weight.detach(), self.kind))
         self.network = TwinNetwork(model, self.factors, self.kind)
         return self.network
 
