@@ -10,6 +10,7 @@ import yaml
 from advprune.masks import OFFICIAL, SEEDED
 from advprune.methods import PruneSettings, create_method, get_method
 from advprune.models.serialization import load_model
+from advprune.recipes import load_recipe
 from advprune.reproduction import make_plan
 from advprune.training import TrainConfig
 from conftest import prune_tiny
@@ -182,3 +183,93 @@ def test_the_suite_runs_harp_on_hydras_budget(tmp_path):
             assert steps[harp].setting(key) == steps[hydra].setting(key), (harp, key)
     assert steps["harp-c85"].setting("structure") == "channels"
     assert steps["harp-c85"].setting("score_epochs") == 3
+
+
+# The benchmark's README leaderboard (clean / AutoAttack %), pralab/AdversarialPruningBenchmark.
+BENCHMARK_ROWS = {
+    "radmm-twinrep-cifar10": {
+        "resnet18-radmm": [(80.54, 43.68), (79.33, 42.56), (71.17, 37.21),
+                           (79.27, 42.68), (78.81, 40.79), (70.53, 37.30)],
+        "vgg16-radmm": [(74.76, 39.92), (72.67, 38.44), (57.69, 31.30),
+                        (74.58, 39.67), (70.51, 37.74), (58.58, 31.79)],
+        "resnet18-twinrep": [(76.37, 42.93), (73.19, 41.47), (64.97, 36.10),
+                             (79.90, 45.58), (79.37, 45.21), (78.41, 44.30)],
+        "vgg16-twinrep": [(75.36, 41.84), (74.16, 40.81), (69.95, 38.49),
+                          (77.65, 43.13), (77.58, 42.77), (76.26, 42.14)],
+    },
+    "radmm-twinrep-svhn": {
+        "vgg16-radmm": [(62.25, 44.40), (52.24, 42.99), (64.91, 37.91)],
+        "resnet18-twinrep": [(88.90, 46.72), (88.59, 47.16), (85.09, 43.44),
+                             (90.71, 37.33), (88.71, 45.28), (85.44, 45.10)],
+        "vgg16-twinrep": [(87.22, 45.54), (89.70, 44.33), (86.03, 43.55),
+                          (89.91, 45.82), (87.10, 43.26), (89.61, 44.83)],
+    },
+}  # fmt: skip
+ROW_SUFFIXES = ("90", "95", "99", "c50", "c75", "c90")  # weights, then channels
+RADMM_DENSE = dict(
+    objective="pgd-at", epochs=200, eps=0.0313725, attack_steps=10, attack_step_size=0.0078431,
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="cosine", batch_size=128,
+)  # fmt: skip
+TWINREP_START = dict(objective="pgd-at", eps=0.031, attack_steps=10, batch_size=128)
+
+
+@pytest.mark.parametrize("recipe", list(BENCHMARK_ROWS))
+def test_the_radmm_and_twinrep_recipes_hold_the_official_settings(recipe, tmp_path):
+    """docs/fidelity.md, RADMM and TwinRep: every row is the method as published from its own
+    start, and the paper rows are the benchmark's leaderboard."""
+    steps = {step.name: step for step in make_plan(recipe, tmp_path).steps}
+    rows = load_recipe(recipe)["paper"]["rows"]
+    expected_rows = {}
+    for prefix, figures in BENCHMARK_ROWS[recipe].items():
+        network, method = prefix.split("-")
+        model = "vgg16-bn" if network == "vgg16" else network
+        if method == "radmm":
+            config = steps[f"{prefix}-dense"].configs[0]
+            assert {key: getattr(config, key) for key in RADMM_DENSE} == RADMM_DENSE
+            assert config.model == model
+        for suffix, (clean, autoattack) in zip(ROW_SUFFIXES, figures, strict=False):
+            name = f"{prefix}-{suffix}"
+            step = steps[name]
+            settings, own = step.configs[:2]
+            assert get_method(step.method)(own).departures(settings) == {}, name
+            assert step.method == method
+            if method == "radmm":
+                assert step.needs["from_run"] == f"{prefix}-dense"
+            else:  # from initialization: the network and attack its phase trains with
+                assert not step.needs and step.configs[2].model == model
+                phase = get_method(method)(own).phase(step.configs[2], settings)
+                assert {key: getattr(phase, key) for key in TWINREP_START} == TWINREP_START
+            channels = suffix.startswith("c")
+            sparsity = int(suffix.lstrip("c"))
+            assert step.setting("sparsity") == sparsity / 100
+            assert step.setting("structure") == ("channels" if channels else None)
+            key = "channel_sparsity" if channels else "sparsity"
+            expected_rows[name] = {"clean": clean, "autoattack": autoattack, key: sparsity}
+    assert rows == expected_rows
+    if recipe.endswith("svhn"):
+        starts = [s.configs[0 if s.kind == "train" else -1] for s in steps.values()]
+        assert all(config.flip for config in starts if isinstance(config, TrainConfig))
+
+
+def test_the_suite_runs_radmm_and_twinrep_on_its_budget(tmp_path):
+    """docs/fidelity.md, RADMM and TwinRep: the suite's rows beside HYDRA's, their departures
+    only those the budget forces."""
+    steps = {step.name: step for step in make_plan("fashion-mnist-suite", tmp_path).steps}
+    dense = steps["dense"].configs[0]
+    for suffix in ("90", "99", "c85"):
+        hydra, radmm, twinrep = (steps[f"{m}-{suffix}"] for m in ("hydra", "radmm", "twinrep"))
+        for step in (radmm, twinrep):
+            for key in ("sparsity", "structure"):
+                assert step.setting(key) == hydra.setting(key), (step.name, key)
+        assert radmm.needs["from_run"] == hydra.needs["from_run"] == "dense"
+        for key in ("score_epochs", "finetune_epochs"):
+            assert radmm.setting(key) == hydra.setting(key) == 3
+        start = twinrep.configs[2]  # from initialization: the dense run's network and data
+        for key in ("model", "dataset", "eps", "batch_size", "channels_last"):
+            assert getattr(start, key) == getattr(dense, key), key
+        assert twinrep.setting("finetune_epochs") == 6  # HYDRA's 3 + 3
+        assert twinrep.setting("finetune_attack_steps") == dense.attack_steps
+        departures = {"update_every": 1}, {"finetune_attack_steps": 5, "prune_epoch": 2}
+        for step, departure in zip((radmm, twinrep), departures, strict=True):
+            settings, own = step.configs[:2]
+            assert get_method(step.method)(own).departures(settings) == departure

@@ -101,12 +101,12 @@ def test_compression_loss_is_the_hinge_on_the_kept_share_of_weights_or_flops():
 def test_gamma_grows_per_epoch_until_the_target_is_reached_then_stays():
     method = prepared(lenet())
     assert [method.current_gamma(e) for e in range(3)] == pytest.approx([0.01, 0.02, 0.03])
-    method.end_epoch(1)  # far above the target: nothing frozen
+    method.close_epoch(1)  # far above the target: nothing frozen
     assert method.frozen_gamma is None
     with torch.no_grad():
         for rate_score in method.rate_scores.values():
             rate_score.fill_(-50.0)
-    method.end_epoch(2)
+    method.close_epoch(2)
     assert method.frozen_gamma == pytest.approx(0.03)
     assert method.current_gamma(10) == pytest.approx(0.03)
     assert [h["epoch"] for h in method.history] == [2, 3]

@@ -26,6 +26,7 @@ SHAPES = {
     "vgg16-mad": (3, 32),
     "vgg16-anpvs": (3, 32),
     "resnet18": (3, 32),
+    "preact-resnet18": (3, 32),
     "wrn28-10": (3, 32),
     "wrn34-10": (3, 32),
 }
@@ -36,6 +37,7 @@ PARAMETERS = {
     "lenet5-caffe": 431_080,
     "lenet5-caffe-bn": 431_080 + 2 * (20 + 50),  # a BatchNorm's γ and β per conv channel
     "resnet18": 11_173_962,
+    "preact-resnet18": 11_172_170,  # the benchmark's models/flyingbird.py ResNet18
     "vgg16-bn": 15_311_818,
     "vgg16-mad": 14_724_042,  # MAD's models/vgg.py: four pools, one Linear 512 → 10
     "vgg16-anpvs": 14_991_946,
@@ -115,7 +117,13 @@ def test_unknown_model_and_bad_normalisation_are_config_errors():
 def test_list_models_takes_shell_wildcards_and_each_name_has_a_description():
     assert list_models() == list(MODELS)
     assert list_models("vgg16*") == ["vgg16-bn", "vgg16-mad", "vgg16-anpvs"]
-    assert list_models("*net*") == ["lenet300-100", "lenet5-caffe", "lenet5-caffe-bn", "resnet18"]
+    assert list_models("*net*") == [
+        "lenet300-100",
+        "lenet5-caffe",
+        "lenet5-caffe-bn",
+        "preact-resnet18",
+        "resnet18",
+    ]
     assert list_models("lenet?-*") == ["lenet5-caffe", "lenet5-caffe-bn"]
     assert list_models("alexnet*") == []
     for name in list_models():

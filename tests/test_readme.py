@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pymdownx.slugs import slugify
 
-from advprune.methods import FixedMaskMethod, get_method, method_names
+from advprune.methods import DynamicMaskMethod, FixedMaskMethod, get_method, method_names
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -64,6 +64,9 @@ def method_row(name: str, docs: str) -> str:
         # Whole channels are a departure for a published method whose code prunes weights only.
         published = cls.reference is None or "channels" in cls.structures
         kind, prunes = "scored", "yes / yes" if published else "yes / yes, as a departure"
+    elif issubclass(cls, DynamicMaskMethod):  # a set sparsity, its masks learnt while it trains
+        channels = "channels" in getattr(cls, "structures", ("weights",))
+        kind, prunes = "learnt", "yes / yes" if channels else "yes / –"
     else:
         kind, prunes = "learnt", "– / units and channels, learnt"
     return f"| `{name}` | {paper} | {kind} | {prunes} | {fidelity} |"

@@ -374,7 +374,7 @@ def representative_steps() -> dict[str, list[str]]:
             if not keys <= seen:
                 seen.update(keys)
                 names.append(step.name)
-        chosen[recipe] = names
+        chosen[recipe] = names or [plan.steps[0].name]  # nothing new: its first step still runs
     return chosen
 
 

@@ -23,6 +23,7 @@ BUDGET = {
     "mad": {"mask_steps": 2, "saliency_fraction": 0.25},
     "hydra": {"score_epochs": 1},
     "harp": {"score_epochs": 1},
+    "radmm": {"score_epochs": 1},
 }
 
 
@@ -48,6 +49,12 @@ def test_each_method_prunes_channels_and_exports_a_smaller_equal_network(
         lenet_run, run_dir, method, structure="channels", sparsity=SPARSITY, finetune_epochs=1,
         **BUDGET[method],
     )  # fmt: skip
+    check_exported_run(run_dir, method)
+
+
+def check_exported_run(run_dir, method: str) -> None:
+    """The run ended exported: outputs equal to the masked network's, smaller, the channel share
+    asked for, a paired batch-1 and batch-128 speed-up, the structure recorded as published."""
     results = json.loads((run_dir / "results.json").read_text())
     assert outputs_match(run_dir) < 1e-4
     sizes = results["complexity"]
@@ -63,6 +70,26 @@ def test_each_method_prunes_channels_and_exports_a_smaller_equal_network(
     metadata = load_model(run_dir / "model.safetensors")[1]["method"]
     departures = metadata["departures"]
     assert ("structure" in departures) == (method in ("mad", "hydra"))  # published unstructured
+
+
+def test_twinrep_trains_channels_from_initialization_and_exports(tmp_path):
+    from advprune.methods.base import start_config
+    from advprune.pipelines import prune_run
+
+    prune = PruneSettings.from_dict(
+        {"method": "twinrep", "structure": "channels", "sparsity": SPARSITY, "limit_train": 512,
+         "allow_chance": True, "cache_dir": str(tmp_path / "cache")}
+    )  # fmt: skip
+    start = start_config(
+        {"model": "lenet5-caffe", "dataset": "fashion-mnist", "eps": 0.1, "batch_size": 64,
+         "limit_test": 64, "monitor_examples": 0},
+        prune,
+        "test",
+    )  # fmt: skip
+    method = create_method("twinrep", {"finetune_epochs": 1, "prune_epoch": 1,
+                                       "finetune_attack_steps": 2})  # fmt: skip
+    prune_run(prune, method, tmp_path / "twinrep", start=start, progress=False, log=quiet)
+    check_exported_run(tmp_path / "twinrep", "twinrep")
 
 
 def test_the_cli_prunes_channels_then_exports_again(lenet_run, tmp_path, capsys):
@@ -107,6 +134,45 @@ def test_the_mad_scheme_has_no_channel_form_and_nothing_is_written(lenet_run, tm
             lenet_run, tmp_path / "r", "random", structure="channels", scheme="mad", log=quiet
         )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["lenet5-caffe", "vgg16-bn", "resnet18"])
+@pytest.mark.parametrize("method", ["radmm", "twinrep"])
+def test_admm_and_twin_channel_masks_export_exactly(tmp_path, name, method):
+    """RADMM's ADMM phase and TwinRep's Channel-Rep run on the benchmark's networks (random
+    weights, one step on random images, the mask read before it): the channels they remove
+    export to a network that computes what the masked one does."""
+    from advprune.masks.channels import channel_groups
+    from advprune.masks.export import channel_sparsity, export_gated
+    from advprune.methods.radmm import ADMMTraining
+    from advprune.methods.twinrep import TwinTraining
+    from advprune.training.method import StepContext
+    from advprune.training.objectives import ObjectiveOutput
+    from test_channels import network
+
+    model, example = network(name)
+    groups = channel_groups(model, example)
+    if method == "radmm":
+        training = ADMMTraining(0.5, rho=1e-3, rho_growth=1.3, update_every=1, groups=groups)
+    else:
+        training = TwinTraining(0.5, prune_epoch=1, groups=groups)
+    net = training.prepare(model.train())
+    optimizer = torch.optim.SGD(training.weight_parameters(net), lr=0.01)
+    x = torch.rand(4, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+
+    def loss(m, images, labels):
+        logits = m(images)
+        return ObjectiveOutput(nn.functional.cross_entropy(logits, labels), logits)
+
+    training.step(
+        net, x, torch.tensor([0, 1, 2, 3]), optimizer, StepContext(loss, 0, 0, 1, 0.01, 4)
+    )
+    training.finish(net.eval(), tmp_path)
+    masked = training.trained_model(net).eval()
+    exported = export_gated(masked, example, round_to=1)
+    with torch.no_grad():
+        assert (masked(x) - exported(x)).abs().max() < 1e-4
+    assert 0.3 < channel_sparsity(masked, example)["channel_sparsity"] < 0.7
 
 
 @pytest.mark.parametrize("name", ["vgg16-bn", "resnet18"])

@@ -69,16 +69,19 @@ def add_config_flags(
     cls: type[Config],
     *,
     exclude: Collection[str] = (),
+    only: Collection[str] | None = None,
     defaults: dict[str, Any] | None = None,
+    hidden: bool = False,
 ) -> list[str]:
-    """One `--flag` per flat setting of `cls` (groups prefixed: `--finetune-lr`); flags left out
-    stay absent from the namespace, so recipes and saved settings keep their values. Returns the
-    names added."""
+    """One `--flag` per flat setting of `cls` (groups prefixed: `--finetune-lr`), or of those in
+    `only`; flags left out stay absent from the namespace, so recipes and saved settings keep
+    their values. `hidden` flags parse but stay out of --help (to refuse them with a hint).
+    Returns the names added."""
     defaults = defaults if defaults is not None else cls().to_flat()
     added = []
     unset = _unset_meanings(cls)
     for name, (field, annotation) in cls.flat_fields().items():
-        if name in exclude:
+        if name in exclude or (only is not None and name not in only):
             continue
         text = _describe(
             field.metadata.get("help", ""), choices_of(field), defaults.get(name), unset.get(name)
@@ -87,7 +90,7 @@ def add_config_flags(
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
-            help=text,
+            help=argparse.SUPPRESS if hidden else text,
             **_flag_type(annotation),
         )
         added.append(name)

@@ -1,4 +1,6 @@
-"""`advprune prune --method NAME`: any registered method, from a trained run, into a run directory.
+"""`advprune prune --method NAME`: any registered method, from a trained run (or, for a method
+that trains from initialization, from the network `--model`, `--dataset`, … name), into a run
+directory.
 
 The method's own flags (`advprune prune --method mad --help`) come from its settings dataclass;
 the flags every method shares come from `PruneSettings`.
@@ -13,7 +15,10 @@ from pathlib import Path
 from advprune.cli.flags import add_config_flags, given, print_config
 from advprune.cli.train import require_run_dir
 from advprune.core import distributed
+from advprune.core.errors import ConfigError
 from advprune.methods import PruneSettings, get_method, method_names
+from advprune.methods.base import start_config, start_keys
+from advprune.training import TrainConfig
 
 
 def method_in(argv: Sequence[str]) -> str | None:
@@ -54,6 +59,11 @@ def add_parser(commands: argparse._SubParsersAction, argv: Sequence[str]) -> Non
         "--from", "--from-run", dest="from_run", help="the trained run directory to prune"
     )
     name = method_in(argv)
+    starts = name in methods and get_method(name).starts_from_initialization
+    start = parser.add_argument_group(
+        f"the network and data {name} trains from initialization (as `advprune train`)"
+    )
+    add_config_flags(start, TrainConfig, only=start_keys(), hidden=not starts)
     if name in methods:
         cls = get_method(name)
         own = parser.add_argument_group(f"{name} options ({cls.description})")
@@ -67,12 +77,22 @@ def run(args: argparse.Namespace) -> int:
     cls = get_method(args.method)
     settings = PruneSettings.from_dict(given(args, PruneSettings.field_names()), "flags")
     own = cls.Settings.from_dict(given(args, cls.Settings.field_names()), "flags")
+    start_values = given(args, start_keys())
+    if start_values and not cls.starts_from_initialization:
+        flag = next(iter(start_values)).replace("_", "-")
+        raise ConfigError(
+            f"{cls.name} prunes a trained run, whose network and data it takes: pass --from "
+            f"RUN_DIR and drop --{flag}"
+        )
+    start = (
+        start_config(start_values, settings, "flags") if cls.starts_from_initialization else None
+    )
     if args.print_config:
-        return print_config(settings, own)
+        return print_config(settings, *([start] if start else []), own)
     require_run_dir(args)
     model_file = Path(args.run_dir) / "model.safetensors"
     finished_before = model_file.exists()  # then prune_run says there is nothing to do
-    prune_run(settings, cls(own), args.run_dir, progress=not args.quiet)
+    prune_run(settings, cls(own), args.run_dir, start=start, progress=not args.quiet)
     if distributed.current().is_main and not finished_before:
         print(f"pruned model written to {model_file}")
     return 0

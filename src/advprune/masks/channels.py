@@ -227,12 +227,21 @@ def filter_norms(model: nn.Module, groups: list[ChannelGroup], p: int = 1) -> di
     """‖filter‖_p of each channel: the L_p norm of every weight that produces it (its rows in
     each coupled conv/linear; Li et al., 2017, rank filters by L1); biases and BN not counted."""
     parameters = dict(model.named_parameters())
-    powers = {
-        part.parameter: parameters[part.parameter].detach().abs().pow(p)
+    weights = {
+        part.parameter: parameters[part.parameter]
         for group in groups
         for part in group.slices
         if part.role == PRODUCER and part.parameter.endswith("weight")
     }
+    return producer_norms(weights, groups, p)
+
+
+def producer_norms(
+    tensors: Mapping[str, Tensor], groups: list[ChannelGroup], p: int = 2
+) -> dict[str, Tensor]:
+    """The L_p norm of each channel's producing rows in `tensors` (weights by parameter name, or
+    tensors shaped like them: ADMM's W + U, TwinRep's reparameterised weights)."""
+    powers = {name: t.detach().float().abs().pow(p) for name, t in tensors.items()}
     sums = group_sums(powers, groups, roles=(PRODUCER,))
     return {name: total.pow(1 / p) for name, total in sums.items()}
 

@@ -5,7 +5,17 @@ Importing this package registers the built-in methods; `method_names()` lists ev
 one (plugins included) and `get_method(name)` returns its class.
 """
 
-from advprune.methods import anpvs, harp, hydra, mad, mad_obd, magnitude, random  # noqa: F401
+from advprune.methods import (  # noqa: F401
+    anpvs,
+    harp,
+    hydra,
+    mad,
+    mad_obd,
+    magnitude,
+    radmm,
+    random,
+    twinrep,
+)
 from advprune.methods.base import (
     INITIALIZATION,
     TRAINED,

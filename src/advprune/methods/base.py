@@ -200,6 +200,23 @@ class PruneSettings(Config):
         return self
 
 
+def start_keys() -> set[str]:
+    """The `advprune train` settings that build the network and read the data of a method that
+    trains from initialization (--model, --dataset, --eps, --batch-size, …); its training phase's
+    own settings are the method's (`--finetune-epochs`), and seed, data limit and device the
+    pruning run's."""
+    phase = PhaseSettings.field_names() - {"eps", "batch_size"}
+    return TrainConfig.field_names() - phase - PruneSettings.field_names() - {"init"}
+
+
+def start_config(values: dict[str, Any], prune: PruneSettings, source: str) -> TrainConfig:
+    """The `advprune train` settings a method that trains from initialization starts from:
+    `values` (start keys), with the pruning run's seed, data limit and where it runs."""
+    shared = {key: getattr(prune, key) for key in ("seed", *PHASE_KEYS)}
+    shared = {key: value for key, value in shared.items() if value is not None}
+    return TrainConfig.from_dict({**values, **shared}, source=source)
+
+
 @dataclass
 class PruneContext:
     """What a method sees of the run it prunes (built by the pipeline)."""
@@ -266,6 +283,9 @@ class PruningMethod:
     origin: ClassVar[str] = "baseline"  # "published" | "baseline" | "advprune's own"
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     start_hint: ClassVar[str] = "prune a trained run: pass --from RUN_DIR"
+    # True: the method trains from initialization (Flying Bird, Robust Bird): its run starts from
+    # a network built as `advprune train` builds it (--model, --dataset, …), not from --from.
+    starts_from_initialization: ClassVar[bool] = False
     # True: runs from one source share a cached pass (MAD's saliency, whatever the sparsity), so
     # a parallel reproduction starts a second one only after the first.
     caches_pass: ClassVar[bool] = False

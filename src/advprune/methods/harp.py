@@ -284,7 +284,7 @@ class HarpTraining(OfficialPasses, TrainingMethod):
         return self.frozen_gamma if self.frozen_gamma is not None else (epoch + 1) * self.gamma
 
     @torch.no_grad()
-    def end_epoch(self, epoch: int) -> None:
+    def close_epoch(self, epoch: int) -> None:
         """What the official loop does after each epoch: freeze γ once L_hw rounds to 0."""
         loss = float(self.compression_loss())
         gamma = self.current_gamma(epoch)
@@ -297,7 +297,7 @@ class HarpTraining(OfficialPasses, TrainingMethod):
         """γ·L_hw, added to the objective on every batch (trainer/adv.py); a batch of a new epoch
         first ends the last one, as the official loop does after each epoch."""
         if context.epoch > self.epoch:
-            self.end_epoch(self.epoch)
+            self.close_epoch(self.epoch)
             self.epoch = context.epoch
         return self.current_gamma(context.epoch) * self.compression_loss()
 
@@ -378,7 +378,7 @@ class HarpTraining(OfficialPasses, TrainingMethod):
         }
 
     def finish(self, model: nn.Module, run_path: Path) -> None:
-        self.end_epoch(self.epoch)
+        self.close_epoch(self.epoch)
         rates, reached = self.final_rates()
         masks = self.final_masks(rates)
         record = {**self.metadata(), "target_reached": reached, "rates": rates}

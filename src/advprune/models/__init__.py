@@ -9,7 +9,7 @@ zoo is named by import path, `create_model("mypkg.nets:MyCNN", num_classes=10)`,
 `nn.Module` that takes [0, 1] images works with advprune just as well.
 """
 
-from advprune.models import lenet, resnet, vgg, wide_resnet  # noqa: F401  (they register)
+from advprune.models import lenet, preact_resnet, resnet, vgg, wide_resnet  # noqa: F401
 from advprune.models.factory import architecture, create_model, input_shape
 from advprune.models.few_channel_conv import speed_up_input_gradients
 from advprune.models.layout import in_trained_layout, input_memory_format

@@ -29,9 +29,11 @@ from advprune.core.device import resolve_device
 from advprune.core.errors import ConfigError
 from advprune.core.io import atomic_write_text
 from advprune.core.run_dir import RunDir, undone_on_failure
+from advprune.core.seeding import seed_everything
 from advprune.masks import WeightMasks
 from advprune.masks.gated import find_gates
 from advprune.methods.base import PruneContext, PruneSettings, PruningMethod
+from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model
 from advprune.pipelines.export import export_run
 from advprune.pipelines.train import train_phase
@@ -64,6 +66,11 @@ def default_cache_dir() -> Path:
 
 def load_source(settings: PruneSettings, method: PruningMethod) -> Source:
     """The `--from` run: finished, dense and plain (not gated, not already pruned)."""
+    if method.starts_from_initialization:
+        raise ConfigError(
+            f"{method.name} trains from initialization, not from a trained run: instead of "
+            "--from, name the network and data as for `advprune train` (--model, --dataset, --eps)"
+        )
     if not settings.from_run:
         raise ConfigError(method.start_hint)
     run = RunDir.existing(settings.from_run)
@@ -88,6 +95,18 @@ def load_source(settings: PruneSettings, method: PruningMethod) -> Source:
     return Source(model, config, key, run.path)
 
 
+def initial_source(start: TrainConfig, data: TrainingData) -> Source:
+    """The network `advprune train` would build for `start` (its seed, before any step): where
+    a method that trains from initialization begins. Its key is the settings that build it."""
+    start.validate()
+    seed_everything(start.seed)
+    model = create_model(
+        **architecture(start.model, data.spec, start.normalize, start.output_index)
+    )
+    key = hashlib.sha256(yaml.safe_dump(start.computed()).encode()).hexdigest()
+    return Source(model, start, key)
+
+
 def unwritable(path: Path) -> str | None:
     """Why `path` cannot be written (its nearest existing folder is a file, or not writable by
     this user, as `os.access` says for the real user id), or None."""
@@ -99,6 +118,17 @@ def unwritable(path: Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot write into {existing}"
     return None
+
+
+def check_start(settings: PruneSettings, method: PruningMethod) -> None:
+    """Settings of a network to build are for a method that trains from initialization."""
+    if not method.starts_from_initialization:
+        raise ConfigError(
+            f"{method.name} prunes a trained run: pass --from RUN_DIR (its network and data come "
+            "from that run) and drop the training settings (--model, --dataset, …)"
+        )
+    if settings.from_run:
+        load_source(settings, method)  # raises: one start only
 
 
 def check_writable(path: Path) -> None:
@@ -123,15 +153,22 @@ def check_connected(masks: WeightMasks) -> None:
         )
 
 
+RECORD_PARTS = ("generic", "method", "resolved", "start")
+
+
 def run_record(settings: PruneSettings, method: PruningMethod, source: Source) -> dict[str, Any]:
-    """What prune.yaml keeps: every setting that changes what the run computes."""
+    """What prune.yaml keeps: every setting that changes what the run computes (for a method
+    that trains from initialization, the settings that build its network: `start`)."""
     computed = settings.computed()
     computed["from_run"] = str(source.run.resolve()) if source.run else source.key
-    return {
+    record = {
         "generic": computed,
         "method": {"name": method.name, **method.settings.computed()},
         "resolved": method.resolved(settings),
     }
+    if method.starts_from_initialization:
+        record["start"] = source.config.computed()
+    return record
 
 
 def check_same_run(run: RunDir, record: dict[str, Any]) -> None:
@@ -140,9 +177,9 @@ def check_same_run(run: RunDir, record: dict[str, Any]) -> None:
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     changed = [
         key
-        for part in ("generic", "method", "resolved")
-        for key in sorted(record[part].keys() | (saved.get(part) or {}).keys())
-        if record[part].get(key) != (saved.get(part) or {}).get(key)
+        for part in RECORD_PARTS
+        for key in sorted((record.get(part) or {}).keys() | (saved.get(part) or {}).keys())
+        if (record.get(part) or {}).get(key) != (saved.get(part) or {}).get(key)
     ]
     if changed:
         raise ConfigError(
@@ -158,23 +195,32 @@ def prune_run(
     run_dir: str | Path,
     *,
     source: Source | None = None,
+    start: TrainConfig | None = None,
     data: TrainingData | None = None,
     export: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> nn.Module:
     """Prune `source` (default: the `--from` run) with `method` into `run_dir`; resumable.
-    A method that removes units ends with `export_run` unless `export` is False.
+    A method that trains from initialization starts instead from the network `start` (the
+    settings of `advprune train`) builds. A method that removes units ends with `export_run`
+    unless `export` is False.
 
     Example:
         prune_run(PruneSettings(method="mad", from_run="runs/at", sparsity=0.9),
                   create_method("mad", {"finetune_epochs": 10}), "runs/mad90")
+        prune_run(PruneSettings(method="flyingbird", sparsity=0.9), create_method("flyingbird"),
+                  "runs/fb90", start=TrainConfig(model="lenet5-caffe", dataset="fashion-mnist"))
     """
     settings.validate()
     method.check(settings)
     run = RunDir.at(run_dir)
     if not run.model.exists():
         check_writable(run.path)
+    if source is None and start is not None:
+        check_start(settings, method)
+        data = data or load_training_data(method.phase(start.validate(), settings))
+        source = initial_source(start, data)
     source = source or load_source(settings, method)
     record = run_record(settings, method, source)
     if (run.path / SETTINGS_FILE).exists():

@@ -59,6 +59,7 @@ from advprune.core.errors import ConfigError
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
 from advprune.methods import PruneSettings, get_method, method_names
+from advprune.methods.base import start_config, start_keys
 from advprune.pipelines import prune_run, train_phase
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
@@ -77,18 +78,25 @@ class StepKind:
 
     settings: tuple[type[Config], ...]
     run: Callable[..., Any]
+    # A method that trains from initialization: the step also has the `advprune train` settings
+    # of the network it builds (`start_keys`), made into a TrainConfig after the others.
+    start: bool = False
 
     @property
     def fields(self) -> set[str]:
-        return set().union(*(cls.field_names() for cls in self.settings))
+        own = set().union(*(cls.field_names() for cls in self.settings))
+        return own | start_keys() if self.start else own
 
     def make(self, values: dict[str, Any], where: str) -> tuple[Config, ...]:
         unknown = sorted(set(values) - self.fields)
         if unknown:
             raise _unknown_settings(unknown, self.fields, where)
-        return tuple(
+        configs = tuple(
             cls.from_dict(_known(values, cls.field_names()), source=where) for cls in self.settings
         )
+        if not self.start:
+            return configs
+        return (*configs, start_config(_known(values, start_keys()), configs[0], where))
 
 
 def _train(config: TrainConfig, run_dir: Path, *, progress: bool, log: Callable) -> None:
@@ -100,6 +108,13 @@ def _prune(settings: PruneSettings, method_settings: Config, run_dir: Path, **ou
     prune_run(settings, method, run_dir, **output)
 
 
+def _prune_from_initialization(
+    settings: PruneSettings, method_settings: Config, start: TrainConfig, run_dir: Path, **output
+) -> None:
+    method = get_method(settings.method)(method_settings)
+    prune_run(settings, method, run_dir, start=start, **output)
+
+
 TRAINING = StepKind((TrainConfig,), _train)
 KINDS = ("train", "prune")
 STEP_KEYS = ("name", *KINDS, "evaluate", "slurm")
@@ -109,8 +124,12 @@ STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def pruning(method: str) -> StepKind:
-    """The step kind of a prune step with `method`: the generic settings and the method's own."""
-    return StepKind((PruneSettings, get_method(method).Settings), _prune)
+    """The step kind of a prune step with `method`: the generic settings and the method's own
+    (and, for a method that trains from initialization, the network and data it starts from)."""
+    cls = get_method(method)
+    if cls.starts_from_initialization:
+        return StepKind((PruneSettings, cls.Settings), _prune_from_initialization, start=True)
+    return StepKind((PruneSettings, cls.Settings), _prune)
 
 
 @dataclass
@@ -179,7 +198,7 @@ class Step:
         )
         sparsity = self.setting("sparsity")
         target = f" to {sparsity:.0%}" if isinstance(sparsity, float) else ""
-        return f"prune with {self.method}{target} ({source})"
+        return f"prune with {self.method}{target} ({source or 'from initialization'})"
 
 
 @dataclass

@@ -115,6 +115,17 @@ class TrainingMethod:
     def after_update(self, model: nn.Module) -> None:
         """Called after the weight update, with the unwrapped model."""
 
+    def end_epoch(self, model: nn.Module, record: dict[str, Any]) -> None:
+        """Called after each epoch (every rank, the unwrapped model, before its checkpoint) with
+        the epoch's record (`epoch`, `train_accuracy`, the monitor's figures): a method that
+        decides from training statistics (Flying Bird+, Robust Bird's stop rule) does it here."""
+
+    @property
+    def complete(self) -> bool:
+        """True once the method's phase has done its work before the last epoch (an early-bird
+        ticket found): the trainer then ends the run, as it would after the last epoch."""
+        return False
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors saved with every checkpoint (and restored on resume)."""
         return {}
@@ -134,6 +145,11 @@ class TrainingMethod:
 
     def finish(self, model: nn.Module, run_path: Any) -> None:
         """Called once after the last epoch, with the final model in eval mode."""
+
+    def trained_model(self, model: nn.Module) -> nn.Module:
+        """What the finished run saves and returns, after `finish`: the model itself, or the
+        network inside a wrapper that `prepare` put around it (TwinRep's reparameterisation)."""
+        return model
 
 
 class MaskedTraining(TrainingMethod):

@@ -381,6 +381,8 @@ class _Training:
         try:
             with interrupts.deferred():
                 for epoch in range(self.start_epoch, config.epochs):
+                    if self.method.complete:
+                        break
                     self._epoch(epoch)
         finally:
             self.run_log.close()
@@ -388,6 +390,8 @@ class _Training:
         kept = self._restore_kept()
         if self.ddp.is_main:
             self.method.finish(model, self.run_dir.path)
+        model = self.method.trained_model(model)
+        if self.ddp.is_main:
             save_model(
                 self.run_dir.model,
                 model,
@@ -552,6 +556,7 @@ class _Training:
             **monitor(self.model, self.data, self.config, self.device, epoch),
             **self._score_for_keeping(epoch),
         }
+        self.method.end_epoch(self.model, record)
         self.history.append(record)
         self.log(format_record(record))
         self.run_log.epoch((epoch + 1) * self.steps_per_epoch, self.history)
