@@ -4,7 +4,17 @@ Importing this package registers the built-in methods; `method_names()` lists ev
 one (plugins included) and `get_method(name)` returns its class.
 """
 
-from advprune.methods import anpvs, harp, hydra, mad, mad_obd, magnitude, random  # noqa: F401
+from advprune.methods import (  # noqa: F401  (they register)
+    anpvs,
+    flyingbird,
+    harp,
+    hydra,
+    mad,
+    mad_obd,
+    magnitude,
+    random,
+    robustbird,
+)
 from advprune.methods.base import (
     LearntMethod,
     MethodSettings,
