@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pymdownx.slugs import slugify
 
-from advprune.methods import ScoredMethod, get_method, method_names
+from advprune.methods import FixedMaskMethod, get_method, method_names
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -60,7 +60,7 @@ def method_row(name: str, docs: str) -> str:
         fidelity = f"[{name}]({docs}fidelity.md#{fidelity_anchor(name)})"
     else:
         paper, fidelity = cls.origin, "–"
-    if issubclass(cls, ScoredMethod):
+    if issubclass(cls, FixedMaskMethod):  # its masks come from scores: once, or learnt
         # Whole channels are a departure for a published method whose code prunes weights only.
         published = cls.reference is None or "channels" in cls.structures
         kind, prunes = "scored", "yes / yes" if published else "yes / yes, as a departure"

@@ -1,5 +1,5 @@
 """`advprune list {methods,models,datasets,attacks,recipes} [PATTERN]`: what each registry holds,
-one line per entry (timm's `list_models`, with wildcards)."""
+one line per entry (timm's `list_models`, with wildcards); a method's line starts with its kind."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ KINDS = ("methods", "models", "datasets", "attacks", "recipes")
 def _methods() -> dict[str, str]:
     from advprune.methods import get_method, method_names
 
-    entries = {}
-    for name in method_names():
-        cls = get_method(name)
-        entries[name] = f"{cls.description} [{cls.origin}]"
-    return entries
+    classes = {name: get_method(name) for name in method_names()}
+    width = max((len(cls.kind) for cls in classes.values()), default=0)
+    return {
+        name: f"{cls.kind:<{width}}  {cls.description} [{cls.origin}]"
+        for name, cls in classes.items()
+    }
 
 
 def _models() -> dict[str, str]:

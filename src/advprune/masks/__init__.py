@@ -5,13 +5,15 @@ An unstructured method produces scores (`name → tensor`); `select` turns them 
 scores the channels of Torch-Pruning dependency groups (`masks.channels`: `channel_groups`,
 `select_channels`, `channel_weight_masks`), whose masks cover every slice of a channel. ANP-VS
 puts beta-Bernoulli gates on channels and units (`insert_gates`); `export_gated` removes the
-pruned units of either kind physically.
+pruned units of either kind physically. `MaskedNetwork` runs a network with masks that a method
+learns straight-through (HYDRA's scores, HARP's rates).
 """
 
 from advprune.masks.export import export_gated
 from advprune.masks.gated import find_gates, fold_gates, insert_gates, remove_gates
 from advprune.masks.gates import BetaBernoulliGate
 from advprune.masks.layers import PRUNABLE, layer_of, prunable_layers, prunable_parameters
+from advprune.masks.masked_network import MaskedNetwork
 from advprune.masks.selection import (
     OFFICIAL,
     ORDERS,
@@ -37,6 +39,7 @@ __all__ = [
     "SCHEMES",
     "SEEDED",
     "BetaBernoulliGate",
+    "MaskedNetwork",
     "SelectionRule",
     "WeightMasks",
     "check_sparsity",

@@ -66,6 +66,16 @@ class WeightMasks(Mapping[str, Tensor]):
             if parameter.grad is not None:
                 parameter.grad.masked_fill_(~mask, 0)
 
+    @torch.no_grad()
+    def mask_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the optimizer's buffers (momentum, Adam's moments) of pruned entries, for training
+        whose gradients stay dense: a pruned weight then carries nothing into its regrowth, as
+        when its gradients are masked (the official sparselearning `apply_mask` does this)."""
+        for parameter, mask in self._bind(model):
+            for value in optimizer.state.get(parameter, {}).values():
+                if isinstance(value, Tensor) and value.shape == mask.shape:
+                    value.masked_fill_(~mask, 0)
+
     def fold(self, model: nn.Module) -> nn.Module:
         """The final pruned model: masks applied; nothing to remove, the tensors are plain."""
         self.apply(model)

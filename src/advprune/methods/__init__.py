@@ -1,4 +1,5 @@
-"""Pruning methods, one file each, found through the registry in `advprune.methods.base`.
+"""Pruning methods, one file each on the base of its kind (`advprune.methods.kinds`), found
+through the registry in `advprune.methods.base`.
 
 Importing this package registers the built-in methods; `method_names()` lists every registered
 one (plugins included) and `get_method(name)` returns its class.
@@ -16,23 +17,39 @@ from advprune.methods import (  # noqa: F401  (they register)
     robustbird,
 )
 from advprune.methods.base import (
-    LearntMethod,
+    INITIALIZATION,
+    TRAINED,
     MethodSettings,
     PhaseSettings,
     PruneContext,
     PruneSettings,
     PruningMethod,
-    ScoredMethod,
     create_method,
     get_method,
     method_names,
+    phase_overrides,
     register_method,
+)
+from advprune.methods.kinds import (
+    DynamicMaskMethod,
+    FixedMaskMethod,
+    GateLearningMethod,
+    MaskFindingMethod,
+    MaskLearningMethod,
+    ScoredMethod,
+    train_mask_phase,
 )
 from advprune.methods.mad import compute_saliency, load_saliency, mad_masks, save_saliency
 from advprune.methods.magnitude import magnitude_scores
 
 __all__ = [
-    "LearntMethod",
+    "INITIALIZATION",
+    "TRAINED",
+    "DynamicMaskMethod",
+    "FixedMaskMethod",
+    "GateLearningMethod",
+    "MaskFindingMethod",
+    "MaskLearningMethod",
     "MethodSettings",
     "PhaseSettings",
     "PruneContext",
@@ -46,6 +63,8 @@ __all__ = [
     "mad_masks",
     "magnitude_scores",
     "method_names",
+    "phase_overrides",
     "register_method",
     "save_saliency",
+    "train_mask_phase",
 ]

@@ -45,13 +45,13 @@ from advprune.masks.gated import (
     total_kl,
 )
 from advprune.methods.base import (
-    LearntMethod,
     MethodSettings,
     PhaseSettings,
     PruneContext,
     PruneSettings,
     register_method,
 )
+from advprune.methods.kinds import GateLearningMethod
 from advprune.models.features import capture_features
 from advprune.models.vgg import BaseModeDropout
 from advprune.training.config import TrainConfig
@@ -330,7 +330,7 @@ class ANPVSTraining(TrainingMethod):
 @register_method(
     "anpvs", description="ANP-VS (Madaan et al., ICML 2020): gates on units, learnt with VS"
 )
-class ANPVS(LearntMethod):
+class ANPVS(GateLearningMethod):
     """A training run with beta-Bernoulli gates and the VS loss from a trained start; the run's
     gated network is then exported at its pruned widths.
 
@@ -340,7 +340,6 @@ class ANPVS(LearntMethod):
     reference = "Madaan, Shin & Hwang, ICML 2020; divyam3897/ANP_VS"
     origin = "published"
     Settings = ANPVSSettings
-    exports = True
     start_hint = (
         "ANP-VS starts from a trained network, as the official pipeline does (a standard-trained "
         "base): train one with `advprune train --objective standard --run-dir runs/base` and pass "

@@ -1,21 +1,25 @@
 """The method protocol and its registry: every pruning method is one file behind this interface.
 
-Two kinds of method (Torch-Pruning's split of *what* to remove from *how*):
+`PruningMethod` is the protocol; a method subclasses the kind (`advprune.methods.kinds`) that says
+when and how it prunes, and the kind does the common work:
 
-- a **scored** method (`ScoredMethod`) ranks the prunable entries and the shared selection
-  (`masks.select`) removes the lowest; the network is then fine-tuned with the mask fixed. It
-  writes `scores(context)` (magnitude, random, MAD), or `masks(context)` when its masks come out of
-  a learning phase of its own (HYDRA, HARP). With `--structure channels` the entries are whole
-  channels of Torch-Pruning dependency groups (`masks.channels`): a method scores each channel
-  (`channel_scores`, by default its weight scores summed over the channel's slices), the shared
-  `select_channels` keeps the highest, and the run ends with the smaller network exported;
-- a **learnt** method (`LearntMethod`) learns what to remove while it trains (ANP-VS): it gives
-  the `TrainingMethod` its run trains with, and what it does after the run.
+- **scores once** (`ScoredMethod`: magnitude, random, MAD): it ranks the prunable entries, the
+  shared selection (`masks.select`) removes the lowest, and the network is fine-tuned with the
+  mask fixed. With `--structure channels` the entries are whole channels of Torch-Pruning
+  dependency groups (`masks.channels`), and the run ends with the smaller network exported;
+- **learns masks in a phase** (`MaskLearningMethod`: HYDRA, HARP): a training phase of its own
+  learns scores (and rates), the masks are read from it, then fine-tuning;
+- **finds a mask before training** (`MaskFindingMethod`: Robust Bird): the mask is found from the
+  initialization, then the sparse network trains under it;
+- **changes its masks while the network trains** (`DynamicMaskMethod`: Flying Bird): one training
+  from the initialization whose masks a hook updates;
+- **learns gates** (`GateLearningMethod`: ANP-VS): gates learn what to remove while it trains,
+  and the run ends with the network exported at its pruned widths.
 
-Either way the pipeline (`advprune.pipelines.prune`) loads the trained source run, builds a
-`PruneContext`, asks the method for its `TrainingMethod` and trains the method's phase with it.
-A method registers itself where it is defined, and the CLI, recipes, the report and the Python API
-find it by name:
+Either way the pipeline (`advprune.pipelines.prune`) loads the network the method starts from
+(`starts_from`), builds a `PruneContext`, asks the method for its `TrainingMethod` and trains the
+method's phase with it. A method registers itself where it is defined, and the CLI, recipes, the
+report and the Python API find it by name:
 
     @register_method("magnitude", description="prune the smallest |w|")
     class Magnitude(ScoredMethod):
@@ -51,23 +55,12 @@ from advprune.core.errors import ConfigError
 from advprune.masks import (
     ORDERS,
     SCHEMES,
-    SEEDED,
-    SelectionRule,
-    WeightMasks,
     check_sparsity,
-    select,
 )
 from advprune.masks.channels import (
-    CHANNEL_SCHEMES,
     STRUCTURES,
     ChannelGroup,
     channel_groups,
-    channel_weight_masks,
-    describe_channel_pruning,
-    group_sums,
-    removed_channels,
-    select_channels,
-    unprunable_groups,
 )
 from advprune.training.config import (
     OBJECTIVES,
@@ -78,12 +71,14 @@ from advprune.training.config import (
     check_milestones,
     check_positive_counts,
 )
-from advprune.training.method import MaskedTraining, TrainingMethod
+from advprune.training.method import TrainingMethod
 from advprune.training.trainer import TrainingData
 
 PLUGINS_VARIABLE = "ADVPRUNE_PLUGINS"
 ENTRY_POINT_GROUP = "advprune.methods"
 DEFAULT_SPARSITY = 0.9
+# What a method starts from (`PruningMethod.starts_from`).
+TRAINED, INITIALIZATION = "trained", "initialization"
 # Pruning-run settings that every phase of the method takes over (data limit, where it runs).
 PHASE_KEYS = ("limit_train", "device", "backend", "checkpoint_every", "allow_chance")
 # Settings that size a run rather than define the algorithm: not departures from a paper.
@@ -245,23 +240,35 @@ class PruneContext:
         return channel_groups(self.model, self.example())
 
 
+def phase_overrides(prune: PruneSettings) -> dict[str, Any]:
+    """What every phase of a pruning run takes from it: its seed, data limit and where it runs."""
+    overrides: dict[str, Any] = {"seed": prune.seed}
+    for key in PHASE_KEYS:
+        if getattr(prune, key) is not None:
+            overrides[key] = getattr(prune, key)
+    return overrides
+
+
 def _is_budget(key: str) -> bool:
     """ "finetune_epochs", "seed": sizes a run, the algorithm stays the published one."""
     return key in BUDGET_KEYS or key.split("_", 1)[-1] in BUDGET_KEYS
 
 
 class PruningMethod:
-    """Base of every method. Subclass `ScoredMethod` or `LearntMethod`, not this."""
+    """Base of every method. Subclass its kind (`advprune.methods.kinds`), not this."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # The kind's label for `advprune list methods` ("scores once"); set by each kind.
+    kind: ClassVar[str] = ""
+    # What the method starts from: a trained network (`--from RUN_DIR`) or the initialization
+    # of the network it trains; set by each kind.
+    starts_from: ClassVar[str] = TRAINED
     # The paper and code a method reproduces; None for a generic baseline (magnitude, random)
     # and for advprune's own methods, which say so in `origin`.
     reference: ClassVar[str | None] = None
     origin: ClassVar[str] = "baseline"  # "published" | "baseline" | "advprune's own"
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
-    uses_sparsity: ClassVar[bool] = True  # False: the method learns how much to remove
-    exports: ClassVar[bool] = False  # True: the run ends with `advprune export` (smaller network)
     start_hint: ClassVar[str] = "prune a trained run: pass --from RUN_DIR"
     # True: the method trains from initialization (Flying Bird, Robust Bird): its run starts from
     # a network built as `advprune train` builds it (--model, --dataset, …), not from --from.
@@ -275,32 +282,20 @@ class PruningMethod:
 
     def check(self, prune: PruneSettings) -> None:
         """Refuse generic settings that this method does not have (before anything runs)."""
-        if not self.uses_sparsity:
-            keys = ("sparsity", "scheme", "include_bias", "structure")
-            given = [k for k in keys if getattr(prune, k)]
-            given += ["order"] if prune.order != "lowest" else []
-            if given:
-                raise ConfigError(
-                    f"{self.name} learns what to remove; drop --{given[0].replace('_', '-')}"
-                )
 
     def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
         """The `TrainingMethod` of the method's phase (on resume, one that reloads its state)."""
         raise NotImplementedError
 
     def exports_network(self, prune: PruneSettings) -> bool:
-        """Whether the run ends with `advprune export`: the method removes units (ANP-VS), or
-        this run prunes whole channels."""
-        return self.exports or prune.structure == "channels"
+        """Whether the run ends with `advprune export`: this run prunes whole channels (a
+        gate-learning method always exports)."""
+        return prune.structure == "channels"
 
     def phase(self, source: TrainConfig, prune: PruneSettings) -> TrainConfig:
         """The training settings of the method's phase: the source run's, this method's
         `finetune` on top, and the pruning run's seed, data limit and where it runs."""
-        overrides = {"seed": prune.seed}
-        for key in PHASE_KEYS:
-            if getattr(prune, key) is not None:
-                overrides[key] = getattr(prune, key)
-        return self.settings.finetune.applied_to(source, **overrides)
+        return self.settings.finetune.applied_to(source, **phase_overrides(prune))
 
     # ---- what a run records ------------------------------------------------------------------
 
@@ -348,123 +343,6 @@ class PruningMethod:
         }
 
 
-class ScoredMethod(PruningMethod):
-    """Scores, then the shared selection, then fine-tuning with the mask fixed.
-
-    Subclasses write `scores` (name → tensor shaped like the parameter, higher = keep), or
-    `masks` for masks learnt in a phase of their own.
-    """
-
-    default_scheme: ClassVar[str] = "global"
-    # Channels: "layerwise" (each group loses the same fraction) unless the scores are comparable
-    # across layers (MAD's estimated loss damage: "global").
-    channel_scheme: ClassVar[str] = "layerwise"
-    structures: ClassVar[tuple[str, ...]] = ("weights",)  # what the published method prunes
-    scores_bias: ClassVar[bool] = False
-    rule: ClassVar[SelectionRule] = SEEDED  # ties and rounding (published methods: their code's)
-
-    def published_prune_settings(self) -> dict[str, Any]:
-        return {"scheme": self.default_scheme, "include_bias": self.scores_bias}
-
-    def resolved(self, prune: PruneSettings) -> dict[str, Any]:
-        return {
-            "sparsity": DEFAULT_SPARSITY if prune.sparsity is None else prune.sparsity,
-            "scheme": self.scheme(prune),
-            "include_bias": self.include_bias(prune),
-            "ties": self.rule.ties,
-            "rounding": self.rule.rounding,
-            "structure": prune.structure or "weights",
-        }
-
-    def check(self, prune: PruneSettings) -> None:
-        super().check(prune)
-        if prune.structure == "channels" and prune.scheme not in (None, *CHANNEL_SCHEMES):
-            raise ConfigError(
-                f"--scheme {prune.scheme} ranks weights; rank channels by "
-                f"{' or '.join(CHANNEL_SCHEMES)}"
-            )
-
-    def scheme(self, prune: PruneSettings) -> str:
-        default = self.channel_scheme if prune.structure == "channels" else self.default_scheme
-        return prune.scheme or default
-
-    def departures(self, prune: PruneSettings) -> dict[str, Any]:
-        """Also a structure the paper does not have; a structured run's scheme is measured
-        against the method's channel scheme."""
-        channels = prune.structure == "channels"
-        changed = super().departures(prune.replace(scheme=None) if channels else prune)
-        if channels and prune.scheme not in (None, self.channel_scheme):
-            changed["scheme"] = prune.scheme
-        if self.reference is not None and (prune.structure or "weights") not in self.structures:
-            changed["structure"] = prune.structure
-        return changed
-
-    def include_bias(self, prune: PruneSettings) -> bool:
-        return self.scores_bias if prune.include_bias is None else prune.include_bias
-
-    def scores(self, context: PruneContext) -> dict[str, torch.Tensor]:
-        """The method's own part: a score per weight (parameter name → tensor shaped like it,
-        higher = keep), from which `masks` keeps the top of each layer or of the network."""
-        raise NotImplementedError(f"{type(self).__name__} must define scores() or masks()")
-
-    def channel_scores(
-        self, context: PruneContext, groups: list[ChannelGroup]
-    ) -> dict[str, torch.Tensor]:
-        """A score per channel of each group (group name → [size], higher = keep): by default the
-        method's weight scores summed over every slice the channel's removal removes."""
-        return group_sums(self.scores(context), groups)
-
-    def masks(self, context: PruneContext) -> WeightMasks:
-        """The masks fine-tuning keeps fixed: the weights (or, with `--structure channels`, the
-        channels) of highest score, at the run's sparsity and scheme. A method whose masks come
-        from a phase of its own overrides this instead of `scores`."""
-        prune = context.settings
-        if context.channels:
-            groups = context.channel_groups()
-            keep = select_channels(
-                self.channel_scores(context, groups),
-                context.sparsity,
-                scheme=self.scheme(prune),
-                order=prune.order,
-                seed=prune.seed,
-            )
-            return channel_weight_masks(context.model, groups, keep)
-        return select(
-            self.scores(context),
-            context.sparsity,
-            scheme=self.scheme(prune),
-            order=prune.order,
-            seed=prune.seed,
-            rule=self.rule,
-        )
-
-    def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
-        metadata = self.metadata(context.settings)
-        if resume:
-            return self.finetuning(None, metadata, context)  # masks come back with the checkpoint
-        masks = self.masks(context)
-        how = f"({self.scheme(context.settings)} scheme, {context.settings.order} first)"
-        if context.channels:
-            removed, total = removed_channels(context.channel_groups(), masks)
-            unprunable = unprunable_groups(context.model, context.example())
-            context.log(f"{describe_channel_pruning(self.name, removed, total, unprunable)} {how}")
-        else:
-            context.log(f"{self.name}: pruned {masks.sparsity():.2%} of the scored weights {how}")
-        return self.finetuning(masks, metadata, context)
-
-    def finetuning(
-        self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
-    ) -> MaskedTraining:
-        """Fine-tuning under `masks` (None: they come back with the checkpoint)."""
-        return MaskedTraining(masks, metadata)
-
-
-class LearntMethod(PruningMethod):
-    """A method that learns what to remove while its phase trains (ANP-VS)."""
-
-    uses_sparsity = False
-
-
 # ---- the registry ------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}
@@ -475,8 +353,12 @@ def register_method(name: str, *, description: str) -> Callable[[type], type]:
     """Class decorator: make a `PruningMethod` subclass available as `--method name`."""
 
     def register(cls: type[PruningMethod]) -> type[PruningMethod]:
-        if not (isinstance(cls, type) and issubclass(cls, ScoredMethod | LearntMethod)):
-            raise TypeError(f"{cls!r} must subclass ScoredMethod or LearntMethod")
+        if not (isinstance(cls, type) and issubclass(cls, PruningMethod) and cls.kind):
+            raise TypeError(
+                f"{cls!r} must subclass a kind of method (advprune.methods.kinds: "
+                "ScoredMethod, MaskLearningMethod, MaskFindingMethod, DynamicMaskMethod, "
+                "GateLearningMethod)"
+            )
         if name in _REGISTRY and _REGISTRY[name].__qualname__ != cls.__qualname__:
             raise ValueError(f"a pruning method named {name!r} is already registered")
         cls.name, cls.description = name, description

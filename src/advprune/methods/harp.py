@@ -59,19 +59,17 @@ from advprune.masks.channels import (
     parameter_masks,
     top_channels,
 )
+from advprune.masks.masked_network import MaskedNetwork
 from advprune.methods.base import (
     DEFAULT_SPARSITY,
-    PHASE_KEYS,
     MethodSettings,
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
 from advprune.methods.harp_flops import PAIRINGS, ChannelFlops, FlopsLayer, flops_layers
 from advprune.methods.hydra import (
-    MaskedNetwork,
     OfficialPasses,
     TrainModePasses,
     official_finetuning,
@@ -80,9 +78,10 @@ from advprune.methods.hydra import (
     straight_through,
     top_k_mask,
 )
+from advprune.methods.kinds import MaskLearningMethod
 from advprune.models.layer_types import NORMS
-from advprune.training.method import MaskedTraining, StepContext, TrainingMethod, check_finite
-from advprune.training.objectives import ObjectiveOutput
+from advprune.training.config import TrainConfig
+from advprune.training.method import MaskedTraining, StepContext, TrainingMethod
 
 RATE_CLIP = 0.99  # utils/utils.py rate_init_func: the fraction is clipped into ±(1 − 1e-2)
 REACHED_DIGITS = 4  # train.py: the target counts as reached when round(L_hw, 4) == 0
@@ -294,28 +293,13 @@ class HarpTraining(OfficialPasses, TrainingMethod):
         rate = float(self.compression(self.network.rate))
         self.history.append(dict(zip(HISTORY_KEYS, (epoch + 1, gamma, loss, rate), strict=True)))
 
-    def step(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        optimizer: torch.optim.Optimizer,
-        context: StepContext,
-    ) -> ObjectiveOutput:
-        """The objective plus γ·L_hw on every batch (trainer/adv.py)."""
-        context = self.batch_context(context)
+    def loss_term(self, model: nn.Module, context: StepContext) -> Tensor:
+        """γ·L_hw, added to the objective on every batch (trainer/adv.py); a batch of a new epoch
+        first ends the last one, as the official loop does after each epoch."""
         if context.epoch > self.epoch:
             self.end_epoch(self.epoch)
             self.epoch = context.epoch
-        out = context.objective(model, x, y)
-        loss = out.loss + self.current_gamma(context.epoch) * self.compression_loss()
-        check_finite(loss, context)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.before_update(model)
-        optimizer.step()
-        self.after_update(model)
-        return ObjectiveOutput(loss.detach(), out.logits)
+        return self.current_gamma(context.epoch) * self.compression_loss()
 
     def before_update(self, model: nn.Module) -> None:
         """Scores and rates are the method's tensors, not DDP's: average them over ranks."""
@@ -462,7 +446,7 @@ class HarpSettings(MethodSettings):
 @register_method(
     "harp", description="HARP (Zhao & Wressnegger, ICLR 2023): learnt masks and layer rates"
 )
-class Harp(ScoredMethod):
+class Harp(MaskLearningMethod):
     """Scores and per-layer rates learnt under a compression target in RUN_DIR/scores, then
     fine-tuning under the masks they give.
 
@@ -511,23 +495,18 @@ class Harp(ScoredMethod):
     def scheme(self, prune: PruneSettings) -> str:
         return "learnt rates"
 
-    def masks(self, context: PruneContext) -> WeightMasks:
-        """Learn scores and rates in RUN_DIR/scores (resumed or reused); the network then carries
-        the phase's BN into fine-tuning."""
-        prune = context.settings
-        overrides = {key: getattr(prune, key) for key in PHASE_KEYS}
-        overrides = {key: value for key, value in overrides.items() if value is not None}
-        config = self.settings.score.applied_to(context.source, seed=prune.seed, **overrides)
-        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
-        method = self.training(context, TrainModePasses(config.objective, config.precision))
+    def mask_training(self, context: PruneContext, config: TrainConfig) -> HarpTraining:
+        """Scores and rates learn towards the target, weights frozen; BN learns with them and the
+        network carries it into fine-tuning."""
+        training = self.training(context, TrainModePasses(config.objective, config.precision))
         context.log(
             f"harp: scores and {'group' if context.channels else 'layer'} rates towards "
             f"{1 - context.sparsity:.3g} kept ({config.epochs} epochs of {config.objective}, "
             f"γ₀ {self.settings.compression_gamma:g}), weights frozen"
         )
-        phase = context.run_phase("scores", config, method, initial)
-        context.model.load_state_dict(phase.state_dict())
-        masks, record = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
+        return training
+
+    def masks_learnt(self, context: PruneContext, record: dict[str, Any]) -> None:
         if not record.get("target_reached"):
             why = (
                 "its compression loss rose above 0 again after γ froze"
@@ -538,7 +517,6 @@ class Harp(ScoredMethod):
                 f"harp: {why}; the prune phase's rates were scaled down to the target (give it "
                 "more --score-epochs or a larger --compression-gamma)"
             )
-        return masks
 
     def initial_rate(self, channels: bool) -> float:
         """Every unit's starting kept fraction: the setting, or the official strategy."""

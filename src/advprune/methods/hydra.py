@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from advprune.core.config import group, setting
 from advprune.core.device import autocast
@@ -38,6 +37,7 @@ from advprune.core.distributed import average_gradients
 from advprune.core.errors import CheckpointError, ConfigError
 from advprune.masks import (
     OFFICIAL,
+    MaskedNetwork,
     WeightMasks,
     check_sparsity,
     lowest_entries,
@@ -53,15 +53,15 @@ from advprune.masks.channels import (
     select_channels,
 )
 from advprune.methods.base import (
-    PHASE_KEYS,
     MethodSettings,
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
+from advprune.methods.kinds import FixedMaskMethod, MaskLearningMethod
 from advprune.models.layer_types import NORMS
+from advprune.training.config import TrainConfig
 from advprune.training.method import MaskedTraining, StepContext, TrainingMethod
 from advprune.training.objectives import ObjectiveOutput
 
@@ -107,31 +107,6 @@ def straight_through(hard_mask: Tensor, scores: Tensor) -> Tensor:
     """`hard_mask` in the forward pass; in the backward pass, the gradient of |s| (GetSubnet)."""
     magnitude = scores.abs()
     return hard_mask + (magnitude - magnitude.detach())
-
-
-class MaskedNetwork(nn.Module):
-    """`network` run with each masked weight w used as w ⊙ mask: the subnetwork being learnt.
-
-    The network's tensors are untouched; `state_dict` and `load_state_dict` are the network's own,
-    so checkpoints and model files keep its keys. A subclass says what the masks are
-    (`weight_masks`, straight-through to what it learns).
-    """
-
-    network: nn.Module
-
-    def weight_masks(self) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        weights = dict(self.network.named_parameters())
-        masked = {name: weights[name] * mask for name, mask in self.weight_masks().items()}
-        return functional_call(self.network, masked, (x,))
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
-        return self.network.load_state_dict(state, strict=strict, assign=assign)
 
 
 class ScoredNetwork(MaskedNetwork):
@@ -369,7 +344,7 @@ class HydraSettings(MethodSettings):
 @register_method(
     "hydra", description="HYDRA (Sehwag et al., NeurIPS 2020): learnt layer-wise masks"
 )
-class Hydra(ScoredMethod):
+class Hydra(MaskLearningMethod):
     """Scores learnt on the adversarial loss in RUN_DIR/scores, then fine-tuning under them.
 
     Example: `advprune prune --method hydra --from runs/at --sparsity 0.99 --run-dir runs/h99`.
@@ -393,14 +368,10 @@ class Hydra(ScoredMethod):
                 "--include-bias (use --method magnitude/random for the ablations)"
             )
 
-    def masks(self, context: PruneContext) -> WeightMasks:
-        """Learn the scores in RUN_DIR/scores (resumed or reused); the network then carries the
-        phase's BN, learnt with the scores, into fine-tuning."""
-        config = self.settings.score.applied_to(
-            context.source, seed=context.settings.seed, **_where(context.settings)
-        )
-        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
-        method = ScoreTraining(
+    def mask_training(self, context: PruneContext, config: TrainConfig) -> ScoreTraining:
+        """The scores learn on the adversarial loss, weights frozen; BN learns with them and the
+        network carries it into fine-tuning."""
+        training = ScoreTraining(
             context.sparsity,
             seed=context.settings.seed,
             train_batchnorm=self.settings.train_batchnorm,
@@ -412,10 +383,7 @@ class Hydra(ScoredMethod):
             f"hydra: the scores of a {context.sparsity:.0%} {unit} mask, {config.epochs} "
             f"epochs of {config.objective}, weights frozen"
         )
-        phase = context.run_phase("scores", config, method, initial)
-        context.model.load_state_dict(phase.state_dict())
-        masks, _ = WeightMasks.load(context.run_dir / "scores" / "masks.safetensors")
-        return masks
+        return training
 
     def finetuning(
         self, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
@@ -424,13 +392,11 @@ class Hydra(ScoredMethod):
 
 
 def official_finetuning(
-    method: ScoredMethod, masks: WeightMasks | None, metadata: dict[str, Any], context: PruneContext
+    method: FixedMaskMethod,
+    masks: WeightMasks | None,
+    metadata: dict[str, Any],
+    context: PruneContext,
 ) -> MaskedTraining:
     """HYDRA's and HARP's fine-tuning: under the masks, with their trainer's forward passes."""
     config = method.phase(context.source, context.settings)
     return OfficialFinetuning(masks, metadata, TrainModePasses(config.objective, config.precision))
-
-
-def _where(prune: PruneSettings) -> dict[str, Any]:
-    """The pruning run's data limit and execution settings, for a phase of its own."""
-    return {key: getattr(prune, key) for key in PHASE_KEYS if getattr(prune, key) is not None}

@@ -61,7 +61,6 @@ from advprune.methods.base import (
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
     register_method,
 )
 from advprune.methods.kfac import (
@@ -71,6 +70,7 @@ from advprune.methods.kfac import (
     input_product_sum,
     kronecker_statistics,
 )
+from advprune.methods.kinds import ScoredMethod
 from advprune.models import input_memory_format
 
 MASK_FLOOR = 1e-4  # softplus(m) is clamped into [MASK_FLOOR, 1]

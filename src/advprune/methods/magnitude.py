@@ -18,7 +18,8 @@ from advprune.core.config import setting
 from advprune.core.errors import ConfigError
 from advprune.masks import prunable_parameters
 from advprune.masks.channels import ChannelGroup, filter_norms
-from advprune.methods.base import MethodSettings, PruneContext, ScoredMethod, register_method
+from advprune.methods.base import MethodSettings, PruneContext, register_method
+from advprune.methods.kinds import ScoredMethod
 
 FILTER_NORMS = (1, 2)
 

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from advprune.masks import random_scores
 from advprune.masks.channels import ChannelGroup
-from advprune.methods.base import PruneContext, ScoredMethod, register_method
+from advprune.methods.base import PruneContext, register_method
+from advprune.methods.kinds import ScoredMethod
 from advprune.methods.magnitude import magnitude_scores
 
 

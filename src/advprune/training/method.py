@@ -3,7 +3,8 @@
 The trainer owns data order, learning-rate schedule, checkpoints, logging and resume. A method
 owns what one optimisation step does to the model and to its own parameters (gates, scores), and
 the tensors it must checkpoint. `TrainingMethod` itself is plain training of every weight on the
-run's objective; `MaskedTraining` keeps pruned weights at exactly zero.
+run's objective; `MaskedTraining` keeps pruned weights at exactly zero; `DynamicMaskTraining` lets
+a method change its masks while the network trains.
 """
 
 from __future__ import annotations
@@ -83,18 +84,25 @@ class TrainingMethod:
         """
         context = self.batch_context(context)
         out = context.objective(model, x, y)
-        check_finite(out.loss, context)
+        term = self.loss_term(unwrap(model), context)
+        loss = out.loss if term is None else out.loss + term
+        check_finite(loss, context)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         self.before_update(unwrap(model))
         optimizer.step()
         self.after_update(unwrap(model))
-        return out
+        return out if term is None else ObjectiveOutput(loss.detach(), out.logits)
 
     def batch_context(self, context: StepContext) -> StepContext:
         """The context a batch's objective runs in: a method that runs more around the objective
         (HYDRA's and HARP's extra train-mode passes) returns its own."""
         return context
+
+    def loss_term(self, model: nn.Module, context: StepContext) -> torch.Tensor | None:
+        """A term of the method's own, added to the objective's loss of every batch (HARP's
+        γ·L_hw), or None; the step then logs the sum. `model` is the unwrapped model."""
+        return None
 
     def before_update(self, model: nn.Module) -> None:
         """Called between backward and the weight update, with the unwrapped model."""
@@ -165,3 +173,72 @@ class MaskedTraining(TrainingMethod):
 
     def finish(self, model: nn.Module, run_path: Any) -> None:
         self.masks.save(run_path / "masks.safetensors")
+
+
+MASKS_PREFIX = "masks."  # where `DynamicMaskTraining` checkpoints its masks
+
+
+class DynamicMaskTraining(MaskedTraining):
+    """Training under masks that change while the network trains (dynamic sparse training, e.g.
+    a prune-and-grow schedule): a subclass writes `update_masks`.
+
+    Gradients stay dense, so a growth criterion can read those of pruned weights; after each
+    optimizer update the pruned weights and their optimizer buffers are zeroed (the order of the
+    official sparselearning `Masking.step`: numerically the same as masking the gradients), then
+    `update_masks` may replace the masks. The masks and `schedule_state` are checkpointed, so a
+    resumed run continues exactly.
+    """
+
+    def before_update(self, model: nn.Module) -> None:
+        """Gradients stay dense: `update_masks` may read those of the pruned weights."""
+
+    def step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        context: StepContext,
+    ) -> ObjectiveOutput:
+        out = super().step(model, x, y, optimizer, context)
+        network = unwrap(model)
+        masks = self.update_masks(network, optimizer, context)
+        if masks is not None:
+            self.masks = masks
+            self.masks.apply(network)
+        self.masks.mask_optimizer_state(network, optimizer)
+        return out
+
+    def update_masks(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, context: StepContext
+    ) -> WeightMasks | None:
+        """Called after every optimizer update with the unwrapped model (pruned weights at zero,
+        `.grad` this step's dense gradients, averaged over ranks), the optimizer and the step's
+        counters (`context.epoch`; `context.step` within it, the epoch's last when
+        `context.step + 1 == context.steps_per_epoch`). New masks replace the current ones at
+        once: the weights they prune are zeroed with their optimizer buffers, the weights they
+        grow start at their current value (zero, unless this sets them). None keeps the masks."""
+        return None
+
+    def schedule_state(self) -> dict[str, torch.Tensor]:
+        """The method's own tensors to checkpoint besides the masks (counters, a decayed update
+        fraction, a generator's state); no key may start with "masks."."""
+        return {}
+
+    def load_schedule_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `schedule_state` saved."""
+        if state:
+            raise CheckpointError(
+                f"the checkpoint holds state ({', '.join(sorted(state)[:3])}…) that "
+                f"{type(self).__name__} did not write; resume it with the command that started it"
+            )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        masks = {MASKS_PREFIX + name: mask for name, mask in self.masks.state_dict().items()}
+        return {**masks, **self.schedule_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith(MASKS_PREFIX)}
+        masks = {k[len(MASKS_PREFIX) :]: v for k, v in state.items() if k not in own}
+        super().load_state_dict(masks, model)
+        self.load_schedule_state(own)
