@@ -13,7 +13,7 @@ from advprune.methods.flyingbird import (
     FlyingBirdPlusSettings,
     FlyingBirdSettings,
     TopologyTraining,
-    initial_masks,
+    igq_masks,
 )
 from advprune.methods.flyingbird_topology import (
     adaptive_decisions,
@@ -26,6 +26,8 @@ from advprune.methods.flyingbird_topology import (
     rising_fraction,
     update_interval,
 )
+from advprune.training.method import StepContext
+from advprune.training.objectives import ObjectiveOutput
 
 # ------------------------------------------------------------- where the sparsity is allocated
 
@@ -145,34 +147,38 @@ class Net(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-def _train(method: TopologyTraining, model: nn.Module, steps: int, watch=None):
+def _objective(model, x, y):
+    logits = model(x)
+    return ObjectiveOutput(nn.functional.cross_entropy(logits, y), logits)
+
+
+def _train(method: TopologyTraining, model: nn.Module, steps: int, per_epoch: int, watch=None):
+    """`steps` optimiser steps of `method` on random batches, `per_epoch` steps an epoch."""
     model = method.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    for index in range(steps):
         x = torch.rand(16, 1, 8, 8, generator=generator)
         y = torch.randint(0, 10, (16,), generator=generator)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        epoch, step = divmod(index, per_epoch)
+        context = StepContext(_objective, epoch, step, per_epoch, 0.05, 16 * per_epoch)
         before = dict(method.masks)
-        method.before_update(model)
-        optimizer.step()
-        method.after_update(model)
+        method.step(model, x, y, optimizer, context)
         if watch is not None:
-            watch(model, before, method)
+            watch(model, before, method, index + 1, optimizer)
     return model
 
 
 def test_every_update_keeps_each_layers_count_of_nonzero_weights_and_grows_from_zero():
     torch.manual_seed(0)
     model = Net()
-    masks = initial_masks(model, 0.8, seed=0)
+    masks = igq_masks(model, 0.8, seed=0)
     counts = {name: int(mask.sum()) for name, mask in masks.items()}
     settings = FlyingBirdSettings(growth="gradient", update_interval=4, second_update_interval=6)
-    method = TopologyTraining(masks, {}, settings, epochs=3, steps_per_epoch=10, seed=0)
+    method = TopologyTraining(masks, {}, settings, epochs=3, seed=0)
     changed = []
 
-    def watch(model, before, method):
+    def watch(model, before, method, step, optimizer):
         weights = dict(model.named_parameters())
         updated = any(not torch.equal(before[n], method.masks[n]) for n in before)
         for name, mask in method.masks.items():
@@ -183,9 +189,9 @@ def test_every_update_keeps_each_layers_count_of_nonzero_weights_and_grows_from_
             grown = int((mask & ~before[name]).sum()) if updated else 0
             assert nonzero == counts[name] - grown
         if updated:
-            changed.append(method.steps)
+            changed.append(step)
 
-    _train(method, model, 30, watch)
+    _train(method, model, 30, 10, watch)
     # epochs 0 and 1 (steps 1-20) every 4 steps, epoch 2 (> 3/2) every 6: as utils.py:283-289
     assert changed == [4, 8, 12, 16, 20, 24, 30]
     assert method.masks.sparsity() == pytest.approx(1 - sum(counts.values()) / (72 + 2_880))
@@ -195,29 +201,28 @@ def test_a_grown_weight_starts_at_zero_with_no_momentum():
     torch.manual_seed(0)
     model = Net()
     settings = FlyingBirdSettings(growth="gradient", update_interval=5)
-    method = TopologyTraining(
-        initial_masks(model, 0.8, 0), {}, settings, epochs=1, steps_per_epoch=5, seed=0
-    )
-    snapshots = []
-    model = _train(method, model, 5, lambda m, before, t: snapshots.append(before))
-    grown = {n: method.masks[n] & ~snapshots[-1][n] for n in method.masks}
+    method = TopologyTraining(igq_masks(model, 0.8, 0), {}, settings, epochs=1, seed=0)
+    seen = []
+    model = _train(method, model, 5, 5, lambda *args: seen.append((args[1], args[4])))
+    before, optimizer = seen[-1]
+    grown = {n: method.masks[n] & ~before[n] for n in method.masks}
     weights = dict(model.named_parameters())
     assert sum(int(g.sum()) for g in grown.values()) > 0
-    assert all(bool((weights[n][g] == 0).all()) for n, g in grown.items())
+    for name, mask in grown.items():
+        assert bool((weights[name][mask] == 0).all())
+        assert bool((optimizer.state[weights[name]]["momentum_buffer"][mask] == 0).all())
 
 
 def test_flying_bird_plus_update_lowers_the_density_when_the_gap_widens():
     torch.manual_seed(0)
     model = Net()
-    masks = initial_masks(model, 0.5, seed=0)
+    masks = igq_masks(model, 0.5, seed=0)
     settings = FlyingBirdPlusSettings(growth="gradient", update_interval=10, adaptive_from=0.0)
-    method = AdaptiveTopologyTraining(
-        masks, {}, settings, None, 0.1, epochs=2, steps_per_epoch=10, seed=0
-    )
+    method = AdaptiveTopologyTraining(masks, {}, settings, None, 0.1, epochs=2, seed=0)
     method.gaps = [0.1, 0.2, 0.3, 0.4, 0.5]  # widening every epoch: prune 40 % more
     method.losses = [3.0, 2.0, 1.0, 0.5, 0.2]  # falling: no extra growth
     active = {name: int(mask.sum()) for name, mask in masks.items()}
-    _train(method, model, 10)
+    _train(method, model, 10, 10)
     rate = death_rate(10, 20)
     for name, mask in method.masks.items():
         assert int(mask.sum()) == active[name] - math.ceil(rate * 0.4 * active[name])
@@ -227,13 +232,11 @@ def test_topology_state_survives_a_checkpoint():
     torch.manual_seed(0)
     model = Net()
     settings = FlyingBirdSettings(update_interval=3)
-    method = TopologyTraining(
-        initial_masks(model, 0.8, 0), {}, settings, epochs=2, steps_per_epoch=5, seed=0
-    )
-    _train(method, model, 4)
-    again = TopologyTraining(None, {}, settings, epochs=2, steps_per_epoch=5, seed=0)
+    method = TopologyTraining(igq_masks(model, 0.8, 0), {}, settings, epochs=2, seed=0)
+    _train(method, model, 4, 5)
+    again = TopologyTraining(None, {}, settings, epochs=2, seed=0)
     again.load_state_dict(method.state_dict(), model)
-    assert again.steps == 4
+    assert again.updates == method.updates == 1
     assert all(torch.equal(again.masks[n], method.masks[n]) for n in method.masks)
     assert torch.equal(again.generator.get_state(), method.generator.get_state())
     assert isinstance(again.masks, WeightMasks)
@@ -296,7 +299,7 @@ def test_flying_bird_through_advprune_prune(tmp_path, capsys):
     capsys.readouterr()
     assert main(["prune", "--method", "flyingbird", "--scheme", "layerwise", "--run-dir",
                  str(tmp_path / "x")]) == 2  # fmt: skip
-    assert "allocates its sparsity per layer by IGQ" in capsys.readouterr().err
+    assert "flyingbird allocates its own sparsity; drop --scheme" in capsys.readouterr().err
 
 
 def test_flying_bird_plus_through_reproduce(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 Robust-Bird/train_eb.py and Robust-Bird/utils/early_bird.py of
 VITA-Group/Sparsity-Win-Robust-Generalization."""
 
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -67,14 +66,14 @@ def test_the_ticket_emerges_when_the_newest_mask_is_within_0_08_of_the_four_befo
 
 
 def test_the_search_stops_training_at_the_epoch_the_ticket_emerges():
-    search = EarlyBirdSearch(0.5, window=3, tolerance=0.0)
+    search = EarlyBirdSearch(0.5, window=3, tolerance=0.0, ticket_masks=None)
     net = _net([0.1, -0.8, 0.3, 0.0, -0.5, 0.2, 0.7, -0.05], [1.0] * 8)
     for epoch in (1, 2):
         search.end_epoch(net, {"epoch": epoch})
         assert not search.complete
     search.end_epoch(net, {"epoch": 3})
     assert search.complete and search.metadata() == {"early_bird_epoch": 3}
-    again = EarlyBirdSearch(0.5, window=3, tolerance=0.0)
+    again = EarlyBirdSearch(0.5, window=3, tolerance=0.0, ticket_masks=None)
     again.load_state_dict(search.state_dict(), net)
     assert again.complete and len(again.masks) == 3
 

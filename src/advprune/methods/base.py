@@ -270,9 +270,6 @@ class PruningMethod:
     origin: ClassVar[str] = "baseline"  # "published" | "baseline" | "advprune's own"
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     start_hint: ClassVar[str] = "prune a trained run: pass --from RUN_DIR"
-    # True: the method trains from initialization (Flying Bird, Robust Bird): its run starts from
-    # a network built as `advprune train` builds it (--model, --dataset, …), not from --from.
-    starts_from_initialization: ClassVar[bool] = False
     # True: runs from one source share a cached pass (MAD's saliency, whatever the sparsity), so
     # a parallel reproduction starts a second one only after the first.
     caches_pass: ClassVar[bool] = False

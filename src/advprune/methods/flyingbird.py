@@ -26,14 +26,7 @@ from advprune.core.config import group, setting
 from advprune.core.errors import ConfigError
 from advprune.data.dataset import ImageDataset
 from advprune.masks import WeightMasks, prunable_parameters
-from advprune.methods.base import (
-    LearntMethod,
-    MethodSettings,
-    PhaseSettings,
-    PruneContext,
-    PruneSettings,
-    register_method,
-)
+from advprune.methods.base import MethodSettings, PhaseSettings, PruneContext, register_method
 from advprune.methods.flyingbird_topology import (
     adaptive_decisions,
     death_rate,
@@ -44,11 +37,12 @@ from advprune.methods.flyingbird_topology import (
     random_masks,
     update_interval,
 )
-from advprune.training.method import MaskedTraining, TrainingMethod
+from advprune.methods.kinds import DynamicMaskMethod
+from advprune.training.method import DynamicMaskTraining, StepContext
 from advprune.training.trainer import TrainingData
 
 GROWTH = ("random", "gradient")
-STATE_PREFIX = "flyingbird/"
+VALIDATION_BATCH = 256
 # main_adv.py:42-59: SGD 0.1, momentum 0.9, wd 5e-4, ×0.1 at epochs 100 and 150 of 200, PGD-10
 # of step 2/255 in ε 8/255 (our default step 2.5·ε/10 = ε/4 is that step). Batch 128 and ε are
 # the start's (--batch-size, --eps: `advprune train`'s defaults are 128 and the dataset's ε).
@@ -120,12 +114,13 @@ class FlyingBirdPlusSettings(FlyingBirdSettings):
         return self
 
 
-class TopologyTraining(MaskedTraining):
-    """Adversarial training under masks that `after_update` changes every `interval` steps.
+class TopologyTraining(DynamicMaskTraining):
+    """Adversarial training under masks that change every `update_interval` steps.
 
-    Pruned weights stay exactly zero (gradients masked before the update, weights after it), so
-    a weight that grows starts at zero; for gradient growth the dense gradient of the update's
-    batch is kept before it is masked, as the official code reads `weight.grad` unmasked.
+    The kind keeps gradients dense (the official code reads `weight.grad` unmasked), zeroes
+    pruned weights and their optimiser buffers after every update (sparselearning's
+    `apply_mask`), so a weight that grows starts at zero with no momentum; this class says when
+    the masks change and how (core.py:424-480, `truncate_weights`).
     """
 
     def __init__(
@@ -135,91 +130,62 @@ class TopologyTraining(MaskedTraining):
         settings: FlyingBirdSettings,
         *,
         epochs: int,
-        steps_per_epoch: int,
         seed: int,
     ) -> None:
         super().__init__(masks, metadata)
         self.rules = settings
         self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.steps = 0
         self.generator = torch.Generator().manual_seed(seed)
-        self.gradients: dict[str, torch.Tensor] = {}
-        self.updates: list[dict[str, Any]] = []
+        self.updates = 0
 
-    def _epoch_of_next_step(self) -> int:
-        return self.steps // self.steps_per_epoch
-
-    def _updates_after_next_step(self) -> bool:
+    def update_masks(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, context: StepContext
+    ) -> WeightMasks | None:
+        """After steps k·900 (k·1200 once past half the epochs), counted over the whole run
+        (utils.py:283-289, the global `ite_step`)."""
         rules = self.rules
+        step = context.epoch * context.steps_per_epoch + context.step + 1
         interval = update_interval(
-            self._epoch_of_next_step(),
+            context.epoch,
             self.epochs,
             rules.update_interval,
             rules.second_update_interval,
             rules.dynamic_interval,
         )
-        return (self.steps + 1) % interval == 0
-
-    def before_update(self, model: nn.Module) -> None:
-        if self.rules.growth == "gradient" and self._updates_after_next_step():
-            parameters = dict(model.named_parameters())
-            self.gradients = {name: parameters[name].grad.clone() for name in self.masks}
-        super().before_update(model)
-
-    def after_update(self, model: nn.Module) -> None:
-        update = self._updates_after_next_step()
-        epoch = self._epoch_of_next_step()
-        super().after_update(model)
-        self.steps += 1
-        if update:
-            self.update_topology(model, epoch)
+        if step % interval:
+            return None
+        rate = death_rate(step, self.epochs * context.steps_per_epoch)
+        return self.prune_and_grow(model, rate, context.epoch)
 
     def extra_fractions(self, epoch: int) -> tuple[float, float]:
         """(prune more, grow more) fractions at an update in `epoch`: none for Flying Bird."""
         return 0.0, 0.0
 
     @torch.no_grad()
-    def update_topology(self, model: nn.Module, epoch: int) -> None:
-        """Drop the smallest active weights of each layer, grow as many (core.py:424-480)."""
-        rate = death_rate(self.steps, self.epochs * self.steps_per_epoch)
+    def prune_and_grow(self, model: nn.Module, rate: float, epoch: int) -> WeightMasks:
+        """Each layer drops ceil(rate · active) of its smallest weights and grows as many."""
         prune_extra, grow_extra = self.extra_fractions(epoch)
         parameters = dict(model.named_parameters())
         changed = {}
         for name, mask in self.masks.items():
-            kept, removed = magnitude_death(parameters[name], mask, rate, prune_extra)
+            weight = parameters[name]
+            kept, removed = magnitude_death(weight, mask, rate, prune_extra)
             if self.rules.growth == "gradient":
-                grad = self.gradients[name].to(kept.device)
-                changed[name] = gradient_growth(kept, removed, grad, grow_extra)
+                changed[name] = gradient_growth(kept, removed, weight.grad, grow_extra)
             else:
                 changed[name] = random_growth(kept, removed, self.generator, grow_extra)
-        self.masks = WeightMasks(changed)
-        self.masks.apply(model)
-        self.gradients = {}
-        self.updates.append({"step": self.steps, "death_rate": rate, "density": self.density()})
+        self.updates += 1
+        return WeightMasks(changed)
 
-    def density(self) -> float:
-        return 1 - self.masks.sparsity()
+    def schedule_state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state(), "updates": torch.tensor(self.updates)}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            **super().state_dict(),
-            f"{STATE_PREFIX}steps": torch.tensor(self.steps),
-            f"{STATE_PREFIX}generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> None:
-        own = {k: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
-        super().load_state_dict({k: v for k, v in state.items() if k not in own}, model)
-        self.steps = int(own[f"{STATE_PREFIX}steps"])
-        self.generator.set_state(own[f"{STATE_PREFIX}generator"])
-        self.load_statistics(own)
-
-    def load_statistics(self, state: dict[str, torch.Tensor]) -> None:
-        """Flying Bird+ restores its per-epoch statistics here."""
+    def load_schedule_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self.updates = int(state["updates"])
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "density": self.density(), "updates": len(self.updates)}
+        return {**super().metadata(), "updates": self.updates}
 
 
 class AdaptiveTopologyTraining(TopologyTraining):
@@ -232,7 +198,7 @@ class AdaptiveTopologyTraining(TopologyTraining):
         masks: WeightMasks | None,
         metadata: dict[str, Any],
         settings: FlyingBirdPlusSettings,
-        validation: ImageDataset,
+        validation: ImageDataset | None,
         eps: float,
         **schedule: Any,
     ) -> None:
@@ -268,13 +234,13 @@ class AdaptiveTopologyTraining(TopologyTraining):
         model.eval()
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(epoch)
+        steps = self.rules.validation_steps
         total_loss, correct = 0.0, 0
         images, labels = self.validation.images, self.validation.labels
-        for start in range(0, len(labels), 256):
-            x = images[start : start + 256].to(device)
+        for start in range(0, len(labels), VALIDATION_BATCH):
+            x = images[start : start + VALIDATION_BATCH].to(device)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
-            y = labels[start : start + 256].to(device)
-            steps = self.rules.validation_steps
+            y = labels[start : start + VALIDATION_BATCH].to(device)
             x_adv = pgd(model, x, y, self.eps, alpha=self.eps / 4, steps=steps, generator=generator)
             with torch.no_grad():
                 logits = model(x_adv).float()
@@ -283,19 +249,20 @@ class AdaptiveTopologyTraining(TopologyTraining):
         model.train(was_training)
         return total_loss / len(labels), correct / len(labels)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def schedule_state(self) -> dict[str, torch.Tensor]:
         return {
-            **super().state_dict(),
-            f"{STATE_PREFIX}losses": torch.tensor(self.losses, dtype=torch.float64),
-            f"{STATE_PREFIX}gaps": torch.tensor(self.gaps, dtype=torch.float64),
+            **super().schedule_state(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "gaps": torch.tensor(self.gaps, dtype=torch.float64),
         }
 
-    def load_statistics(self, state: dict[str, torch.Tensor]) -> None:
-        self.losses = state[f"{STATE_PREFIX}losses"].tolist()
-        self.gaps = state[f"{STATE_PREFIX}gaps"].tolist()
+    def load_schedule_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_schedule_state(state)
+        self.losses = state["losses"].tolist()
+        self.gaps = state["gaps"].tolist()
 
 
-def initial_masks(model: nn.Module, sparsity: float, seed: int) -> WeightMasks:
+def igq_masks(model: nn.Module, sparsity: float, seed: int) -> WeightMasks:
     """IGQ's per-layer sparsities over every conv and linear weight, at random positions
     (core.py:294-306 masks every 2-D and 4-D parameter; `--sparse_init igq`)."""
     weights = prunable_parameters(model, include_bias=False)
@@ -308,7 +275,7 @@ def initial_masks(model: nn.Module, sparsity: float, seed: int) -> WeightMasks:
     "flyingbird",
     description="Flying Bird (Chen et al., ICLR 2022): prune-and-grow during AT from init",
 )
-class FlyingBird(LearntMethod):
+class FlyingBird(DynamicMaskMethod):
     """Adversarial training from initialization of a sparse network whose topology changes.
 
     Example: `advprune prune --method flyingbird --model preact-resnet18 --dataset cifar10
@@ -318,35 +285,17 @@ class FlyingBird(LearntMethod):
     reference = "Chen et al., ICLR 2022; VITA-Group/Sparsity-Win-Robust-Generalization"
     origin = "published"
     Settings = FlyingBirdSettings
-    uses_sparsity = True
-    starts_from_initialization = True
     settings: FlyingBirdSettings
 
-    def check(self, prune: PruneSettings) -> None:
-        """The sparsity is allocated by IGQ over the weights: no scheme, structure or order."""
-        given = [k for k in ("scheme", "include_bias", "structure") if getattr(prune, k)]
-        given += ["order"] if prune.order != "lowest" else []
-        if given:
-            raise ConfigError(
-                f"{self.name} allocates its sparsity per layer by IGQ over the weights; drop "
-                f"--{given[0].replace('_', '-')}"
-            )
+    def initial_masks(self, context: PruneContext) -> WeightMasks:
+        return igq_masks(context.model, context.sparsity, context.settings.seed)
 
-    def resolved(self, prune: PruneSettings) -> dict[str, Any]:
-        return {"sparsity": prune.sparsity if prune.sparsity is not None else 0.9}
-
-    def training_method(self, context: PruneContext, *, resume: bool) -> TrainingMethod:
+    def mask_training(
+        self, context: PruneContext, masks: WeightMasks | None, metadata: dict[str, Any]
+    ) -> TopologyTraining:
         validation = self.hold_out(context)
         phase = self.phase(context.source, context.settings)
-        schedule = {
-            "epochs": phase.epochs,
-            "steps_per_epoch": len(context.data.train) // phase.batch_size,
-            "seed": context.settings.seed,
-        }
-        masks = None if resume else initial_masks(context.model, context.sparsity, schedule["seed"])
-        if masks is not None:
-            context.log(f"{self.name}: {masks.sparsity():.2%} of the weights masked (IGQ, random)")
-        metadata = self.metadata(context.settings)
+        schedule = {"epochs": phase.epochs, "seed": context.settings.seed}
         if validation is None:
             return TopologyTraining(masks, metadata, self.settings, **schedule)
         return AdaptiveTopologyTraining(

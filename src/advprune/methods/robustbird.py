@@ -14,8 +14,9 @@ Robust-Bird/utils/early_bird.py, run as its README does (`--stage1 sgd --epochs1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,12 +30,14 @@ from advprune.methods.base import (
     PhaseSettings,
     PruneContext,
     PruneSettings,
-    ScoredMethod,
+    phase_overrides,
     register_method,
 )
+from advprune.methods.kinds import MASKS_FILE, MaskFindingMethod, train_mask_phase
 from advprune.training.method import TrainingMethod
 
 STATE_PREFIX = "robustbird/"
+TICKET = "ticket"  # RUN_DIR/ticket, set by --ticket-*
 # train_eb.py:35-49: SGD 0.1, momentum 0.9, wd 5e-4, ×0.1 at epochs 50 and 150 (of 200); stage 2
 # PGD-10 of step 2/255 in ε 8/255 (our default step 2.5·ε/10 = ε/4 is that step). Batch 128 and ε
 # are the start's (--batch-size, --eps: `advprune train`'s defaults are 128 and the dataset's ε).
@@ -80,13 +83,21 @@ def early_bird_emerged(masks: Sequence[Tensor], window: int, tolerance: float) -
 
 
 class EarlyBirdSearch(TrainingMethod):
-    """Plain training that, after each epoch, draws the early-bird mask and stops the phase once
-    the masks have settled (train_eb.py:176-179)."""
+    """Plain training that, after each epoch, draws the early-bird mask and ends the phase once
+    the masks have settled (train_eb.py:176-179); at its end, `ticket_masks` of the network are
+    the masks the sparse training keeps (train_eb.py:183-184), saved as masks.safetensors."""
 
-    def __init__(self, sparsity: float, window: int, tolerance: float) -> None:
+    def __init__(
+        self,
+        sparsity: float,
+        window: int,
+        tolerance: float,
+        ticket_masks: Callable[[nn.Module], WeightMasks],
+    ) -> None:
         self.sparsity = sparsity
         self.window = window
         self.tolerance = tolerance
+        self.ticket_masks = ticket_masks
         self.masks: list[Tensor] = []
         self.found_at: int | None = None
 
@@ -112,6 +123,9 @@ class EarlyBirdSearch(TrainingMethod):
 
     def metadata(self) -> dict[str, Any]:
         return {"early_bird_epoch": self.found_at}
+
+    def finish(self, model: nn.Module, run_path: Path) -> None:
+        self.ticket_masks(model).save(Path(run_path) / MASKS_FILE, self.metadata())
 
 
 @dataclass
@@ -147,7 +161,7 @@ class RobustBirdSettings(MethodSettings):
     "robustbird",
     description="Robust Bird (Chen et al., ICLR 2022): early-bird ticket, then AT from init",
 )
-class RobustBird(ScoredMethod):
+class RobustBird(MaskFindingMethod):
     """The early-bird ticket of standard training (RUN_DIR/ticket), pruned globally by magnitude,
     then adversarially trained from the ticket's weights.
 
@@ -158,7 +172,6 @@ class RobustBird(ScoredMethod):
     reference = "Chen et al., ICLR 2022; VITA-Group/Sparsity-Win-Robust-Generalization"
     origin = "published"
     Settings = RobustBirdSettings
-    starts_from_initialization = True
     default_scheme = "global"
     # torch.nn.utils.prune.global_unstructured: round(amount · n) of the smallest |w|.
     rule = SelectionRule(ties="position", rounding="round")
@@ -171,33 +184,34 @@ class RobustBird(ScoredMethod):
                 "robustbird prunes weights (the official --pruning unstructured); drop --structure"
             )
 
-    def masks(self, context: PruneContext) -> WeightMasks:
-        """Train into RUN_DIR/ticket until the ticket emerges; the network keeps its weights."""
-        prune = context.settings
-        where = {k: getattr(prune, k) for k in ("limit_train", "device", "backend")}
+    def find_masks(self, context: PruneContext) -> WeightMasks:
+        """Train into RUN_DIR/ticket until the ticket emerges; the network keeps its weights
+        (train_eb.py:183-195: pruned where it stands, a new optimiser, no rewinding)."""
         config = self.settings.ticket.applied_to(
-            context.source,
-            seed=prune.seed,
-            **{k: v for k, v in where.items() if v is not None},
+            context.source, **phase_overrides(context.settings)
         )
-        search = EarlyBirdSearch(context.sparsity, self.settings.window, self.settings.tolerance)
-        initial = {name: t.cpu() for name, t in context.model.state_dict().items()}
+        search = EarlyBirdSearch(
+            context.sparsity,
+            self.settings.window,
+            self.settings.tolerance,
+            lambda model: self.ticket_masks(model, context),
+        )
         context.log(
             f"robustbird: at most {config.epochs} epochs of {config.objective} until the "
             f"{context.sparsity:.0%} early-bird mask settles"
         )
-        ticket = context.run_phase("ticket", config, search, initial)
-        if search.found_at is not None:
-            context.log(f"robustbird: the early-bird ticket emerged after epoch {search.found_at}")
-        context.model.load_state_dict(ticket.state_dict())
-        scores = {
-            name: weight.detach().abs()
-            for name, weight in prunable_parameters(
-                context.model, include_bias=self.include_bias(prune)
-            ).items()
-        }
+        masks, record = train_mask_phase(context, TICKET, config, search, keep_weights=True)
+        if record.get("early_bird_epoch"):
+            context.log(f"robustbird: the ticket emerged after epoch {record['early_bird_epoch']}")
+        return masks
+
+    def ticket_masks(self, model: nn.Module, context: PruneContext) -> WeightMasks:
+        """The smallest |w| of the conv and linear weights pruned over the whole network
+        (function.py:336-342, `prune_unstructured`: `global_unstructured`, L1)."""
+        prune = context.settings
+        weights = prunable_parameters(model, include_bias=self.include_bias(prune))
         return select(
-            scores,
+            {name: weight.detach().abs() for name, weight in weights.items()},
             context.sparsity,
             scheme=self.scheme(prune),
             order=prune.order,

@@ -202,11 +202,14 @@ class DynamicMaskTraining(MaskedTraining):
     ) -> ObjectiveOutput:
         out = super().step(model, x, y, optimizer, context)
         network = unwrap(model)
+        # The buffers of the weights pruned so far first, as sparselearning's `apply_mask` after
+        # `optimizer.step()`: a weight that `update_masks` grows back starts with none.
+        self.masks.mask_optimizer_state(network, optimizer)
         masks = self.update_masks(network, optimizer, context)
         if masks is not None:
             self.masks = masks
             self.masks.apply(network)
-        self.masks.mask_optimizer_state(network, optimizer)
+            self.masks.mask_optimizer_state(network, optimizer)
         return out
 
     def update_masks(
