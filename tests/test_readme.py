@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pymdownx.slugs import slugify
 
-from advprune.methods import FixedMaskMethod, get_method, method_names
+from advprune.methods import INITIALIZATION, FixedMaskMethod, get_method, method_names
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -47,7 +47,9 @@ def fidelity_anchor(name: str) -> str:
     """The docs/fidelity.md section of a published method: the heading that names it first
     ("## ANP-VS (Madaan, …)" for anpvs), as GitHub and the site slug it."""
     for line in FIDELITY.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## ") and line[3:].split()[0].replace("-", "").lower() == name:
+        if not line.startswith("## "):
+            continue
+        if line[3:].split()[0].replace("-", "").lower() == name.replace("-", ""):
             return slugify(case="lower")(line[3:], "-")
     raise AssertionError(f"docs/fidelity.md has no section for the published method {name}")
 
@@ -60,7 +62,10 @@ def method_row(name: str, docs: str) -> str:
         fidelity = f"[{name}]({docs}fidelity.md#{fidelity_anchor(name)})"
     else:
         paper, fidelity = cls.origin, "–"
-    if issubclass(cls, FixedMaskMethod):  # its masks come from scores: once, or learnt
+    if cls.starts_from == INITIALIZATION:  # Robust Bird, Flying Bird: weights, as their code
+        kind = "scored" if issubclass(cls, FixedMaskMethod) else "learnt"
+        prunes = "yes / –"
+    elif issubclass(cls, FixedMaskMethod):  # its masks come from scores: once, or learnt
         # Whole channels are a departure for a published method whose code prunes weights only.
         published = cls.reference is None or "channels" in cls.structures
         kind, prunes = "scored", "yes / yes" if published else "yes / yes, as a departure"

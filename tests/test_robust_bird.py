@@ -69,9 +69,9 @@ def test_the_search_stops_training_at_the_epoch_the_ticket_emerges():
     search = EarlyBirdSearch(0.5, window=3, tolerance=0.0, ticket_masks=None)
     net = _net([0.1, -0.8, 0.3, 0.0, -0.5, 0.2, 0.7, -0.05], [1.0] * 8)
     for epoch in (1, 2):
-        search.end_epoch(net, {"epoch": epoch})
+        search.epoch_ended(net, {"epoch": epoch})
         assert not search.complete
-    search.end_epoch(net, {"epoch": 3})
+    search.epoch_ended(net, {"epoch": 3})
     assert search.complete and search.metadata() == {"early_bird_epoch": 3}
     again = EarlyBirdSearch(0.5, window=3, tolerance=0.0, ticket_masks=None)
     again.load_state_dict(search.state_dict(), net)

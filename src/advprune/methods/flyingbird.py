@@ -222,7 +222,7 @@ class AdaptiveTopologyTraining(TopologyTraining):
             rules.growth_ratio if decision.grow_more else 0.0,
         )
 
-    def end_epoch(self, model: nn.Module, record: dict[str, Any]) -> None:
+    def epoch_ended(self, model: nn.Module, record: dict[str, Any]) -> None:
         loss, accuracy = self.validation_statistics(model, record["epoch"])
         self.losses.append(loss)
         self.gaps.append(record["train_accuracy"] - accuracy)

@@ -101,7 +101,7 @@ class EarlyBirdSearch(TrainingMethod):
         self.masks: list[Tensor] = []
         self.found_at: int | None = None
 
-    def end_epoch(self, model: nn.Module, record: dict[str, Any]) -> None:
+    def epoch_ended(self, model: nn.Module, record: dict[str, Any]) -> None:
         self.masks = [*self.masks, early_bird_mask(model, self.sparsity)][-self.window :]
         if early_bird_emerged(self.masks, self.window, self.tolerance):
             self.found_at = record["epoch"]

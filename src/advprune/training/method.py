@@ -110,7 +110,7 @@ class TrainingMethod:
     def after_update(self, model: nn.Module) -> None:
         """Called after the weight update, with the unwrapped model."""
 
-    def end_epoch(self, model: nn.Module, record: dict[str, Any]) -> None:
+    def epoch_ended(self, model: nn.Module, record: dict[str, Any]) -> None:
         """Called after each epoch (every rank, the unwrapped model, before its checkpoint) with
         the epoch's record (`epoch`, `train_accuracy`, the monitor's figures): a method that
         decides from training statistics (Flying Bird+, Robust Bird's stop rule) does it here."""

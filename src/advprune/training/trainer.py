@@ -517,7 +517,7 @@ class _Training:
             "seconds": seconds,
             **monitor(self.model, self.data, self.config, self.device, epoch),
         }
-        self.method.end_epoch(self.model, record)
+        self.method.epoch_ended(self.model, record)
         self.history.append(record)
         self.log(format_record(record))
         self.run_log.epoch((epoch + 1) * self.steps_per_epoch, self.history)
