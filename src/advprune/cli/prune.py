@@ -61,7 +61,8 @@ def add_parser(commands: argparse._SubParsersAction, argv: Sequence[str]) -> Non
     name = method_in(argv)
     starts = name in methods and get_method(name).starts_from == INITIALIZATION
     start = parser.add_argument_group(
-        f"the network and data {name} trains from initialization (as `advprune train`)"
+        f"the network and data {name} starts from (its initialization, as `advprune train` "
+        "builds it)"
     )
     add_config_flags(start, TrainConfig, only=start_keys(), hidden=not starts)
     if name in methods:

@@ -85,7 +85,10 @@ class FlyingBirdSettings(MethodSettings):
         super().validate()
         for key in ("update_interval", "second_update_interval"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be ≥ 1 step, got {getattr(self, key)}")
+                raise ConfigError(
+                    f"{key} must be ≥ 1 step, got {getattr(self, key)}; pass e.g. "
+                    f"--{key.replace('_', '-')} 900"
+                )
         return self
 
 
@@ -109,7 +112,8 @@ class FlyingBirdPlusSettings(FlyingBirdSettings):
         super().validate()
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}; pass "
+                "e.g. --validation-fraction 0.1"
             )
         return self
 

@@ -153,7 +153,7 @@ class RobustBirdSettings(MethodSettings):
     def validate(self) -> RobustBirdSettings:
         super().validate()
         if self.window < 2:
-            raise ConfigError(f"window must be ≥ 2 masks, got {self.window}")
+            raise ConfigError(f"window must be ≥ 2 masks, got {self.window}; pass e.g. --window 5")
         return self
 
 
