@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+SLURM := /usr/sbin/slurmctld
 # pip compiles the bytecode on one core; this uses them all (10 s less of a 35-s install on 2
 # cores). A file that cannot compile (torch ships Python 3.12 syntax in its tests) is left to the
 # interpreter, as pip leaves it, hence the `|| true`.
@@ -40,8 +41,18 @@ $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz:
 demo: install
 	$(BIN)/advprune demo
 
+# Debian's Slurm and munge, for the single-node cluster of tests/test_slurm_executor.py
+# (tests/slurm_cluster.py); installed when we are root and online, else those tests skip and say why.
+$(SLURM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq slurm-wlm munge || (apt-get update -qq && apt-get install -y -qq slurm-wlm munge)) \
+		|| echo "slurm-wlm and munge could not be installed: the Slurm tests will skip" >&2; \
+	else \
+		echo "not root: the Slurm tests will skip ('sudo apt-get install -y slurm-wlm munge')" >&2; \
+	fi
+
 # One test process per core (pytest-xdist): each test runs on one torch thread (tests/conftest.py).
-test: install-dev
+test: install-dev $(SLURM)
 	$(BIN)/pytest -q -n auto
 
 test-fast: install-dev

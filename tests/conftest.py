@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,22 @@ def robust_mlp():
             F.cross_entropy(model(x_adv), y[batch]).backward()
             optimizer.step()
     return model.eval(), test_set.images.float() / 255, test_set.labels
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm cluster (tests/slurm_cluster.py) for the session, SLURM_CONF set
+    to it; skipped, with the reason, where it cannot start (not root, Slurm not installed)."""
+    import slurm_cluster
+
+    reason = slurm_cluster.unavailable()
+    if reason:
+        pytest.skip(reason)
+    previous = os.environ.get("SLURM_CONF")
+    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous

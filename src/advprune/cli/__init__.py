@@ -1,4 +1,4 @@
-"""Command line: `advprune train | prune | eval | export | report | reproduce | demo | list`.
+"""Command line: `advprune train | prune | eval | export | report | reproduce | status | …`.
 
 Each subcommand is a module here with a small parser; settings flags are generated from the
 config dataclasses and the registries. Errors caused by input are one line on stderr and a
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from advprune import __version__
-from advprune.cli import evaluate, export, listing, prune, report, reproduce, train
+from advprune.cli import evaluate, export, listing, prune, report, reproduce, status, train
 from advprune.cli.flags import Parser
 from advprune.core import distributed
 from advprune.core.config import closest
@@ -45,6 +45,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     export.add_parser(commands)
     report.add_parser(commands)
     reproduce.add_parsers(commands)
+    status.add_parser(commands)
     listing.add_parser(commands)
     return parser
 

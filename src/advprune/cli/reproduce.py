@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from advprune.cli.evaluate import single_process
 from advprune.cli.flags import parse_overrides
+from advprune.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from advprune.reproduction.executor import Executor
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -61,10 +66,73 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="set KEY in every step that has it, e.g. --set device=cuda --set batch_size=256",
     )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="show each step's state (done, running, queued, failed) instead of running it",
+    )
+    _add_executor_flags(parser)
     parser.set_defaults(handler=run_reproduce)
     demo = commands.add_parser("demo", help="the embedded default: PGD-AT LeNet on Fashion-MNIST")
     demo.add_argument("--run-dir", default="runs/demo", help="where the demo's runs go")
     demo.set_defaults(handler=run_demo)
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "executor", "where the steps run; the Slurm flags win over the recipe's `slurm:` sections"
+    )
+    group.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: this machine (--jobs, --devices); slurm: one Slurm job per step's build "
+        "and evaluation, submitted through submitit, and the command returns (docs/scaling.md)",
+    )
+    group.add_argument(
+        "--partition",
+        help="Slurm: the partition of every job (else the recipe's, else the cluster's default)",
+    )
+    group.add_argument("--gpus", type=int, help="Slurm: GPUs per job (else the recipe's, else 0)")
+    group.add_argument(
+        "--cpus",
+        type=int,
+        help="Slurm: CPUs per job, its torch threads (else the recipe's, else 1)",
+    )
+    group.add_argument(
+        "--mem",
+        help="Slurm: memory per job, e.g. 32G (else the recipe's, else the cluster's default)",
+    )
+    group.add_argument(
+        "--time",
+        help="Slurm: time limit per job, e.g. 12:00:00 (else the recipe's, else 24:00:00); a "
+        "job near it is requeued and resumes from its checkpoint",
+    )
+    group.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="Slurm: any other sbatch option of every job, e.g. --sbatch qos=high",
+    )
+
+
+def _executor(args: argparse.Namespace) -> Executor | None:
+    """The executor the flags ask for; None: the local one, with --jobs and --devices."""
+    slurm_flags = {
+        key: getattr(args, key)
+        for key in ("partition", "gpus", "cpus", "mem", "time")
+        if getattr(args, key) is not None
+    }
+    if args.sbatch:
+        slurm_flags["sbatch"] = {k: str(v) for k, v in parse_overrides(args.sbatch).items()}
+    if args.executor == "local":
+        if slurm_flags:
+            raise ConfigError(f"--{next(iter(slurm_flags))} is a Slurm flag; add --executor slurm")
+        return None
+    from advprune.reproduction.slurm import SlurmExecutor
+
+    return SlurmExecutor(slurm_flags)
 
 
 def _names(text: str) -> list[str]:
@@ -93,20 +161,44 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from advprune.reproduction import reproduce
 
     steps = [name.strip() for name in args.steps.split(",") if name.strip()] if args.steps else None
+    overrides = parse_overrides(args.overrides)
+    if args.status:
+        return _print_status(args, steps, overrides)
     reproduce(
         args.recipe,
         args.runs_dir,
         scale=args.scale,
         data_dir=args.data_dir,
         download=args.download,
-        overrides=parse_overrides(args.overrides),
+        overrides=overrides,
         only=steps,
         progress=not args.quiet,
         jobs=args.jobs,
         devices=args.devices,
         threads=args.threads,
         seeds=args.seeds,
+        executor=_executor(args),
     )
+    return 0
+
+
+def _print_status(args: argparse.Namespace, steps: list[str] | None, overrides: dict) -> int:
+    """`reproduce … --status`: the state of each task of the plan this command runs."""
+    from advprune.reproduction.plan import make_plan
+    from advprune.reproduction.runner import default_root
+    from advprune.reproduction.slurm import status_lines
+
+    plan = make_plan(
+        args.recipe,
+        args.runs_dir or default_root(args.recipe, args.scale),
+        scale=args.scale,
+        data_dir=args.data_dir,
+        download=args.download,
+        overrides=overrides,
+        only=steps,
+        seeds=args.seeds,
+    )
+    print("\n".join(status_lines(plan)))
     return 0
 
 

@@ -71,6 +71,7 @@ from advprune.training.config import (
     check_milestones,
     check_positive_counts,
 )
+from advprune.training.keep import KEEP_METRICS, KEEPS
 from advprune.training.method import TrainingMethod
 from advprune.training.trainer import TrainingData
 
@@ -81,6 +82,8 @@ DEFAULT_SPARSITY = 0.9
 TRAINED, INITIALIZATION = "trained", "initialization"
 # Pruning-run settings that every phase of the method takes over (data limit, where it runs).
 PHASE_KEYS = ("limit_train", "device", "backend", "checkpoint_every", "allow_chance")
+# Which epoch the method's phase ends with: the pruning run's choice, never the source run's.
+KEEP_KEYS = ("keep", "keep_metric", "keep_examples")
 # Settings that size a run rather than define the algorithm: not departures from a paper.
 BUDGET_KEYS = frozenset({"epochs", "limit_train", "seed", "sparsity", "from_run"})
 
@@ -179,6 +182,15 @@ class PruneSettings(Config):
     allow_chance: bool | None = setting(
         None, "keep fine-tuning when its first epoch ends at chance (default: stop with an error)"
     )
+    keep: str = setting(
+        "last",
+        "the epoch the method's training ends with: last; best-validation (best --keep-metric "
+        "accuracy on --keep-examples held-out training images); best-test (on the test split: "
+        "the official HYDRA/HARP/MAD model_best, whose figures are then optimistic)",
+        choices=KEEPS,
+    )
+    keep_metric: str = setting("pgd10", "what --keep best-* ranks epochs by", choices=KEEP_METRICS)
+    keep_examples: int = setting(1000, "images --keep best-* ranks epochs on")
 
     def validate(self) -> PruneSettings:
         super().validate()
@@ -241,8 +253,9 @@ class PruneContext:
 
 
 def phase_overrides(prune: PruneSettings) -> dict[str, Any]:
-    """What every phase of a pruning run takes from it: its seed, data limit and where it runs."""
-    overrides: dict[str, Any] = {"seed": prune.seed}
+    """What every phase of a pruning run takes from it: its seed, data limit, where it runs and
+    which epoch it keeps."""
+    overrides: dict[str, Any] = {"seed": prune.seed, **{k: getattr(prune, k) for k in KEEP_KEYS}}
     for key in PHASE_KEYS:
         if getattr(prune, key) is not None:
             overrides[key] = getattr(prune, key)
@@ -301,9 +314,12 @@ class PruningMethod:
         return {}
 
     def departures(self, prune: PruneSettings) -> dict[str, Any]:
-        """Settings of this run that differ from the published method's (budget keys aside)."""
+        """Settings of this run that differ from the published method's (budget keys aside),
+        and, for any method, a kept epoch other than the last (a table must show a test-set
+        selection)."""
+        kept = {"keep": prune.keep} if prune.keep != "last" else {}
         if self.reference is None:
-            return {}
+            return kept
         published = self.Settings().to_flat()
         ours = self.settings.to_flat()
         changed = {k: v for k, v in ours.items() if v != published.get(k) and not _is_budget(k)}
@@ -313,7 +329,7 @@ class PruningMethod:
                 changed[key] = given
         if prune.order != "lowest":
             changed["order"] = prune.order
-        return changed
+        return {**changed, **kept}
 
     def label(self, prune: PruneSettings) -> str:
         """The name as tables show it: `mad`, or `mad [scheme=global]` when a setting departs."""

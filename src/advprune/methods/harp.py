@@ -301,6 +301,13 @@ class HarpTraining(OfficialPasses, TrainingMethod):
             self.epoch = context.epoch
         return self.current_gamma(context.epoch) * self.compression_loss()
 
+    @torch.no_grad()
+    def may_keep(self) -> bool:
+        """The official model_best candidates: every epoch from the first whose L_hw rounds to 0
+        (`train.py:287-301`); this epoch's own check runs at the next step, so it is made here."""
+        reached = round(float(self.compression_loss()), REACHED_DIGITS) == 0
+        return self.frozen_gamma is not None or reached
+
     def before_update(self, model: nn.Module) -> None:
         """Scores and rates are the method's tensors, not DDP's: average them over ranks."""
         average_gradients([*self.scores.values(), *self.rate_scores.values()])

@@ -368,6 +368,11 @@ class Hydra(MaskLearningMethod):
                 "--include-bias (use --method magnitude/random for the ablations)"
             )
 
+    def mask_phase(self, context: PruneContext) -> TrainConfig:
+        """The official score phase hands its last epoch on (its model_best is never read), so
+        `--keep` applies to the fine-tuning alone."""
+        return super().mask_phase(context).replace(keep="last")
+
     def mask_training(self, context: PruneContext, config: TrainConfig) -> ScoreTraining:
         """The scores learn on the adversarial loss, weights frozen; BN learns with them and the
         network carries it into fine-tuning."""

@@ -13,7 +13,7 @@ from advprune.core.config import closest
 from advprune.core.errors import ConfigError
 
 # A recipe's sections (advprune.reproduction.plan describes them); `train --recipe` reads `train`.
-RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper", "seeds")
+RECIPE_KEYS = ("title", "anchors", "train", "prune", "evaluate", "steps", "paper", "seeds", "slurm")
 
 
 def is_recipe_path(name: str) -> bool:

@@ -12,6 +12,8 @@ A recipe (src/advprune/recipes/NAME.yaml) is a list of steps, each a run directo
       - {name: mad-90, prune: {method: mad, from: dense, sparsity: 0.9}}
     paper: {source: ..., reference: STEP, rows: {STEP: {metric: value}}}   # see report.comparison
     seeds: [0, 1, 2]  # optional: every step once per seed (`--seeds` wins over it)
+    slurm: {...}      # optional: what each step's jobs ask of Slurm (executor.Resources keys);
+                      # a step's `slurm:` adds to it, `reproduce --partition …` wins over both
     anchors: {...}    # YAML anchors that steps merge in (`<<: *name`); not read otherwise
 
 `from: STEP` (and `init:`, `transfer_from:`) name an earlier step; the step gets that step's run
@@ -61,6 +63,7 @@ from advprune.methods.base import INITIALIZATION, start_config, start_keys
 from advprune.pipelines import prune_run, train_phase
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
+from advprune.reproduction.executor import Resources
 from advprune.training import TrainConfig
 
 
@@ -114,7 +117,7 @@ def _prune_from_initialization(
 
 TRAINING = StepKind((TrainConfig,), _train)
 KINDS = ("train", "prune")
-STEP_KEYS = ("name", *KINDS, "evaluate")
+STEP_KEYS = ("name", *KINDS, "evaluate", "slurm")
 # Recipe keys that name an earlier step → the settings field that receives its run directory.
 REFERENCES = {"from": "from_run", "init": "init", "transfer_from": "transfer_from"}
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -143,6 +146,7 @@ class Step:
     needs: dict[str, str] = field(default_factory=dict)  # settings field → step it names
     batch: int = 1  # the largest batch it trains with (`training_batch`)
     seed: int | None = None  # the seed of a run with seeds; its run directory is ROOT/seed-S/NAME
+    resources: Resources = field(default_factory=Resources)  # its jobs' on a cluster
 
     @property
     def label(self) -> str:
@@ -206,6 +210,8 @@ class Plan:
     steps: list[Step]
     paper: dict[str, Any] | None
     seeds: tuple[int, ...] | None = None  # each step ran once per seed (ROOT/seed-S/STEP)
+    # What it was made from: `make_plan(root=plan.root, **plan.arguments)` makes it again.
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 def _unknown_settings(unknown: Sequence[str], known: set[str], where: str) -> ConfigError:
@@ -330,6 +336,9 @@ class _Recipe:
         self.defaults = {kind: _mapping(raw.get(kind), f"recipe {name}: {kind}") for kind in KINDS}
         self.evaluate = raw.get("evaluate")
         self.paper = raw.get("paper")
+        self.slurm = Resources.from_mapping(
+            _mapping(raw.get("slurm"), f"recipe {name}: slurm"), f"recipe {name}: slurm"
+        )
         self.seeds = (
             None if raw.get("seeds") is None else check_seeds(raw["seeds"], f"recipe {name}: seeds")
         )
@@ -376,7 +385,7 @@ class _Recipe:
             if unknown or len(kinds) != 1:
                 raise ConfigError(
                     f"{where}: a step has a name, exactly one of {' or '.join(KINDS)}, and "
-                    f"optionally evaluate (found {', '.join(sorted(step))})"
+                    f"optionally evaluate and slurm (found {', '.join(sorted(step))})"
                 )
             if "prune" in step and not _mapping(step["prune"], f"{where}: prune").get("method"):
                 raise ConfigError(f"{where}: prune needs a method, e.g. `method: magnitude`")
@@ -472,11 +481,19 @@ def make_plan(
         )
     location = {"data_dir": data_dir, "download": download}
     root = Path(root)
+    arguments = {
+        "recipe": str(Path(recipe).resolve()) if Path(recipe).is_file() else recipe,
+        "scale": scale,
+        **location,
+        "overrides": dict(overrides or {}),
+        "only": list(only) if only else None,
+        "seeds": None if seeds is None else list(seeds),
+    }
     seeds = parsed.seeds if seeds is None else check_seeds(seeds, "--seeds")
     paper = _check_paper(parsed)
     if seeds is None:
         steps = _plan_steps(parsed, [by_name[name] for name in names], root, scale, location)
-        return Plan(recipe, parsed.title, root, scale, steps, paper)
+        return Plan(recipe, parsed.title, root, scale, steps, paper, arguments=arguments)
     steps = []
     for seed in seeds:
         seeded = _plan_steps(
@@ -487,7 +504,7 @@ def make_plan(
             location,
         )
         steps += [replace(step, seed=seed) for step in seeded]
-    return Plan(recipe, parsed.title, root, scale, steps, paper, seeds)
+    return Plan(recipe, parsed.title, root, scale, steps, paper, seeds, arguments)
 
 
 def _plan_steps(
@@ -556,7 +573,19 @@ def _plan_step(
     batch = training_batch(configs, source)
     configs = tuple(scale_settings(c, scale, dataset, recipe.overrides, batch) for c in configs)
     evaluate = _plan_evaluation(recipe, raw, where, scale, dataset, location, steps, needs)
-    return Step(name, kind, method_name, configs, evaluate, root / name, dataset, needs, batch)
+    resources = recipe.slurm.merged(_mapping(raw.get("slurm"), f"{where}: slurm"), where)
+    return Step(
+        name,
+        kind,
+        method_name,
+        configs,
+        evaluate,
+        root / name,
+        dataset,
+        needs,
+        batch,
+        resources=resources,
+    )
 
 
 def _plan_evaluation(

@@ -31,6 +31,7 @@ from advprune.report import read_run, write_report
 from advprune.report.comparison import compare, comparison_csv, comparison_markdown
 from advprune.report.runs import RunSummary
 from advprune.report.seeds import aggregate
+from advprune.reproduction.executor import Executor
 from advprune.reproduction.parallel import (
     BOTH,
     BUILD,
@@ -45,6 +46,8 @@ from advprune.reproduction.parallel import (
 from advprune.reproduction.plan import Plan, Step, make_plan
 
 STEP_RECORD = "step.yaml"
+# ROOT/reproduce.yaml: a submitted plan's arguments, from which `advprune status ROOT` plans again.
+INVOCATION = "reproduce.yaml"
 # `--jobs` when not given: docs/benchmarks.md has the measurement that chose it.
 DEFAULT_JOBS: int | str = "auto"
 AUTOATTACK_STATE = "autoattack.state"
@@ -283,11 +286,39 @@ def run_plan(
         return _run_here(plan.steps, slots[0], progress, log)
     log(f"[reproduce] {describe_slots(slots)}; each step's output goes to its log.txt")
     widen_to = thread_budget() if threads is None and not devices else None
-    return run_parallel(plan.steps, slots, log, skip=_nothing_left, widen_to=widen_to)
+    return run_parallel(plan.steps, slots, log, skip=nothing_left, widen_to=widen_to)
 
 
-def _nothing_left(task: Task) -> bool:
+def nothing_left(task: Task) -> bool:
+    """The task is done: its build's model (BUILD), or also its evaluation, is there as the
+    plan asks. Every executor skips such a task; `advprune status` shows it as done."""
     return is_built(task.step) if task.phase == BUILD else is_finished(task.step)
+
+
+class LocalExecutor(Executor):
+    """This machine (`--executor local`, the default): the steps one after the other in this
+    process, or on `jobs` slots / one per device at once (reproduction.parallel)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        jobs: int | str = DEFAULT_JOBS,
+        devices: Sequence[str] | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.jobs, self.devices, self.threads, self.progress = jobs, devices, threads, progress
+
+    def run(self, plan: Plan, log: Callable[[str], None]) -> list[str]:
+        return run_plan(
+            plan,
+            progress=self.progress,
+            log=log,
+            jobs=self.jobs,
+            devices=self.devices,
+            threads=self.threads,
+        )
 
 
 def _by_step(plan: Plan, evaluated: Sequence[Step]) -> dict[str, RunSummary]:
@@ -363,11 +394,14 @@ def reproduce(
     devices: Sequence[str] | None = None,
     threads: int | None = None,
     seeds: Sequence[int] | None = None,
+    executor: Executor | None = None,
 ) -> Plan:
     """Plan `recipe` (all checks first), run its steps, write ROOT/report; returns the plan.
 
     `jobs`, `devices` and `threads` say how many steps run at once and where
-    (reproduction.parallel); `seeds` runs every step once per seed (reproduction.plan)."""
+    (reproduction.parallel); `seeds` runs every step once per seed (reproduction.plan).
+    `executor` runs them elsewhere (reproduction.slurm.SlurmExecutor): it returns once they are
+    submitted, and a task of its own writes the report when they have finished."""
     root = Path(root) if root is not None else default_root(recipe, scale)
     plan = make_plan(
         recipe,
@@ -379,16 +413,24 @@ def reproduce(
         only=only,
         seeds=seeds,
     )
+    executor = executor or LocalExecutor(jobs, devices, threads, progress)
     started = time.perf_counter()
     log(
         f"[reproduce] {plan.title}: {len(plan.steps)} step(s) in {plan.root}"
         + ("" if scale == 1 else f", scaled by {scale:g}")
         + ("" if not plan.seeds else f", seeds {', '.join(map(str, plan.seeds))}")
     )
-    warnings = run_plan(
-        plan, progress=progress, log=log, jobs=jobs, devices=devices, threads=threads
-    )
+    warnings = executor.run(plan, log)
+    if not executor.waits:
+        log(f"[reproduce] watch them with `advprune status {plan.root}`")
+        return plan
     log(f"[reproduce] {len(plan.steps)} step(s) done in {time.perf_counter() - started:.0f}s")
+    finish(plan, warnings, log)
+    return plan
+
+
+def finish(plan: Plan, warnings: Sequence[str], log: Callable[[str], None] = print) -> None:
+    """Write the report and the paper comparison of a finished plan, and say where they are."""
     report, table = write_outputs(plan, warnings)
     if report is not None:
         log(f"[reproduce] report: {report}")
@@ -397,4 +439,20 @@ def reproduce(
         log(f"[reproduce] written to {plan.root / 'report' / 'paper_vs_ours.md'}")
     for warning in warnings:
         log(f"[reproduce] warning: gradient-masking check failed in {warning}")
-    return plan
+
+
+def keep_arguments(plan: Plan) -> None:
+    """Write ROOT/reproduce.yaml, from which `planned_at` (`advprune status ROOT`) plans again."""
+    atomic_write_text(plan.root / INVOCATION, yaml.safe_dump(plan.arguments, sort_keys=False))
+
+
+def planned_at(root: str | Path) -> Plan:
+    """The plan of the reproduction submitted under `root` (ROOT/reproduce.yaml)."""
+    path = Path(root) / INVOCATION
+    if not path.is_file():
+        raise ConfigError(
+            f"{root} holds no submitted reproduction ({INVOCATION} is missing); pass the "
+            "--runs-dir of an `advprune reproduce --executor slurm`, or run `advprune reproduce "
+            "… --status` with the command's own arguments"
+        )
+    return make_plan(root=Path(root), **yaml.safe_load(path.read_text(encoding="utf-8")))

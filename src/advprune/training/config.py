@@ -15,6 +15,7 @@ from advprune.models import check_model_name
 from advprune.models.factory import check_normalize_for, default_normalize
 from advprune.models.normalization import check_normalize
 from advprune.models.registry import is_import_path
+from advprune.training.keep import KEEP_METRICS, KEEPS, check_keep
 
 OBJECTIVES = ("standard", "pgd-at", "trades", "mart", "mixed-at", "fast-at")
 OPTIMIZERS = ("sgd", "adam")
@@ -113,6 +114,20 @@ class TrainConfig(Config):
     monitor_clean_examples: int = setting(
         2000, "test examples classified clean after each epoch (±2 pp at 2,000: chance shows)"
     )
+    keep: str = setting(
+        "last",
+        "the weights the run ends with: the last epoch's; best-validation: the epoch of best "
+        "--keep-metric accuracy on --keep-examples training images held out of training; "
+        "best-test: that on the test split, as the official HYDRA/HARP/MAD code keep "
+        "model_best (the test set then picks the model: its figures are optimistic)",
+        choices=KEEPS,
+    )
+    keep_metric: str = setting(
+        "pgd10",
+        "what --keep best-* ranks epochs by: PGD-10 or clean accuracy",
+        choices=KEEP_METRICS,
+    )
+    keep_examples: int = setting(1000, "images --keep best-* ranks epochs on")
     data_dir: str | None = setting(
         None,
         "where the dataset files are (standard formats), or imagefolder's folder: "
@@ -172,6 +187,7 @@ class TrainConfig(Config):
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr}; pass e.g. --lr 0.1 (SGD)")
         check_milestones(self.milestones)
+        check_keep(self.keep, self.keep_examples)
         return self
 
     def _check_data(self) -> None:

@@ -99,6 +99,11 @@ class TrainingMethod:
         (HYDRA's and HARP's extra train-mode passes) returns its own."""
         return context
 
+    def may_keep(self) -> bool:
+        """Whether the epoch just ended may be the one `--keep best-*` keeps (HARP's: only once
+        its target is reached, as the official code's model_best)."""
+        return True
+
     def loss_term(self, model: nn.Module, context: StepContext) -> torch.Tensor | None:
         """A term of the method's own, added to the objective's loss of every batch (HARP's
         γ·L_hw), or None; the step then logs the sum. `model` is the unwrapped model."""

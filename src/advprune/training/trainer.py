@@ -57,6 +57,7 @@ from advprune.models.input_check import (
 from advprune.models.serialization import load_model, load_state_strict, save_model
 from advprune.training.checkpoint import RankState, load_training_state, save_training_state
 from advprune.training.config import CUSTOM_DATASET, TrainConfig
+from advprune.training.keep import KeptEpoch, selection_split
 from advprune.training.method import StepContext, TrainingMethod
 from advprune.training.objectives import OBJECTIVE_FUNCTIONS, AttackSettings, ObjectiveOutput
 from advprune.training.run_log import RunLog
@@ -258,6 +259,7 @@ class _Training:
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.start_batch = 0, 0
         self.resumed_rank: RankState | None = None
+        self.kept: KeptEpoch | None = None
 
     def prepare(
         self,
@@ -271,6 +273,10 @@ class _Training:
         self._check_run_dir(resume)
         config = self.config
         self.data = data or load_training_data(config)
+        train, self.selection = selection_split(
+            self.data.train, self.data.test, config.keep, config.keep_examples
+        )
+        self.data = dataclasses.replace(self.data, train=train)
         # Whole global batches only: the loader pads shards to equal length by wrapping around,
         # and the padding must never reach a step.
         self.steps_per_epoch = len(self.data.train) // config.batch_size
@@ -353,7 +359,10 @@ class _Training:
                     f"(torchrun --nproc-per-node {len(state.ranks)})"
                 )
             self.resumed_rank = state.ranks[self.ddp.rank]
-        self.method.load_state_dict(state.extra, self.model)
+        self.kept, own = KeptEpoch.split_from(
+            state.extra, state.metadata.get("kept"), str(run.checkpoint)
+        )
+        self.method.load_state_dict(own, self.model)
         self.log(
             f"resuming {run.path} at epoch {self.start_epoch + 1}/{config.epochs}, batch "
             f"{self.start_batch}/{self.steps_per_epoch}"
@@ -378,6 +387,7 @@ class _Training:
         finally:
             self.run_log.close()
         model = self.model.eval()
+        kept = self._restore_kept()
         if self.ddp.is_main:
             self.method.finish(model, self.run_dir.path)
             save_model(
@@ -388,11 +398,37 @@ class _Training:
                     "config": config.to_dict(),
                     "eps": config.eps,
                     "method": {"name": config.objective, **self.method.metadata()},
+                    **kept,
                     **self._class_names(),
                 },
             )
         distributed.barrier()
         return model
+
+    def _restore_kept(self) -> dict[str, Any]:
+        """Under `--keep best-*`, the kept epoch's weights and method state back in the model;
+        what the model file records of it."""
+        config = self.config
+        if self.selection is None:
+            return {}
+        kept = self.kept
+        if kept is None:
+            self.log(f"no epoch could be kept under --keep {config.keep}: the run ends as it is")
+            return {"kept": {"rule": config.keep, "epoch": None}}
+        load_state_strict(self.model, kept.model, "the kept epoch's weights")
+        self.method.load_state_dict(kept.method, self.model)
+        self.log(
+            f"keeping epoch {kept.epoch} of {config.epochs} (--keep {config.keep}: "
+            f"{config.keep_metric} accuracy {kept.score:.4f} on {len(self.selection)} images)"
+        )
+        return {
+            "kept": {
+                "rule": config.keep,
+                "metric": config.keep_metric,
+                "examples": len(self.selection),
+                **kept.summary(),
+            }
+        }
 
     def _class_names(self) -> dict[str, list[str]]:
         """The class names where the data has them (an image folder's), so that `eval` can
@@ -516,6 +552,7 @@ class _Training:
             "train_accuracy": train_accuracy,
             "seconds": seconds,
             **monitor(self.model, self.data, self.config, self.device, epoch),
+            **self._score_for_keeping(epoch),
         }
         self.method.epoch_ended(self.model, record)
         self.history.append(record)
@@ -529,6 +566,25 @@ class _Training:
             check_learning(
                 record, self.data.spec.num_classes, self.config, self.run_dir, self.flag_prefix
             )
+
+    def _score_for_keeping(self, epoch: int) -> dict[str, float]:
+        """Under `--keep best-*`: the epoch's accuracy on the selection images, and a copy of
+        its state when it is the best so far (the first of equals, as the official code's
+        strict `>` keeps). Every epoch is attacked with the same random starts."""
+        config = self.config
+        if self.selection is None:
+            return {}
+        attack = None
+        if config.keep_metric == "pgd10":
+            attack = monitor_attack(config.eps, config.seed, 0, "keep", self.device)
+        self.model.eval()
+        score = sharded_accuracy(self.model, self.selection, attack, self.device)
+        if self.method.may_keep() and (self.kept is None or score > self.kept.score):
+            state = self.method.state_dict()
+            self.kept = KeptEpoch.copy_of(epoch + 1, score, self.model, state)
+        where = "validation" if config.keep == "best-validation" else "test"
+        name = f"keep_{where}_{config.keep_metric}"
+        return {f"{name}_accuracy": score, f"{name}_examples": len(self.selection)}
 
     def _save_checkpoint(self, epoch: int, batch: int, sums: EpochSums) -> None:
         """Rank 0 writes the state after `batch` batches of `epoch`, with every rank's part."""
@@ -544,12 +600,16 @@ class _Training:
             "history": self.history,
             "config": self.config.to_dict(),
         }
+        extra = self.method.state_dict()
+        if self.kept is not None:
+            metadata["kept"] = self.kept.summary()
+            extra.update(self.kept.tensors())
         save_training_state(
             self.run_dir.checkpoint,
             self.model,
             self.optimizer,
             metadata,
-            extra=self.method.state_dict(),
+            extra=extra,
             ranks=ranks,
         )
 
@@ -571,18 +631,26 @@ def monitor(
     }
     if config.monitor_examples and config.objective != "standard":
         subset = data.test.take(min(config.monitor_examples, len(data.test)))
-        generator = torch.Generator(device).manual_seed(epoch_seed(config.seed, epoch, "monitor"))
-        ddp = distributed.current()
-        attack = partial(
-            pgd,
-            eps=config.eps,
-            steps=MONITOR_ATTACK_STEPS,
-            generator=generator,
-            noise_shard=(ddp.rank, ddp.world_size),
-        )
+        attack = monitor_attack(config.eps, config.seed, epoch, "monitor", device)
         record["test_pgd10_accuracy"] = sharded_accuracy(model, subset, attack, device)
         record["test_pgd10_examples"] = len(subset)
     return record
+
+
+def monitor_attack(
+    eps: float, seed: int, epoch: int, stream: str, device: torch.device
+) -> Callable[..., torch.Tensor]:
+    """PGD-10 in the run's ε, its random starts drawn from (seed, epoch, stream) for the global
+    batch, so that no rank count and no training state changes them."""
+    generator = torch.Generator(device).manual_seed(epoch_seed(seed, epoch, stream))
+    ddp = distributed.current()
+    return partial(
+        pgd,
+        eps=eps,
+        steps=MONITOR_ATTACK_STEPS,
+        generator=generator,
+        noise_shard=(ddp.rank, ddp.world_size),
+    )
 
 
 def sharded_accuracy(
