@@ -212,9 +212,7 @@ def start_keys() -> set[str]:
 def start_config(values: dict[str, Any], prune: PruneSettings, source: str) -> TrainConfig:
     """The `advprune train` settings a method that trains from initialization starts from:
     `values` (start keys), with the pruning run's seed, data limit and where it runs."""
-    shared = {key: getattr(prune, key) for key in ("seed", *PHASE_KEYS)}
-    shared = {key: value for key, value in shared.items() if value is not None}
-    return TrainConfig.from_dict({**values, **shared}, source=source)
+    return TrainConfig.from_dict({**values, **phase_overrides(prune)}, source=source)
 
 
 @dataclass
