@@ -186,3 +186,16 @@ def test_robust_bird_through_the_python_api_on_a_network_of_ones_own(fashion_sli
     weights = [pruned[0].weight, pruned[4].weight]
     total = sum(w.numel() for w in weights)
     assert sum(int((w == 0).sum()) for w in weights) == round(0.9 * total)
+
+
+def test_a_network_without_convolutions_is_refused_before_any_work(fashion_slice, tmp_path):
+    import advprune
+
+    train = fashion_slice("train", 128)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(ConfigError, match="no Conv2d layer"):
+        advprune.prune(
+            model, (train.images.float() / 255, train.labels), method="robustbird", eps=0.1,
+            run_dir=tmp_path / "rb",
+        )  # fmt: skip
+    assert not (tmp_path / "rb" / "ticket").exists()

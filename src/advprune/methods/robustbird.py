@@ -187,6 +187,7 @@ class RobustBird(MaskFindingMethod):
     def find_masks(self, context: PruneContext) -> WeightMasks:
         """Train into RUN_DIR/ticket until the ticket emerges; the network keeps its weights
         (train_eb.py:183-195: pruned where it stands, a new optimiser, no rewinding)."""
+        early_bird_mask(context.model, context.sparsity)  # no conv layer: refused before any work
         config = self.settings.ticket.applied_to(
             context.source, **phase_overrides(context.settings)
         )
