@@ -3,8 +3,8 @@ tests/plugins/, runs through `advprune prune`; `advprune list methods` names eac
 the hooks the kinds give (`TrainingMethod.loss_term`, `DynamicMaskTraining.update_masks`) do
 what they say, and a run whose masks change resumes exactly.
 
-The kinds that start from the initialization (MaskFindingMethod, DynamicMaskMethod) run here
-from a trained `--from` run: the pipeline does not read `starts_from` yet."""
+The kinds that start from the initialization (MaskFindingMethod, DynamicMaskMethod) run from the
+network `--model` and `--dataset` name (the tiny run's), the others from the tiny `--from` run."""
 
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from advprune.core.seeding import seed_everything
 from advprune.core.tensor_files import load_tensors
+from advprune.data import get_spec
 from advprune.masks import WeightMasks, random_scores, select
 from advprune.masks.gated import find_gates
 from advprune.methods import INITIALIZATION, TRAINED, PruningMethod, get_method, register_method
 from advprune.methods.magnitude import magnitude_scores
+from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model
 from advprune.training.method import StepContext, TrainingMethod
 from advprune.training.objectives import ObjectiveOutput
@@ -90,13 +93,26 @@ def test_a_method_must_subclass_a_kind():
         register_method("bare", description="no kind")(Bare)
 
 
+# The tiny run's network and data, for a method that trains from its initialization.
+START = ["--model", "lenet300-100", "--dataset", "fashion-mnist", "--eps", "0.1", "--limit-train",
+         "512", "--limit-test", "64", "--monitor-examples", "0", "--batch-size", "64",
+         "--finetune-attack-steps", "2"]  # fmt: skip
+
+
 def pruned_by_cli(dense_run: Path, cwd: Path, method: str, *flags: str) -> Path:
+    start = START if method in FROM_INITIALIZATION else ["--from", dense_run]
     done = advprune_cli(
-        "prune", "--method", method, "--from", str(dense_run), "--finetune-epochs", "1",
+        "prune", "--method", method, *map(str, start), "--finetune-epochs", "1",
         "--allow-chance", "--run-dir", "run", *flags, cwd=cwd,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return cwd / "run"
+
+
+def initialization() -> nn.Module:
+    """The network those runs start from: the one `advprune train` builds with seed 0."""
+    seed_everything(0)
+    return create_model(**architecture("lenet300-100", get_spec("fashion-mnist")))
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -132,11 +148,8 @@ def test_a_mask_finding_toy_finds_its_mask_in_a_phase_and_trains_under_it(dense_
         dense_run, tmp_path, "toy-ticket", "--sparsity", "0.5", "--ticket-epochs", "1"
     )
     masks, _ = WeightMasks.load(run / "masks.safetensors")
-    ticket, dense = (
-        weights(run / "ticket" / "model.safetensors"),
-        weights(dense_run / "model.safetensors"),
-    )
-    moved = {name: (ticket[name] - dense[name]).abs() for name in masks}
+    ticket, start = weights(run / "ticket" / "model.safetensors"), initialization().state_dict()
+    moved = {name: (ticket[name] - start[name]).abs() for name in masks}
     expected = select(moved, 0.5, scheme="layerwise")
     assert all(torch.equal(masks[name], expected[name]) for name in masks)
     assert_pruned_at_zero(run, masks)
@@ -145,9 +158,7 @@ def test_a_mask_finding_toy_finds_its_mask_in_a_phase_and_trains_under_it(dense_
 def test_a_dynamic_mask_toy_changes_its_masks_and_keeps_each_layers_sparsity(dense_run, tmp_path):
     run = pruned_by_cli(dense_run, tmp_path, "toy-dynamic", "--sparsity", "0.5")
     masks, _ = WeightMasks.load(run / "masks.safetensors")
-    start_scores = random_scores(
-        magnitude_scores(load_model(dense_run / "model.safetensors")[0]), 0
-    )
+    start_scores = random_scores(magnitude_scores(initialization()), 0)
     initial = select(start_scores, 0.5, scheme="layerwise", seed=0)
     assert any(not torch.equal(masks[name], initial[name]) for name in masks)
     for name, keep in masks.items():

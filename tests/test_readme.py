@@ -9,7 +9,13 @@ from pathlib import Path
 
 from pymdownx.slugs import slugify
 
-from advprune.methods import DynamicMaskMethod, FixedMaskMethod, get_method, method_names
+from advprune.methods import (
+    TRAINED,
+    FixedMaskMethod,
+    GateLearningMethod,
+    get_method,
+    method_names,
+)
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -47,7 +53,9 @@ def fidelity_anchor(name: str) -> str:
     """The docs/fidelity.md section of a published method: the heading that names it first
     ("## ANP-VS (Madaan, …)" for anpvs), as GitHub and the site slug it."""
     for line in FIDELITY.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## ") and line[3:].split()[0].replace("-", "").lower() == name:
+        if not line.startswith("## "):
+            continue
+        if line[3:].split()[0].replace("-", "").lower() == name.replace("-", ""):
             return slugify(case="lower")(line[3:], "-")
     raise AssertionError(f"docs/fidelity.md has no section for the published method {name}")
 
@@ -60,16 +68,17 @@ def method_row(name: str, docs: str) -> str:
         fidelity = f"[{name}]({docs}fidelity.md#{fidelity_anchor(name)})"
     else:
         paper, fidelity = cls.origin, "–"
-    if issubclass(cls, FixedMaskMethod):  # its masks come from scores: once, or learnt
-        # Whole channels are a departure for a published method whose code prunes weights only.
-        published = cls.reference is None or "channels" in cls.structures
-        kind, prunes = "scored", "yes / yes" if published else "yes / yes, as a departure"
-    elif issubclass(cls, DynamicMaskMethod):  # a set sparsity, its masks learnt while it trains
-        channels = "channels" in getattr(cls, "structures", ("weights",))
-        kind, prunes = "learnt", "yes / yes" if channels else "yes / –"
+    structures = getattr(cls, "structures", ())
+    if issubclass(cls, GateLearningMethod):
+        prunes = "– / units and channels, learnt"
+    elif cls.reference is None or "channels" in structures:
+        prunes = "yes / yes"
+    elif issubclass(cls, FixedMaskMethod) and cls.starts_from == TRAINED:
+        # advprune's channel extension of a method whose code prunes weights only
+        prunes = "yes / yes, as a departure"
     else:
-        kind, prunes = "learnt", "– / units and channels, learnt"
-    return f"| `{name}` | {paper} | {kind} | {prunes} | {fidelity} |"
+        prunes = "yes / –"
+    return f"| `{name}` | {paper} | {cls.kind} | {prunes} | {fidelity} |"
 
 
 def methods_table(docs: str) -> str:

@@ -341,7 +341,8 @@ def data_dir(tmp_path_factory):
 # pass of 2 images here, so the Tiny-ImageNet recipe runs with LeNet-5-Caffe in its place: its
 # files, 200 classes, fast AT and MAD with fast AT are exercised, WRN-28-10 only by planning.
 PAPER_FAST = {
-    "batch_size": 2, "attack_steps": 1, "pgd_steps": 1, "cw_steps": 1, "mask_steps": 1,
+    "batch_size": 2, "attack_steps": 1, "finetune_attack_steps": 1, "pgd_steps": 1,
+    "cw_steps": 1, "mask_steps": 1, "validation_steps": 1,
     "monitor_examples": 0, "sanity_examples": 0, "attacks": "clean,fgsm,pgd,cw",
     "limit_train": 16,  # --set is not scaled: 8 steps of a VGG-16 per epoch, not 250
     "allow_chance": True,  # synthetic images: chance is all there is to learn

@@ -182,6 +182,8 @@ def prune(
     **settings: Any,
 ) -> nn.Module:
     """Prune a trained `model` with a registered method and fine-tune it; returns the pruned copy.
+    A method that trains from the initialization (robustbird, flyingbird) takes `model` as its
+    initialization and its training phase is the whole training.
 
     `settings` are flat keys of the method's settings (`finetune_epochs`, `mask_steps`, …), of
     `PruneSettings` (`scheme`, `seed`, …), or of the training `model` came from (`attack_steps`,
@@ -189,6 +191,8 @@ def prune(
 
     Example:
         pruned = prune(robust, (x, y), method="hydra", sparsity=0.9, eps=0.1, score_epochs=2)
+        sparse = prune(MyCNN(), (x, y), method="flyingbird", sparsity=0.9, eps=0.1,
+                       finetune_epochs=10)
     """
     cls = get_method(method)
     own = {k: v for k, v in settings.items() if k in cls.Settings.field_names()}

@@ -17,7 +17,7 @@ from advprune.cli.train import require_run_dir
 from advprune.core import distributed
 from advprune.core.errors import ConfigError
 from advprune.methods import PruneSettings, get_method, method_names
-from advprune.methods.base import start_config, start_keys
+from advprune.methods.base import INITIALIZATION, start_config, start_keys
 from advprune.training import TrainConfig
 
 
@@ -59,9 +59,10 @@ def add_parser(commands: argparse._SubParsersAction, argv: Sequence[str]) -> Non
         "--from", "--from-run", dest="from_run", help="the trained run directory to prune"
     )
     name = method_in(argv)
-    starts = name in methods and get_method(name).starts_from_initialization
+    starts = name in methods and get_method(name).starts_from == INITIALIZATION
     start = parser.add_argument_group(
-        f"the network and data {name} trains from initialization (as `advprune train`)"
+        f"the network and data {name} starts from (its initialization, as `advprune train` "
+        "builds it)"
     )
     add_config_flags(start, TrainConfig, only=start_keys(), hidden=not starts)
     if name in methods:
@@ -78,15 +79,14 @@ def run(args: argparse.Namespace) -> int:
     settings = PruneSettings.from_dict(given(args, PruneSettings.field_names()), "flags")
     own = cls.Settings.from_dict(given(args, cls.Settings.field_names()), "flags")
     start_values = given(args, start_keys())
-    if start_values and not cls.starts_from_initialization:
+    starts = cls.starts_from == INITIALIZATION
+    if start_values and not starts:
         flag = next(iter(start_values)).replace("_", "-")
         raise ConfigError(
             f"{cls.name} prunes a trained run, whose network and data it takes: pass --from "
             f"RUN_DIR and drop --{flag}"
         )
-    start = (
-        start_config(start_values, settings, "flags") if cls.starts_from_initialization else None
-    )
+    start = start_config(start_values, settings, "flags") if starts else None
     if args.print_config:
         return print_config(settings, *([start] if start else []), own)
     require_run_dir(args)

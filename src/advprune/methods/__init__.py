@@ -5,8 +5,9 @@ Importing this package registers the built-in methods; `method_names()` lists ev
 one (plugins included) and `get_method(name)` returns its class.
 """
 
-from advprune.methods import (  # noqa: F401
+from advprune.methods import (  # noqa: F401  (they register)
     anpvs,
+    flyingbird,
     harp,
     hydra,
     mad,
@@ -14,6 +15,7 @@ from advprune.methods import (  # noqa: F401
     magnitude,
     radmm,
     random,
+    robustbird,
     twinrep,
 )
 from advprune.methods.base import (

@@ -212,9 +212,7 @@ def start_keys() -> set[str]:
 def start_config(values: dict[str, Any], prune: PruneSettings, source: str) -> TrainConfig:
     """The `advprune train` settings a method that trains from initialization starts from:
     `values` (start keys), with the pruning run's seed, data limit and where it runs."""
-    shared = {key: getattr(prune, key) for key in ("seed", *PHASE_KEYS)}
-    shared = {key: value for key, value in shared.items() if value is not None}
-    return TrainConfig.from_dict({**values, **shared}, source=source)
+    return TrainConfig.from_dict({**values, **phase_overrides(prune)}, source=source)
 
 
 @dataclass
@@ -283,9 +281,6 @@ class PruningMethod:
     origin: ClassVar[str] = "baseline"  # "published" | "baseline" | "advprune's own"
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     start_hint: ClassVar[str] = "prune a trained run: pass --from RUN_DIR"
-    # True: the method trains from initialization (Flying Bird, Robust Bird): its run starts from
-    # a network built as `advprune train` builds it (--model, --dataset, …), not from --from.
-    starts_from_initialization: ClassVar[bool] = False
     # True: runs from one source share a cached pass (MAD's saliency, whatever the sparsity), so
     # a parallel reproduction starts a second one only after the first.
     caches_pass: ClassVar[bool] = False

@@ -32,7 +32,7 @@ from advprune.core.run_dir import RunDir, undone_on_failure
 from advprune.core.seeding import seed_everything
 from advprune.masks import WeightMasks
 from advprune.masks.gated import find_gates
-from advprune.methods.base import PruneContext, PruneSettings, PruningMethod
+from advprune.methods.base import INITIALIZATION, PruneContext, PruneSettings, PruningMethod
 from advprune.models import architecture, create_model
 from advprune.models.serialization import load_model
 from advprune.pipelines.export import export_run
@@ -66,7 +66,7 @@ def default_cache_dir() -> Path:
 
 def load_source(settings: PruneSettings, method: PruningMethod) -> Source:
     """The `--from` run: finished, dense and plain (not gated, not already pruned)."""
-    if method.starts_from_initialization:
+    if method.starts_from == INITIALIZATION:
         raise ConfigError(
             f"{method.name} trains from initialization, not from a trained run: instead of "
             "--from, name the network and data as for `advprune train` (--model, --dataset, --eps)"
@@ -122,7 +122,7 @@ def unwritable(path: Path) -> str | None:
 
 def check_start(settings: PruneSettings, method: PruningMethod) -> None:
     """Settings of a network to build are for a method that trains from initialization."""
-    if not method.starts_from_initialization:
+    if method.starts_from != INITIALIZATION:
         raise ConfigError(
             f"{method.name} prunes a trained run: pass --from RUN_DIR (its network and data come "
             "from that run) and drop the training settings (--model, --dataset, …)"
@@ -166,7 +166,7 @@ def run_record(settings: PruneSettings, method: PruningMethod, source: Source) -
         "method": {"name": method.name, **method.settings.computed()},
         "resolved": method.resolved(settings),
     }
-    if method.starts_from_initialization:
+    if method.starts_from == INITIALIZATION:
         record["start"] = source.config.computed()
     return record
 

@@ -59,7 +59,7 @@ from advprune.core.errors import ConfigError
 from advprune.data import get_spec
 from advprune.evaluation import EvalConfig
 from advprune.methods import PruneSettings, get_method, method_names
-from advprune.methods.base import start_config, start_keys
+from advprune.methods.base import INITIALIZATION, start_config, start_keys
 from advprune.pipelines import prune_run, train_phase
 from advprune.recipes import load_recipe
 from advprune.report.comparison import PAPER_METRICS
@@ -127,7 +127,7 @@ def pruning(method: str) -> StepKind:
     """The step kind of a prune step with `method`: the generic settings and the method's own
     (and, for a method that trains from initialization, the network and data it starts from)."""
     cls = get_method(method)
-    if cls.starts_from_initialization:
+    if cls.starts_from == INITIALIZATION:
         return StepKind((PruneSettings, cls.Settings), _prune_from_initialization, start=True)
     return StepKind((PruneSettings, cls.Settings), _prune)
 

@@ -115,7 +115,7 @@ class TrainingMethod:
     def after_update(self, model: nn.Module) -> None:
         """Called after the weight update, with the unwrapped model."""
 
-    def end_epoch(self, model: nn.Module, record: dict[str, Any]) -> None:
+    def epoch_ended(self, model: nn.Module, record: dict[str, Any]) -> None:
         """Called after each epoch (every rank, the unwrapped model, before its checkpoint) with
         the epoch's record (`epoch`, `train_accuracy`, the monitor's figures): a method that
         decides from training statistics (Flying Bird+, Robust Bird's stop rule) does it here."""
@@ -212,11 +212,14 @@ class DynamicMaskTraining(MaskedTraining):
     ) -> ObjectiveOutput:
         out = super().step(model, x, y, optimizer, context)
         network = unwrap(model)
+        # The buffers of the weights pruned so far first, as sparselearning's `apply_mask` after
+        # `optimizer.step()`: a weight that `update_masks` grows back starts with none.
+        self.masks.mask_optimizer_state(network, optimizer)
         masks = self.update_masks(network, optimizer, context)
         if masks is not None:
             self.masks = masks
             self.masks.apply(network)
-        self.masks.mask_optimizer_state(network, optimizer)
+            self.masks.mask_optimizer_state(network, optimizer)
         return out
 
     def update_masks(

@@ -556,7 +556,7 @@ class _Training:
             **monitor(self.model, self.data, self.config, self.device, epoch),
             **self._score_for_keeping(epoch),
         }
-        self.method.end_epoch(self.model, record)
+        self.method.epoch_ended(self.model, record)
         self.history.append(record)
         self.log(format_record(record))
         self.run_log.epoch((epoch + 1) * self.steps_per_epoch, self.history)
