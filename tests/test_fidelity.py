@@ -264,10 +264,14 @@ def test_the_suite_runs_radmm_and_twinrep_on_its_budget(tmp_path):
         assert radmm.needs["from_run"] == hydra.needs["from_run"] == "dense"
         for key in ("score_epochs", "finetune_epochs"):
             assert radmm.setting(key) == hydra.setting(key) == 3
-        start = twinrep.configs[2]  # from initialization: the dense run's network and data
-        for key in ("model", "dataset", "eps", "batch_size", "channels_last"):
+        start = twinrep.configs[2]  # from initialization: the dense run's data, its network
+        for key in ("dataset", "eps", "batch_size", "channels_last"):  # with BN (TwinRep's)
             assert getattr(start, key) == getattr(dense, key), key
-        assert twinrep.setting("finetune_epochs") == 6  # HYDRA's 3 + 3
+        assert start.model == f"{dense.model}-bn"
+        # The dense run's epochs and the fine-tuning every other row has, as the Birds'.
+        birds = steps[f"flyingbird-{suffix}"] if suffix != "c85" else steps["flyingbird-90"]
+        epochs = dense.epochs + hydra.setting("finetune_epochs")
+        assert twinrep.setting("finetune_epochs") == birds.setting("finetune_epochs") == epochs
         assert twinrep.setting("finetune_attack_steps") == dense.attack_steps
         departures = {"update_every": 1}, {"finetune_attack_steps": 5, "prune_epoch": 2}
         for step, departure in zip((radmm, twinrep), departures, strict=True):
