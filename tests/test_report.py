@@ -401,3 +401,17 @@ def test_figures_can_be_read(tmp_path, monkeypatch):
     assert seen["security_curves"]["colours"]["mad-99"] == mad
     assert seen["layer_sparsity"]["colours"]["mad-999"] == mad
     assert seen["security_curves"]["colours"]["anpvs"] != mad
+
+
+@pytest.mark.parametrize("methods", [3, 12])
+def test_each_method_keeps_a_colour_no_other_method_has(methods):
+    """The suite has twelve pruning methods: more than tab10's ten colours."""
+    from advprune.report.plots import method_colours
+    from advprune.report.runs import RunSummary
+
+    names = [f"method{i:02d}" for i in range(methods)]
+    runs = [RunSummary(Path(name), method=name) for name in names]
+    runs.append(RunSummary(Path("dense"), method="pgd-at"))
+    colours = method_colours(runs)
+    assert len({colours[name] for name in names}) == methods
+    assert colours["pgd-at"] not in {colours[name] for name in names}

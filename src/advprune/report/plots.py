@@ -63,13 +63,22 @@ def short_method(label: str | None) -> str:
     return (label or "?").split(" [", 1)[0]
 
 
+def tab20() -> list[str]:
+    """matplotlib's tab20 (a dark and a light shade of ten hues), for more than ten methods."""
+    from matplotlib import colormaps, colors
+
+    return [colors.to_hex(colour) for colour in colormaps["tab20"].colors]
+
+
 def method_colours(summaries: Sequence[RunSummary]) -> dict[str, str]:
     """One colour per method (its short name) for every figure of a report: greys for the dense
-    runs' objectives, matplotlib's tab10 for the pruning methods, in sorted order."""
+    runs' objectives, matplotlib's tab10 for the pruning methods, in sorted order, or tab20 when
+    there are more than ten of them (the suite has twelve), so no two methods share a colour."""
     dense = sorted({short_method(s.method) for s in summaries if is_dense(s)})
     pruned = sorted({short_method(s.method) for s in summaries if not is_dense(s)} - set(dense))
     colours = {name: DENSE_COLOURS[i % len(DENSE_COLOURS)] for i, name in enumerate(dense)}
-    colours.update({name: f"C{i % 10}" for i, name in enumerate(pruned)})
+    palette = [f"C{i}" for i in range(10)] if len(pruned) <= 10 else tab20()
+    colours.update({name: palette[i % len(palette)] for i, name in enumerate(pruned)})
     return colours
 
 
