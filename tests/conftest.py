@@ -152,3 +152,29 @@ def slurm(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = previous
+
+
+class SmallCNN(torch.nn.Module):
+    """A user's own network (conv-BN-ReLU twice, one linear head) for a method's Python-API
+    test; 1×28×28 images, 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """The first 256 Fashion-MNIST training images as float tensors in [0, 1], with labels."""
+    from advprune.data import load_dataset
+
+    train = load_dataset("fashion-mnist", "train", limit=256)
+    return train.images.float() / 255, train.labels

@@ -20,6 +20,7 @@ from advprune.methods.radmm import (
     rho_at,
 )
 from advprune.training.method import StepContext
+from conftest import SmallCNN
 
 
 def test_the_projection_keeps_exactly_the_k_largest_magnitudes_of_a_layer():
@@ -126,27 +127,6 @@ def test_the_hard_prune_keeps_the_k_largest_weights_of_each_layer(tmp_path):
         assert before[name].abs()[kept].min() > before[name].abs()[~kept].max()
     assert torch.equal(model[0].bias, before["0.bias"])  # biases are not pruned
     assert (tmp_path / "masks.safetensors").exists()
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    from advprune.data import load_dataset
-
-    train = load_dataset("fashion-mnist", "train", limit=256)
-    return train.images.float() / 255, train.labels
 
 
 @pytest.mark.parametrize("structure", ["weights", "channels"])

@@ -22,6 +22,7 @@ from advprune.methods.twinrep import (
     twin_penalty,
 )
 from advprune.training.method import StepContext
+from conftest import SmallCNN
 
 
 def test_each_weight_is_the_product_of_its_factors():
@@ -158,27 +159,6 @@ def test_the_defaults_are_the_official_train_py():
         weight_decay=2e-4, schedule="step", milestones=[0.69, 0.84], gamma=0.1,
     )  # fmt: skip
     assert settings.prune_epoch == 10 and twinrep.starts_from_initialization
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    from advprune.data import load_dataset
-
-    train = load_dataset("fashion-mnist", "train", limit=256)
-    return train.images.float() / 255, train.labels
 
 
 @pytest.mark.parametrize("structure", ["weights", "channels"])
